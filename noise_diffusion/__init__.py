@@ -1,0 +1,17 @@
+"""noise-diffusion: initial-noise optimisation for faithful text-to-image synthesis (Miao et al., CVPR 2025)."""
+
+from .api import run
+from .errors import UserError
+from .generators import Generator, load_generator
+from .methods import METHODS
+from .optimize import RunResult, SearchConfig, optimize
+from .scorers import Scorer, load_scorer
+from .update import alignments, batched_alignments, diffuse, gamma_from_score, select_noise
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "run", "optimize", "SearchConfig", "RunResult", "METHODS", "UserError",
+    "Generator", "load_generator", "Scorer", "load_scorer",
+    "gamma_from_score", "select_noise", "diffuse", "alignments", "batched_alignments",
+]

@@ -1,0 +1,144 @@
+"""The Python API: everything ``run.py`` does, reachable from Python.
+
+    from noise_diffusion import load_generator, load_scorer, optimize, SearchConfig, run
+
+    result = run("a dog under a frog", seed=33, sd_version="CompVis/stable-diffusion-v1-4",
+                 vqa_model="clip-flant5-xxl", device="cuda:0", result_root="results")
+    result.best_image  # [3, H, W] in [0, 1]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+import torch
+
+from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
+from .generators import load_generator
+from .optimize import RunResult, SearchConfig, optimize
+from .results import check_writable, is_finished, read_json, run_folder, save_image_atomic, save_run
+from .scorers import load_scorer
+from .scorers.base import tensor_to_pil
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """Check that a device string names a device this machine has."""
+    device = device or default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"invalid device {device!r}") from error
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device {device!r} is not available (torch sees {torch.cuda.device_count()} CUDA devices)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} is not available")
+    return parsed
+
+
+def resolve_dtype(name: str, device: torch.device, gpu_default: str = "float16") -> torch.dtype:
+    """``auto`` means ``gpu_default`` on a GPU and float32 on the CPU."""
+    if name == "auto":
+        name = gpu_default if device.type != "cpu" else "float32"
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def run(
+    prompt: str,
+    seed: int = 33,
+    *,
+    sd_version: str = "CompVis/stable-diffusion-v1-4",
+    vqa_model: str = "clip-flant5-xxl",
+    device: str | None = None,
+    vqa_device: str | None = None,
+    dtype: str = "float32",
+    vqa_dtype: str = "auto",
+    scheduler: str = "ddim",
+    num_denoising_steps: int = 50,
+    guidance_scale: float = 7.5,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    scorer_options: dict | None = None,
+    search: SearchConfig | None = None,
+    result_root: str | None = "results",
+    save_all_epochs: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunResult | dict:
+    """Run Noise Diffusion for one prompt and seed; save the run under ``result_root`` unless it is ``None``.
+
+    Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
+    the saved ``result.json`` record, untouched.
+    """
+    if not prompt or not prompt.strip():
+        raise UserError("the prompt is empty")
+    search = (search or SearchConfig()).validate()
+    folder = None
+    if result_root is not None:
+        folder = run_folder(check_writable(result_root), prompt, seed)
+        if is_finished(folder) and not overwrite:
+            return read_json(Path(folder) / "result.json")
+    generator = build_generator(
+        sd_version, device, dtype, scheduler=scheduler, num_steps=num_denoising_steps,
+        guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height, width=width,
+    )
+    scorer = build_scorer(vqa_model, vqa_device or device, vqa_dtype, **(scorer_options or {}))
+
+    on_epoch = None
+    if folder is not None and save_all_epochs:
+        def on_epoch(item: int, epoch: int, image: torch.Tensor, record: dict) -> None:
+            save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
+
+    (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch)
+    if folder is not None:
+        save_run(folder, result, run_config(generator, scorer, search, seed))
+    return result
+
+
+def build_generator(sd_version: str, device: str | None, dtype: str, **options):
+    device_t = resolve_device(device)
+    if options.get("num_steps", 1) < 1:
+        raise UserError(f"num_denoising_steps must be >= 1, got {options['num_steps']}")
+    if options.get("scheduler") not in (None, "ddim", "default"):
+        raise UserError(f"unknown scheduler {options['scheduler']!r}; choose from ddim, default")
+    for key in ("height", "width"):
+        if options.get(key) is not None and options[key] <= 0:
+            raise UserError(f"{key} must be positive, got {options[key]}")
+    return load_generator(sd_version, device_t, resolve_dtype(dtype, device_t), **options)
+
+
+def build_scorer(vqa_model: str, device: str | None, dtype: str, **options):
+    device_t = resolve_device(device)
+    return load_scorer(vqa_model, device_t, resolve_dtype(dtype, device_t, gpu_default="bfloat16"), **options)
+
+
+def run_config(generator, scorer, search: SearchConfig, seed: int | None = None) -> dict:
+    """The configuration recorded next to every result."""
+    config = {
+        "generator": generator.settings(),
+        "scorer": {"name": scorer.name, "device": str(scorer.device)},
+        "search": {k: v for k, v in vars(search).items() if k != "keep_epoch_images"},
+        "device": str(generator.device),
+        "command": " ".join(sys.argv),
+    }
+    if seed is not None:
+        config["seed"] = seed
+    return config
+
+
+def summary_line(result: RunResult | dict, folder: Path | None) -> str:
+    record = result if isinstance(result, dict) else result.record()
+    where = f" -> {folder}" if folder is not None else ""
+    return (
+        f"{record['prompt']!r} seed {record['seed']}: {record['initial_score']:.4f} -> "
+        f"{record['best_score']:.4f} (epoch {record['best_epoch']}){where}"
+    )
+

@@ -1,0 +1,127 @@
+"""Command-line plumbing shared by ``run.py`` and ``evaluate.py``: flags, their checks, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import UserError
+from .methods import METHODS
+from .optimize import ACCEPT_RULES, SearchConfig
+
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _bounded(kind, low, name_of_bound: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {name_of_bound}, got {text}")
+        return value
+
+    return parse
+
+
+non_negative_int = _bounded(int, 0, ">= 0")
+positive_int = _bounded(int, 1, ">= 1")
+positive_float = _bounded(float, 1e-300, "> 0")
+
+
+def unit_float(text: str) -> float:
+    value = _bounded(float, 0.0, ">= 0")(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def add_generation_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("diffusion model")
+    g.add_argument("--sd_version", default="CompVis/stable-diffusion-v1-4",
+                   help="diffusion checkpoint: Hub id, local diffusers folder or short name (default: %(default)s)")
+    g.add_argument("--num_denoising_steps", type=positive_int, default=50,
+                   help="sampler steps per generation (default: %(default)s)")
+    g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim",
+                   help="'ddim' (eta=0, the paper's experiments) or 'default' (the checkpoint's own, e.g. PNDM for "
+                        "SD1.4, as the authors' release script) (default: %(default)s)")
+    g.add_argument("--guidance_scale", type=float, default=7.5,
+                   help="classifier-free guidance scale (default: %(default)s)")
+    g.add_argument("--negative_prompt", default="", help="negative prompt (default: empty)")
+    g.add_argument("--height", type=positive_int, default=None,
+                   help="image height in pixels (default: the model's native size, 512 for SD1.4)")
+    g.add_argument("--width", type=positive_int, default=None,
+                   help="image width in pixels (default: the model's native size, 512 for SD1.4)")
+    g.add_argument("--device", default=None,
+                   help="device of the diffusion model (default: cuda:0 when a GPU is present, else cpu)")
+    g.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
+                   help="precision of the diffusion model; auto = float16 on a GPU, float32 on the CPU "
+                        "(default: %(default)s, as the authors)")
+
+
+def add_scorer_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("verifier")
+    g.add_argument("--vqa_model", default="clip-flant5-xxl",
+                   help="verifier that guides the search: a registered name, or a Hub id / local folder of a supported "
+                        "architecture (CLIP, ...) (default: %(default)s)")
+    g.add_argument("--vqa_device", default=None, help="device of the verifier (default: same as --device)")
+    g.add_argument("--vqa_dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="precision of the verifier; auto = bfloat16 on a GPU (as the original), float32 on the CPU "
+                        "(default: %(default)s)")
+
+
+def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
+    g = parser.add_argument_group("search")
+    if with_method:
+        g.add_argument("--method", choices=tuple(METHODS), default="noise_diffusion",
+                       help="search method: " + "; ".join(f"{m.name}: {m.description}" for m in METHODS.values())
+                            + " (default: %(default)s)")
+    g.add_argument("--num_candidate_noises", type=positive_int, default=50,
+                   help="candidate noises drawn per epoch, N (default: %(default)s)")
+    g.add_argument("--max_epoch", type=non_negative_int, default=50,
+                   help="Noise Diffusion epochs after the initial generation (default: %(default)s)")
+    g.add_argument("--accept", choices=ACCEPT_RULES, default="always",
+                   help="'always' accept the update (as the authors) or only when the score rises ('improved') "
+                        "(default: %(default)s)")
+    g.add_argument("--target_score", type=unit_float, default=None,
+                   help="stop early once the best score reaches this value (default: off, run all epochs)")
+    g.add_argument("--step_size", type=positive_float, default=0.1,
+                   help="gradient_ascent only: step length relative to sqrt(dim z) (default: %(default)s)")
+
+
+def search_config(args: argparse.Namespace, keep_epoch_images: bool = False) -> SearchConfig:
+    return SearchConfig(
+        method=getattr(args, "method", "noise_diffusion"),
+        max_epoch=args.max_epoch,
+        num_candidates=args.num_candidate_noises,
+        accept=args.accept,
+        target_score=args.target_score,
+        step_size=args.step_size,
+        keep_epoch_images=keep_epoch_images,
+    ).validate()
+
+
+def main_guard(main: Callable[[], int | None]) -> None:
+    """Run a CLI entry point; user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        code = main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)

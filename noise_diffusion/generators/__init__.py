@@ -1,0 +1,113 @@
+"""Text-to-image models as Noise Diffusion generators, chosen from the checkpoint's own ``model_index.json``.
+
+``load_generator(name)`` resolves a short name (:data:`MODEL_ALIASES`), a local folder or a Hub id, reads the
+pipeline class that ``model_index.json`` names, and builds the matching generator from :data:`PIPELINE_GENERATORS`.
+Sibling generators (SDXL, SD3, FLUX, ...) register themselves there without touching the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .base import Generator, Sampled, initial_latents
+from .stable_diffusion import SCHEDULERS, StableDiffusionGenerator
+
+#: pipeline class name in model_index.json -> loader(name_or_path, device, dtype, **options) -> Generator
+PIPELINE_GENERATORS: dict[str, Callable[..., Generator]] = {
+    "StableDiffusionPipeline": StableDiffusionGenerator.from_pretrained,
+}
+
+#: short name -> local folder or Hub id (other modules, e.g. the toy world, add theirs)
+MODEL_ALIASES: dict[str, str] = {
+    "sd-v1-4": "CompVis/stable-diffusion-v1-4",
+    "sd-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd-v2-base": "stabilityai/stable-diffusion-2-base",
+    "sd-v2-1-base": "stabilityai/stable-diffusion-2-1-base",
+}
+
+
+def resolve_model(name: str) -> str:
+    _register_optional_generators()
+    return MODEL_ALIASES.get(name, name)
+
+
+def pipeline_class_name(name_or_path: str) -> str:
+    """The ``_class_name`` of a checkpoint's ``model_index.json`` (local folder or Hub id)."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, "model_index.json")
+        if not os.path.isfile(path):
+            raise UserError(f"diffusion model folder {name_or_path!r} has no model_index.json")
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("_class_name", "")
+    if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")) or os.path.exists(name_or_path):
+        raise UserError(f"diffusion model {name_or_path!r} is neither a folder, a known short name nor a Hub id")
+    try:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(name_or_path).get("_class_name", "")
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load diffusion model {name_or_path!r}: {_first_line(error)}") from error
+
+
+def load_generator(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options
+) -> Generator:
+    """Load the generator for a short name, folder or Hub id; raise :class:`UserError` when impossible."""
+    path = resolve_model(name)
+    class_name = pipeline_class_name(path)
+    if class_name not in PIPELINE_GENERATORS:
+        raise UserError(
+            f"unsupported diffusion pipeline {class_name!r} in {name!r}; supported: {', '.join(sorted(PIPELINE_GENERATORS))}"
+        )
+    try:
+        generator = PIPELINE_GENERATORS[class_name](path, device=device, dtype=dtype, **options)
+    except (OSError, ValueError) as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(f"cannot load diffusion model {name!r}: {_first_line(error)}") from error
+    generator.name = name
+    return generator
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+_optional_registered = False
+
+
+def _register_optional_generators() -> None:
+    """Import the generator modules that register themselves (SDXL, SD3, FLUX, the toy world)."""
+    global _optional_registered
+    if _optional_registered:
+        return
+    _optional_registered = True
+    import importlib
+
+    for module in ("stable_diffusion_xl", "stable_diffusion_3", "flux", "noise_diffusion.toy"):
+        full = module if "." in module else f"{__name__}.{module}"
+        try:
+            importlib.import_module(full)
+        except ModuleNotFoundError as error:
+            if error.name != full:
+                raise
+
+
+__all__ = [
+    "Generator",
+    "Sampled",
+    "StableDiffusionGenerator",
+    "SCHEDULERS",
+    "PIPELINE_GENERATORS",
+    "MODEL_ALIASES",
+    "initial_latents",
+    "load_generator",
+    "pipeline_class_name",
+    "resolve_model",
+]

@@ -1,0 +1,91 @@
+"""How each search method proposes the next initial latents from the current ones.
+
+Every method is one function ``propose(z, grad, scores, rngs, options) -> (z_next, infos)`` over a batch ``z`` of
+shape ``[B, *S]``: ``grad`` is ∂score/∂z (``None`` for methods that do not need it), ``scores`` the current scores
+``[B]``, ``rngs`` one ``torch.Generator`` per item (so an item's randomness does not depend on its batch-mates), and
+``infos`` one dict per item for the epoch record. The loop in :mod:`noise_diffusion.optimize` is the same for all.
+
+- ``noise_diffusion`` — the paper: γ = 1 − sqrt(s), the best of N candidate noises by gradient alignment, then
+  ``z ← sqrt(1−γ)·z + sqrt(γ)·σ*``.
+- ``random_diffusion`` — the paper's ablation: the same step with a random candidate instead of the selected one.
+- ``best_of_n`` — every epoch a fresh independent initial noise (random search); with ``max_epoch`` epochs it makes the
+  same number of full generations as Noise Diffusion.
+- ``gradient_ascent`` — plain normalised gradient ascent on z (the paper's PGD comparison):
+  ``z ← z + η·sqrt(D)·g/‖g‖``, η = ``step_size`` (a step of η times the typical norm sqrt(D) of a standard-normal z).
+  It leaves the Gaussian prior, which is the paper's point.
+- ``none`` — the plain sampler: no epochs (``max_epoch`` is ignored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .update import batched_alignments, diffuse, gamma_from_score
+
+Propose = Callable[[Tensor, "Tensor | None", Tensor, Sequence[torch.Generator], dict], "tuple[Tensor, list[dict]]"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    propose: Propose | None  # None: no epochs after the initial one
+    needs_grad: bool
+    description: str
+
+
+def draw_pools(rngs: Sequence[torch.Generator], num: int, shape: Sequence[int], device, dtype=torch.float32) -> Tensor:
+    """``[B, num, *shape]`` standard-normal candidates, item i drawn from ``rngs[i]`` on ``device``."""
+    return torch.stack([torch.randn((num, *shape), generator=rng, device=device, dtype=dtype) for rng in rngs])
+
+
+def noise_diffusion_step(z: Tensor, grad: Tensor | None, scores: Tensor, rngs, options: dict):
+    """The paper's update with gradient-selected candidate noise (one vectorised pass for the whole batch)."""
+    gamma = gamma_from_score(scores).to(z.device)
+    pool = draw_pools(rngs, options["num_candidates"], z.shape[1:], z.device, z.dtype)
+    align = batched_alignments(z, grad, pool, gamma)  # [B, N]
+    best = align.argmax(dim=1)
+    rows = torch.arange(z.shape[0], device=z.device)
+    z_next = diffuse(z, pool[rows, best], gamma)
+    gamma_l, best_l, align_l = gamma.tolist(), best.tolist(), align[rows, best].tolist()  # one host sync
+    infos = [{"gamma": g, "candidate": c, "alignment": a} for g, c, a in zip(gamma_l, best_l, align_l)]
+    return z_next, infos
+
+
+def random_diffusion_step(z: Tensor, grad: Tensor | None, scores: Tensor, rngs, options: dict):
+    """The same update with a random candidate: a uniformly chosen member of an i.i.d. Gaussian pool is itself just a
+    Gaussian draw, so one noise per item is drawn instead of N."""
+    gamma = gamma_from_score(scores).to(z.device)
+    noise = draw_pools(rngs, 1, z.shape[1:], z.device, z.dtype)[:, 0]
+    infos = [{"gamma": g} for g in gamma.tolist()]
+    return diffuse(z, noise, gamma), infos
+
+
+def best_of_n_step(z: Tensor, grad: Tensor | None, scores: Tensor, rngs, options: dict):
+    """A fresh, independent initial noise per item (random search)."""
+    return draw_pools(rngs, 1, z.shape[1:], z.device, z.dtype)[:, 0], [{} for _ in range(z.shape[0])]
+
+
+def gradient_ascent_step(z: Tensor, grad: Tensor | None, scores: Tensor, rngs, options: dict):
+    """z ← z + η·sqrt(D)·g/‖g‖ per item."""
+    flat = grad.reshape(grad.shape[0], -1).float()
+    norms = flat.norm(dim=1).clamp_min(1e-12)
+    dim = flat.shape[1]
+    step = options["step_size"] * dim**0.5 / norms
+    z_next = z + (step.view(-1, *([1] * (z.dim() - 1))) * grad.float()).to(z.dtype)
+    return z_next, [{"gradient_norm": n} for n in norms.tolist()]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("noise_diffusion", noise_diffusion_step, True, "the paper: gradient-selected noise diffusion"),
+        Method("random_diffusion", random_diffusion_step, False, "ablation: noise diffusion with a random candidate"),
+        Method("best_of_n", best_of_n_step, False, "random search over max_epoch+1 independent initial noises"),
+        Method("gradient_ascent", gradient_ascent_step, True, "normalised gradient ascent on z_T (PGD comparison)"),
+        Method("none", None, False, "the plain sampler, one generation"),
+    )
+}

@@ -1,0 +1,106 @@
+"""Verifiers behind one protocol (see :class:`Scorer`), selectable by a short name, a Hub id or a local folder.
+
+``load_scorer(name)`` looks the name up in :data:`SCORERS` (short registered names) and otherwise reads the model's
+``config.json`` and picks the scorer class from ``model_type`` (:data:`ARCHITECTURES`). Other modules register their
+scorers by adding to these two dictionaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .base import Scorer, pil_to_tensor, tensor_to_pil
+from .clip import CLIPScorer
+
+#: short name -> loader(device, dtype) -> Scorer
+SCORERS: dict[str, Callable[..., Scorer]] = {
+    "clip-vit-large-patch14": lambda device, dtype, **kw: CLIPScorer.from_pretrained(
+        "openai/clip-vit-large-patch14", device, dtype
+    ),
+    "clip-vit-base-patch32": lambda device, dtype, **kw: CLIPScorer.from_pretrained(
+        "openai/clip-vit-base-patch32", device, dtype
+    ),
+}
+
+#: config.json ``model_type`` -> loader(name_or_path, device, dtype) -> Scorer
+ARCHITECTURES: dict[str, Callable[..., Scorer]] = {
+    "clip": lambda path, device, dtype, **kw: CLIPScorer.from_pretrained(path, device, dtype, **kw),
+}
+
+
+def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Scorer:
+    """Load a scorer by registered short name, Hub id or local folder; raise :class:`UserError` when impossible."""
+    _register_optional_scorers()
+    if name in SCORERS:
+        loader = SCORERS[name]
+        return _load(name, lambda: loader(device=device, dtype=dtype, **options))
+    model_type = _model_type(name)
+    if model_type not in ARCHITECTURES:
+        known = ", ".join(sorted(SCORERS))
+        raise UserError(
+            f"unsupported verifier {name!r} (model_type {model_type!r}); use a registered name ({known}) "
+            f"or a folder/Hub id of a supported architecture ({', '.join(sorted(ARCHITECTURES))})"
+        )
+    return _load(name, lambda: ARCHITECTURES[model_type](name, device=device, dtype=dtype, **options))
+
+
+def _load(name: str, loader: Callable[[], Scorer]) -> Scorer:
+    try:
+        scorer = loader()
+    except (OSError, ValueError) as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
+    scorer.name = name
+    return scorer
+
+
+def _model_type(name: str) -> str:
+    if os.path.isdir(name):
+        path = os.path.join(name, "config.json")
+        if not os.path.isfile(path):
+            raise UserError(f"verifier folder {name!r} has no config.json")
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("model_type", "")
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/"))
+    if not looks_like_hub_id:
+        known = ", ".join(sorted(SCORERS))
+        raise UserError(f"unknown verifier {name!r}: not a registered name ({known}), a folder or a Hub id")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name).model_type
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+_optional_registered = False
+
+
+def _register_optional_scorers() -> None:
+    """Import the scorer modules that register themselves (VQA models, the toy world's verifiers)."""
+    global _optional_registered
+    if _optional_registered:
+        return
+    _optional_registered = True
+    import importlib
+
+    for module in ("vqa", "toy"):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{module}":
+                raise
+
+
+__all__ = ["Scorer", "CLIPScorer", "SCORERS", "ARCHITECTURES", "load_scorer", "pil_to_tensor", "tensor_to_pil"]

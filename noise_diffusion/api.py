@@ -61,8 +61,8 @@ def run(
     dtype: str = "float32",
     vqa_dtype: str = "auto",
     scheduler: str = "ddim",
-    num_denoising_steps: int = 50,
-    guidance_scale: float = 7.5,
+    num_denoising_steps: int | None = None,
+    guidance_scale: float | None = None,
     negative_prompt: str = "",
     height: int | None = None,
     width: int | None = None,
@@ -75,7 +75,8 @@ def run(
 ) -> RunResult | dict:
     """Run Noise Diffusion for one prompt and seed; save the run under ``result_root`` unless it is ``None``.
 
-    Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
+    ``num_denoising_steps`` and ``guidance_scale`` default to the model's recommended settings (the paper's 50 steps
+    and 7.5 for SD1.x/2.x). Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
     the saved ``result.json`` record, untouched.
     """
     if not prompt or not prompt.strip():
@@ -105,7 +106,7 @@ def run(
 
 def build_generator(sd_version: str, device: str | None, dtype: str, **options):
     device_t = resolve_device(device)
-    if options.get("num_steps", 1) < 1:
+    if (options.get("num_steps") or 1) < 1:
         raise UserError(f"num_denoising_steps must be >= 1, got {options['num_steps']}")
     if options.get("scheduler") not in (None, "ddim", "default"):
         raise UserError(f"unknown scheduler {options['scheduler']!r}; choose from ddim, default")

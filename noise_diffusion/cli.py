@@ -49,13 +49,15 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("diffusion model")
     g.add_argument("--sd_version", default="CompVis/stable-diffusion-v1-4",
                    help="diffusion checkpoint: Hub id, local diffusers folder or short name (default: %(default)s)")
-    g.add_argument("--num_denoising_steps", type=positive_int, default=50,
-                   help="sampler steps per generation (default: %(default)s)")
+    g.add_argument("--num_denoising_steps", type=positive_int, default=None,
+                   help="sampler steps per generation (default: the model's recommended setting: 50 for SD1.x/2.x "
+                        "as in the paper, 28 for SD3)")
     g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim",
                    help="'ddim' (eta=0, the paper's experiments) or 'default' (the checkpoint's own, e.g. PNDM for "
                         "SD1.4, as the authors' release script) (default: %(default)s)")
-    g.add_argument("--guidance_scale", type=float, default=7.5,
-                   help="classifier-free guidance scale (default: %(default)s)")
+    g.add_argument("--guidance_scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's recommended setting: 7.5 for SD1.x/2.x "
+                        "as in the paper, 7.0 for SD3)")
     g.add_argument("--negative_prompt", default="", help="negative prompt (default: empty)")
     g.add_argument("--height", type=positive_int, default=None,
                    help="image height in pixels (default: the model's native size, 512 for SD1.4)")

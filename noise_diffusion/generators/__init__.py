@@ -64,14 +64,33 @@ def load_generator(
         raise UserError(
             f"unsupported diffusion pipeline {class_name!r} in {name!r}; supported: {', '.join(sorted(PIPELINE_GENERATORS))}"
         )
+    loader = PIPELINE_GENERATORS[class_name]
+    options = {**sampling_defaults(path, loader), **{k: v for k, v in options.items() if v is not None}}
     try:
-        generator = PIPELINE_GENERATORS[class_name](path, device=device, dtype=dtype, **options)
+        generator = loader(path, device=device, dtype=dtype, **options)
     except (OSError, ValueError) as error:
         if isinstance(error, UserError):
             raise
         raise UserError(f"cannot load diffusion model {name!r}: {_first_line(error)}") from error
     generator.name = name
     return generator
+
+
+#: Optional file in a pipeline folder with the sampling settings its authors recommend, e.g.
+#: ``{"num_steps": 25, "guidance_scale": 5.0}``; explicit options override it.
+SAMPLING_DEFAULTS_FILE = "noise_diffusion.json"
+
+
+def sampling_defaults(path: str, loader) -> dict:
+    """Settings used where the caller passes ``None``: the folder's :data:`SAMPLING_DEFAULTS_FILE`, else the family's
+    ``DEFAULTS`` (the class attribute of the generator that ``loader`` builds)."""
+    owner = getattr(loader, "__self__", None)
+    defaults = dict(getattr(owner, "DEFAULTS", {}))
+    file = os.path.join(path, SAMPLING_DEFAULTS_FILE)
+    if os.path.isfile(file):
+        with open(file, encoding="utf-8") as handle:
+            defaults.update(json.load(handle))
+    return defaults
 
 
 def _first_line(error: BaseException) -> str:

@@ -21,6 +21,9 @@ class StableDiffusionGenerator:
     because PNDM keeps state between steps.
     """
 
+    #: the paper's settings, used where the caller passes None (see ``generators.sampling_defaults``)
+    DEFAULTS = {"num_steps": 50, "guidance_scale": 7.5}
+
     def __init__(
         self,
         pipe,

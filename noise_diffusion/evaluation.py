@@ -1,0 +1,215 @@
+"""Evaluation over a prompt set: the job list, sharding across processes, resume, and held-out re-scoring.
+
+A job is one (prompt, seed) for one method; its result lives in ``<result_root>/<method>/<prompt folder>/<seed>/`` in
+the layout of ``run.py`` (:mod:`noise_diffusion.results`). ``result.json`` is written last and atomically, so a job
+counts as done exactly when that file parses: a re-run skips it, a run killed at any moment loses at most the batch in
+flight. Each process of ``accelerate launch`` takes every ``count``-th job (:func:`shard`) and writes only its own
+folders, so processes never touch the same file.
+
+Held-out re-scoring (:func:`rescore_held_out`) scores the saved ``initial.png`` and ``best.png`` with a verifier other
+than the one that guided the search, and stores the two scores in ``heldout_<verifier>.json`` next to ``result.json``
+(atomically; a re-run skips folders that have it). The best image stays the one the guiding verifier chose, so the
+held-out gain shows how much of the improvement is not verifier hacking (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .api import run_config
+from .datasets import PromptEntry
+from .errors import UserError
+from .optimize import SearchConfig, optimize
+from .results import RESULT_FILE, is_finished, read_json, run_folder, safe_folder_name, save_run, write_json_atomic
+
+HELD_OUT_PREFIX = "heldout_"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (prompt, seed) of a dataset category."""
+
+    prompt: str
+    category: str
+    seed: int
+
+
+def make_jobs(entries: Iterable[PromptEntry], seeds: Sequence[int]) -> list[Job]:
+    """Every (prompt, seed) pair, prompt-major; a prompt listed twice is run once (it would share the folder)."""
+    if not seeds:
+        raise UserError("give at least one seed")
+    jobs, seen = [], set()
+    for entry in entries:
+        for seed in seeds:
+            key = (entry.prompt, int(seed))
+            if key not in seen:
+                seen.add(key)
+                jobs.append(Job(entry.prompt, entry.category, int(seed)))
+    return jobs
+
+
+def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
+    """The jobs of process ``index`` out of ``count``: every ``count``-th, so all shards get similar work."""
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"shard {index}/{count} is impossible: need 0 <= index < count")
+    return list(jobs[index::count])
+
+
+def method_root(result_root: str | os.PathLike, method: str) -> Path:
+    return Path(result_root) / method
+
+
+def job_folder(result_root: str | os.PathLike, method: str, job: Job) -> Path:
+    return run_folder(method_root(result_root, method), job.prompt, job.seed)
+
+
+def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: str, overwrite: bool = False) -> list[Job]:
+    """The jobs still to run (all of them with ``overwrite``)."""
+    if overwrite:
+        return list(jobs)
+    return [job for job in jobs if not is_finished(job_folder(result_root, method, job))]
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    generator,
+    scorer,
+    search: SearchConfig,
+    result_root: str | os.PathLike,
+    *,
+    batch_size: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    dataset: dict | None = None,
+    already_done: int = 0,
+) -> int:
+    """Optimise ``jobs`` (already filtered by :func:`pending_jobs`) ``batch_size`` at a time and save each result.
+
+    ``dataset`` (e.g. ``{"name": ..., "kind": "simple"}``) is recorded in every result's configuration together with
+    the job's category, so the report can group results without the dataset file. Returns the number of saved results.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    saved = 0
+    bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
+    if already_done:
+        bar.set_description(f"{search.method} ({already_done} already done)")
+    best_total = 0.0
+    try:
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start:start + batch_size]
+            results = optimize(generator, scorer, [j.prompt for j in batch], [j.seed for j in batch], search,
+                               progress=False)
+            for job, result in zip(batch, results):
+                config = run_config(generator, scorer, search, job.seed)
+                config["evaluation"] = {"category": job.category, **(dataset or {})}
+                folder = job_folder(result_root, search.method, job)
+                if overwrite or not is_finished(folder):  # another process may have finished it meanwhile
+                    for stale in folder.glob(f"{HELD_OUT_PREFIX}*.json"):  # scores of the image being replaced
+                        stale.unlink()
+                    save_run(folder, result, config)
+                    saved += 1
+                best_total += result.best_score
+                bar.update(1)
+            bar.set_postfix(mean_best=f"{best_total / bar.n:.3f}")
+    finally:
+        bar.close()
+    return saved
+
+
+# ------------------------------------------------------------------------------------------------ held-out scores
+
+def held_out_file(folder: str | os.PathLike, verifier: str) -> Path:
+    """Where the held-out scores of ``verifier`` for one run folder are stored."""
+    return Path(folder) / f"{HELD_OUT_PREFIX}{safe_folder_name(verifier)}.json"
+
+
+def rescore_held_out(
+    folders: Sequence[str | os.PathLike],
+    scorer,
+    verifier: str,
+    *,
+    batch_size: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
+
+    Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
+    Returns the number of folders scored.
+    """
+    todo = [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier))]
+    bar = tqdm(total=len(todo), disable=not progress, desc=f"held-out {verifier}", unit="run", dynamic_ncols=True)
+    try:
+        for start in range(0, len(todo), max(1, batch_size)):
+            chunk = todo[start:start + max(1, batch_size)]
+            records = [read_json(f / RESULT_FILE) for f in chunk]
+            images, prompts = [], []
+            for folder, record in zip(chunk, records):
+                files = record.get("files", {"initial": "initial.png", "best": "best.png"})
+                for key in ("initial", "best"):
+                    with Image.open(folder / files[key]) as image:
+                        images.append(image.convert("RGB"))
+                    prompts.append(record["prompt"])
+            scores = scorer.score_pil(images, prompts).tolist()
+            for k, folder in enumerate(chunk):
+                write_json_atomic(held_out_file(folder, verifier), {
+                    "verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1],
+                })
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return len(todo)
+
+
+def _has_held_out(folder: str | os.PathLike, verifier: str) -> bool:
+    try:
+        read_json(held_out_file(folder, verifier))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ processes
+
+@dataclass
+class Processes:
+    """Where this process stands among the evaluation's processes."""
+
+    index: int = 0
+    count: int = 1
+    device: str | None = None  # the accelerator accelerate assigned to this process (None: the user's choice)
+    barrier: object = None  # callable that waits for every process, when they are launched together
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def wait(self) -> None:
+        if self.barrier is not None:
+            self.barrier()
+
+
+def processes(explicit: tuple[int, int] | None = None) -> Processes:
+    """This process's shard: ``explicit`` (index, count) as given, otherwise from accelerate's ``PartialState``.
+
+    ``PartialState`` reads what ``accelerate launch`` (or torchrun) set in the environment; a plain ``python`` run is one
+    process. With an explicit shard there is no barrier: the processes may run at different times or on different
+    machines.
+    """
+    if explicit is not None:
+        index, count = explicit
+        if count < 1 or not 0 <= index < count:
+            raise UserError(f"shard {index}/{count} is impossible: need 0 <= index < count")
+        return Processes(index, count)
+    from accelerate import PartialState
+
+    state = PartialState()
+    device = str(state.device) if state.num_processes > 1 else None
+    return Processes(state.process_index, state.num_processes, device, state.wait_for_everyone)

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
-from .generators import load_generator
+from .generators import load_generator, pipeline_class_name, resolve_model
 from .optimize import RunResult, SearchConfig, optimize
 from .results import check_writable, is_finished, read_json, run_folder, save_image_atomic, save_run
-from .scorers import load_scorer
+from .scorers import load_scorer, scorer_loader
 from .scorers.base import tensor_to_pil
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -82,6 +82,11 @@ def run(
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
     search = (search or SearchConfig()).validate()
+    # cheap checks of both model names before any weights are loaded
+    resolve_device(device)
+    resolve_device(vqa_device or device)
+    pipeline_class_name(resolve_model(sd_version))
+    scorer_loader(vqa_model)
     folder = None
     if result_root is not None:
         folder = run_folder(check_writable(result_root), prompt, seed)
@@ -104,7 +109,17 @@ def run(
     return result
 
 
+def quiet_loading() -> None:
+    """Silence the libraries' per-file loading bars: the run's own progress bar is the one that matters."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def build_generator(sd_version: str, device: str | None, dtype: str, **options):
+    quiet_loading()
     device_t = resolve_device(device)
     if (options.get("num_steps") or 1) < 1:
         raise UserError(f"num_denoising_steps must be >= 1, got {options['num_steps']}")
@@ -117,6 +132,7 @@ def build_generator(sd_version: str, device: str | None, dtype: str, **options):
 
 
 def build_scorer(vqa_model: str, device: str | None, dtype: str, **options):
+    quiet_loading()
     device_t = resolve_device(device)
     return load_scorer(vqa_model, device_t, resolve_dtype(dtype, device_t, gpu_default="bfloat16"), **options)
 

@@ -23,3 +23,9 @@ def tiny_sd_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     return str(build_tiny_clip(tmp_path_factory.mktemp("tiny_clip")))
+
+# the top-level CLIs (run.py, evaluate.py) are imported by tests
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

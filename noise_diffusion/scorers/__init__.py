@@ -33,12 +33,11 @@ ARCHITECTURES: dict[str, Callable[..., Scorer]] = {
 }
 
 
-def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Scorer:
-    """Load a scorer by registered short name, Hub id or local folder; raise :class:`UserError` when impossible."""
+def scorer_loader(name: str) -> Callable[..., Scorer]:
+    """The loader for a registered name, folder or Hub id, without loading any weights; :class:`UserError` if none."""
     _register_optional_scorers()
     if name in SCORERS:
-        loader = SCORERS[name]
-        return _load(name, lambda: loader(device=device, dtype=dtype, **options))
+        return SCORERS[name]
     model_type = _model_type(name)
     if model_type not in ARCHITECTURES:
         known = ", ".join(sorted(SCORERS))
@@ -46,7 +45,14 @@ def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtyp
             f"unsupported verifier {name!r} (model_type {model_type!r}); use a registered name ({known}) "
             f"or a folder/Hub id of a supported architecture ({', '.join(sorted(ARCHITECTURES))})"
         )
-    return _load(name, lambda: ARCHITECTURES[model_type](name, device=device, dtype=dtype, **options))
+    loader = ARCHITECTURES[model_type]
+    return lambda **kw: loader(name, **kw)
+
+
+def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Scorer:
+    """Load a scorer by registered short name, Hub id or local folder; raise :class:`UserError` when impossible."""
+    loader = scorer_loader(name)
+    return _load(name, lambda: loader(device=device, dtype=dtype, **options))
 
 
 def _load(name: str, loader: Callable[[], Scorer]) -> Scorer:
@@ -103,4 +109,4 @@ def _register_optional_scorers() -> None:
                 raise
 
 
-__all__ = ["Scorer", "CLIPScorer", "SCORERS", "ARCHITECTURES", "load_scorer", "pil_to_tensor", "tensor_to_pil"]
+__all__ = ["Scorer", "CLIPScorer", "SCORERS", "ARCHITECTURES", "load_scorer", "scorer_loader", "pil_to_tensor", "tensor_to_pil"]

@@ -1,0 +1,132 @@
+"""CLIP-FlanT5 VQAScore on a tiny checkpoint written in the original ``clip_t5`` key layout (random weights)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from noise_diffusion.errors import UserError
+from noise_diffusion.scorers import load_scorer
+from noise_diffusion.scorers.vqa.clip_t5 import SYSTEM_MESSAGE
+from noise_diffusion.testing_vqa import build_tiny_clip_t5
+
+
+@pytest.fixture(scope="module")
+def clip_t5_dir(tmp_path_factory):
+    return build_tiny_clip_t5(tmp_path_factory.mktemp("clip_t5"))
+
+
+@pytest.fixture(scope="module")
+def scorer(clip_t5_dir):
+    return load_scorer(str(clip_t5_dir))  # through ARCHITECTURES["clip_t5"]
+
+
+def random_images(shape, seed=0):
+    """uint8-valued images (as the processor sees them) as float in [0, 1], and the same as PIL."""
+    rng = np.random.default_rng(seed)
+    arrays = rng.integers(0, 256, size=(shape[0], shape[2], shape[3], 3), dtype=np.uint8)
+    tensor = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255
+    return tensor, [Image.fromarray(a) for a in arrays]
+
+
+def independent_score(folder, pixels, prompt):
+    """exp(mean log p("Yes" </s>)) from separately built transformers parts and T5's own cross-entropy loss."""
+    from transformers import AutoTokenizer, CLIPVisionModel, T5Config, T5ForConditionalGeneration
+
+    config = json.loads((folder / "config.json").read_text())
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    t5 = T5ForConditionalGeneration(T5Config(**{k: v for k, v in config.items() if k != "model_type"})).eval()
+    t5.load_state_dict({k: v for k, v in state.items() if not k.startswith(("vision_tower.", "mm_projector.", "embed_tokens"))})
+    tower = CLIPVisionModel.from_pretrained(config["mm_vision_tower"]).eval()
+    patches = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    w0, b0, w2, b2 = (state[f"mm_projector.{k}"] for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+    image = torch.nn.functional.gelu(patches @ w0.T + b0) @ w2.T + b2
+    tok = AutoTokenizer.from_pretrained(folder)
+    question = f'Does this figure show "{prompt}"? Please answer yes or no.'
+    before = tok(f"{SYSTEM_MESSAGE} USER: ").input_ids
+    after = tok(f"\n{question} ASSISTANT: ").input_ids
+    embed = t5.shared
+    inputs = torch.cat([embed(torch.tensor(before)), image[0], embed(torch.tensor(after))])[None]
+    labels = torch.tensor([tok("Yes").input_ids])
+    assert labels[0, -1].item() == tok.eos_token_id  # the answer includes </s>, as the original computes
+    loss = t5(inputs_embeds=inputs, labels=labels).loss
+    return torch.exp(-loss)
+
+
+def test_preprocessing_matches_clip_processor(scorer, clip_t5_dir):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil.from_pretrained(clip_t5_dir / "vision_tower")
+    # no resize needed (16 px = the tower's size): exact up to float rounding
+    images, pils = random_images((3, 3, 16, 16))
+    expected = processor(pils, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(scorer.preprocess(images), expected, atol=1e-5)
+    # downscale 2x: torch's antialiased bicubic vs PIL's bicubic (which rounds to 8 bit); measured max 0.014, mean
+    # 0.004 in normalised units; tolerance max 0.05 (~0.013 in [0, 1]), mean 0.01
+    images, pils = random_images((2, 3, 32, 32), seed=1)
+    diff = (scorer.preprocess(images) - processor(pils, return_tensors="pt")["pixel_values"]).abs()
+    assert diff.max() < 0.05 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def test_pad_to_square_matches_expand2square(scorer, clip_t5_dir):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil.from_pretrained(clip_t5_dir / "vision_tower")
+    images, pils = random_images((1, 3, 16, 10), seed=2)  # width 10 < height 16: padded left/right by 3
+    colour = tuple(int(m * 255) for m in processor.image_mean)
+    square = Image.new("RGB", (16, 16), colour)
+    square.paste(pils[0], (3, 0))
+    expected = processor([square], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(scorer.preprocess(images), expected, atol=1e-5)
+
+
+def test_score_equals_independent_exp_mean_logprob(scorer, clip_t5_dir):
+    images, _ = random_images((2, 3, 16, 16), seed=3)
+    prompts = ["a red cube", "two dogs on grass"]
+    scores = scorer(images, prompts)
+    assert scores.dtype == torch.float32 and scores.shape == (2,)
+    assert ((scores > 0) & (scores < 1)).all()
+    for i, prompt in enumerate(prompts):
+        pixels = scorer.preprocess(images[i : i + 1])
+        expected = independent_score(clip_t5_dir, pixels, prompt)
+        assert torch.allclose(scores[i], expected, rtol=1e-4), (scores[i], expected)
+
+
+def test_gradient_wrt_image_is_finite_and_nonzero(scorer):
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    scorer(images, ["a cat", "a dog"]).sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in scorer.parameters())
+
+
+def test_templates_are_options(clip_t5_dir, scorer):
+    custom = load_scorer(str(clip_t5_dir), question_template='Is "{prompt}" shown?', answer_template="No")
+    images, pils = random_images((1, 3, 16, 16), seed=4)
+    assert not torch.allclose(custom(images, ["a cat"]), scorer(images, ["a cat"]))
+    # score_pil goes through the same forward without gradients
+    assert torch.allclose(custom.score_pil(pils, ["a cat"]), custom(images, ["a cat"]).detach())
+    with pytest.raises(UserError, match="template"):
+        load_scorer(str(clip_t5_dir), question_template="Does it show {caption}?")
+
+
+def test_vision_tower_from_its_own_repo(tmp_path, scorer):
+    """Without vision keys in the checkpoint, the tower comes from ``mm_vision_tower`` (as the original loads it)."""
+    folder = build_tiny_clip_t5(tmp_path / "no_tower", tower_in_checkpoint=False)
+    assert not any(k.startswith("vision_tower") for k in torch.load(folder / "pytorch_model.bin", weights_only=True))
+    other = load_scorer(str(folder))
+    images, _ = random_images((1, 3, 16, 16), seed=5)
+    assert torch.allclose(other(images, ["a cat"]), scorer(images, ["a cat"]), rtol=1e-5)  # same seeds, same weights
+
+
+def test_wrong_or_missing_key_is_named(tmp_path):
+    folder = build_tiny_clip_t5(tmp_path / "bad")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["mm_projector.5.weight"] = state.pop("mm_projector.2.weight")
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(UserError) as error:
+        load_scorer(str(folder))
+    message = str(error.value)
+    assert "unexpected keys: mm_projector.5.weight" in message and "missing keys: mm_projector.2.weight" in message
+    assert "\n" not in message

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         dtype=args.dtype, vqa_dtype=args.vqa_dtype, scheduler=args.scheduler,
         num_denoising_steps=args.num_denoising_steps, guidance_scale=args.guidance_scale,
         negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-        search=cli.search_config(args), result_root=args.result_root,
+        scorer_options=cli.scorer_options(args), search=cli.search_config(args), result_root=args.result_root,
         save_all_epochs=args.save_all_epochs, overwrite=args.overwrite, progress=not args.quiet,
     )
     folder = api.run_folder(args.result_root, args.prompt, args.seed)

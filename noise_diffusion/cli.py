@@ -76,6 +76,10 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
                    help="verifier that guides the search: a registered name, or a Hub id / local folder of a supported "
                         "architecture (CLIP, ...) (default: %(default)s)")
     g.add_argument("--vqa_device", default=None, help="device of the verifier (default: same as --device)")
+    g.add_argument("--vqa_question", default=None,
+                   help='VQA question template, {prompt} stands for the prompt (default: \'Does this figure show '
+                        '"{prompt}"? Please answer yes or no.\')')
+    g.add_argument("--vqa_answer", default=None, help="answer whose probability is the score (default: 'Yes')")
     g.add_argument("--vqa_dtype", choices=DTYPE_CHOICES, default="auto",
                    help="precision of the verifier; auto = bfloat16 on a GPU (as the original), float32 on the CPU "
                         "(default: %(default)s)")
@@ -98,6 +102,12 @@ def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -
                    help="stop early once the best score reaches this value (default: off, run all epochs)")
     g.add_argument("--step_size", type=positive_float, default=0.1,
                    help="gradient_ascent only: step length relative to sqrt(dim z) (default: %(default)s)")
+
+
+def scorer_options(args: argparse.Namespace) -> dict:
+    """Verifier options set on the command line (only those given, so every verifier keeps its own defaults)."""
+    options = {"question_template": args.vqa_question, "answer_template": args.vqa_answer}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def search_config(args: argparse.Namespace, keep_epoch_images: bool = False) -> SearchConfig:

@@ -20,16 +20,16 @@ from .clip import CLIPScorer
 #: short name -> loader(device, dtype) -> Scorer
 SCORERS: dict[str, Callable[..., Scorer]] = {
     "clip-vit-large-patch14": lambda device, dtype, **kw: CLIPScorer.from_pretrained(
-        "openai/clip-vit-large-patch14", device, dtype
+        "openai/clip-vit-large-patch14", device, dtype, **_clip_options(kw)
     ),
     "clip-vit-base-patch32": lambda device, dtype, **kw: CLIPScorer.from_pretrained(
-        "openai/clip-vit-base-patch32", device, dtype
+        "openai/clip-vit-base-patch32", device, dtype, **_clip_options(kw)
     ),
 }
 
 #: config.json ``model_type`` -> loader(name_or_path, device, dtype) -> Scorer
 ARCHITECTURES: dict[str, Callable[..., Scorer]] = {
-    "clip": lambda path, device, dtype, **kw: CLIPScorer.from_pretrained(path, device, dtype, **kw),
+    "clip": lambda path, device, dtype, **kw: CLIPScorer.from_pretrained(path, device, dtype, **_clip_options(kw)),
 }
 
 
@@ -47,6 +47,13 @@ def scorer_loader(name: str) -> Callable[..., Scorer]:
         )
     loader = ARCHITECTURES[model_type]
     return lambda **kw: loader(name, **kw)
+
+
+def _clip_options(options: dict) -> dict:
+    unknown = sorted(set(options) - {"mapping"})
+    if unknown:
+        raise UserError(f"CLIPScore takes no {', '.join(unknown)} (it compares the image with the prompt directly)")
+    return options
 
 
 def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Scorer:

@@ -1,0 +1,219 @@
+"""Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline`` checkpoints) as a Noise Diffusion generator.
+
+SD3 is a rectified-flow model: the transformer predicts a velocity ``v`` and the flow-matching Euler step is
+``x <- x + (sigma_next - sigma) * v``. With ``v`` held fixed every step is affine in ``x`` with coefficient 1, so the
+replayed gradient w.r.t. ``z`` equals the gradient at the final latent exactly (DESIGN.md §1, step 2).
+The authors of Noise Diffusion released an SD3.5-medium variant with 28 steps, guidance 7.0, negative prompt "" and
+512x512 images; those are the defaults here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Sampled
+from .placement import check_flow_scheduler_choice, memory_settings, place_pipeline
+
+
+class StableDiffusion3Generator:
+    """MMDiT transformer + VAE + two CLIP encoders (+ T5) with classifier-free guidance (off when guidance <= 1, as in
+    diffusers, e.g. for SD3.5-large-turbo)."""
+
+    #: the Noise Diffusion authors' SD3.5 settings (filled in where the caller passes None)
+    DEFAULTS = {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}
+
+    def __init__(
+        self,
+        pipe,
+        *,
+        device: str | torch.device = "cpu",
+        scheduler: str | None = "default",
+        num_steps: int = 28,
+        guidance_scale: float = 7.0,
+        negative_prompt: str | None = "",
+        height: int | None = None,
+        width: int | None = None,
+        max_sequence_length: int = 256,
+        t5_device: str | torch.device | None = None,
+        memory: dict | None = None,
+        name: str = "stable-diffusion-3",
+    ) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        check_flow_scheduler_choice(scheduler)
+        self.pipe = pipe
+        self.transformer, self.vae = pipe.transformer, pipe.vae
+        self._device = torch.device(device)
+        self.t5_device = torch.device(t5_device) if t5_device is not None else self._device
+        self.scheduler_config = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config).config
+        if self.scheduler_config.get("stochastic_sampling"):
+            raise ValueError("the checkpoint's scheduler samples stochastically; the replay needs a deterministic one")
+        self.num_steps = int(num_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.do_cfg = self.guidance_scale > 1.0
+        self.negative_prompt = negative_prompt or ""
+        self.max_sequence_length = int(max_sequence_length)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        multiple = self.vae_scale * self.transformer.config.patch_size
+        default_size = self.transformer.config.sample_size * self.vae_scale
+        self.height, self.width = height or default_size, width or default_size
+        if self.height % multiple or self.width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
+        self.memory = memory or {}
+        self.name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device="cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        drop_t5: bool = False,
+        t5_device: str | None = None,
+        cpu_offload: bool = False,
+        vae_tiling: bool = False,
+        vae_slicing: bool = False,
+        **options,
+    ) -> "StableDiffusion3Generator":
+        """Load a ``StableDiffusion3Pipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
+        from diffusers import StableDiffusion3Pipeline
+
+        if drop_t5 and t5_device is not None:
+            raise ValueError("drop_t5 and t5_device exclude each other")
+        extra = {"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {}
+        pipe = StableDiffusion3Pipeline.from_pretrained(name_or_path, dtype=dtype, **extra)
+        place_pipeline(
+            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+            t5=pipe.text_encoder_3, t5_device=t5_device,
+        )
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, drop_t5=drop_t5,
+                                 t5_device=None if t5_device is None else str(t5_device))
+        return cls(pipe, device=device, t5_device=t5_device, memory=memory, name=str(name_or_path), **options)
+
+    # -- properties -------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.transformer.config.in_channels, self.height // self.vae_scale, self.width // self.vae_scale)
+
+    @property
+    def model_evals_per_generation(self) -> int:
+        return (2 if self.do_cfg else 1) * len(self._fresh_scheduler().timesteps)
+
+    def settings(self) -> dict:
+        return {
+            "model": self.name,
+            "family": "stable-diffusion-3",
+            "scheduler": "flow-match-euler",
+            "scheduler_class": "FlowMatchEulerDiscreteScheduler",
+            "shift": self.scheduler_config.get("shift"),
+            "num_steps": self.num_steps,
+            "guidance_scale": self.guidance_scale,
+            "negative_prompt": self.negative_prompt,
+            "height": self.height,
+            "width": self.width,
+            "max_sequence_length": self.max_sequence_length,
+            "t5": self.pipe.text_encoder_3 is not None,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            **self.memory,
+        }
+
+    # -- the three stages -------------------------------------------------------------------------------------------
+    def _fresh_scheduler(self):
+        """A new scheduler with the timesteps of the pipeline: default sigmas, static shift, or the
+        resolution-dependent shift ``mu`` when the checkpoint asks for dynamic shifting (SD3's own constants)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting"):
+            patch = self.transformer.config.patch_size
+            _, h, w = self.latent_shape
+            kwargs["mu"] = calculate_shift(
+                (h // patch) * (w // patch),
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
+                scheduler.config.get("max_shift", 1.16),
+            )
+        scheduler.set_timesteps(self.num_steps, device=self.device, **kwargs)
+        return scheduler
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> dict:
+        """``{"embeds": [2B, 77 + L, D], "pooled": [2B, P]}`` (negative prompt's rows first; ``[B, ...]`` without
+        CFG): both CLIPs' penultimate hidden states side by side, zero-padded to the T5 width, followed by T5's
+        (zeros when T5 is dropped), as ``StableDiffusion3Pipeline.encode_prompt`` builds them."""
+        texts = ([self.negative_prompt] * len(prompts) if self.do_cfg else []) + list(prompts)
+        clip_1, pooled_1 = self.pipe._get_clip_prompt_embeds(texts, device=self.device, clip_model_index=0)
+        clip_2, pooled_2 = self.pipe._get_clip_prompt_embeds(texts, device=self.device, clip_model_index=1)
+        t5 = self.pipe._get_t5_prompt_embeds(
+            texts, max_sequence_length=self.max_sequence_length, device=self.t5_device
+        ).to(self.device)
+        clip = torch.cat([clip_1, clip_2], dim=-1)
+        clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        embeds = torch.cat([clip, t5], dim=-2).to(self.dtype)
+        return {"embeds": embeds, "pooled": torch.cat([pooled_1, pooled_2], dim=-1).to(self.dtype)}
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, conditioning: dict) -> Sampled:
+        # SD3's pipelines start from unscaled N(0, I) latents (sigma_max = 1): z is used as it is.
+        scheduler = self._fresh_scheduler()
+        latents = z.to(self.device, self.dtype)
+        record = []
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents, latents]) if self.do_cfg else latents
+            velocity = self.transformer(
+                hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
+                encoder_hidden_states=conditioning["embeds"], pooled_projections=conditioning["pooled"],
+                return_dict=False,
+            )[0]
+            if self.do_cfg:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + self.guidance_scale * (cond - uncond)
+            record.append(velocity)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        return Sampled(latents=latents, record=record)
+
+    def replay(self, z: Tensor, record: list[Tensor]) -> Tensor:
+        scheduler = self._fresh_scheduler()
+        if len(record) != len(scheduler.timesteps):
+            raise ValueError(f"record has {len(record)} steps, the scheduler {len(scheduler.timesteps)}")
+        latents = z.to(self.device, self.dtype)
+        for t, velocity in zip(scheduler.timesteps, record):
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        return latents
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Undo the VAE's latent normalisation (scaling *and* shift), decode, map to [0, 1]."""
+        config = self.vae.config
+        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
+        images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _register() -> None:
+    from . import MODEL_ALIASES, PIPELINE_GENERATORS
+
+    PIPELINE_GENERATORS["StableDiffusion3Pipeline"] = StableDiffusion3Generator.from_pretrained
+    MODEL_ALIASES.update({
+        "sd-3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+        "sd-3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
+        "sd-3.5-large": "stabilityai/stable-diffusion-3.5-large",
+    })
+
+
+_register()

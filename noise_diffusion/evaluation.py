@@ -31,7 +31,7 @@ from .results import RESULT_FILE, is_finished, read_json, run_folder, safe_folde
 HELD_OUT_PREFIX = "heldout_"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Job:
     """One (prompt, seed) of a dataset category."""
 
@@ -100,7 +100,7 @@ def run_jobs(
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
     if already_done:
         bar.set_description(f"{search.method} ({already_done} already done)")
-    best_total = 0.0
+    best_total, done = 0.0, 0
     try:
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start + batch_size]
@@ -115,9 +115,9 @@ def run_jobs(
                         stale.unlink()
                     save_run(folder, result, config)
                     saved += 1
-                best_total += result.best_score
+                best_total, done = best_total + result.best_score, done + 1
                 bar.update(1)
-            bar.set_postfix(mean_best=f"{best_total / bar.n:.3f}")
+            bar.set_postfix(mean_best=f"{best_total / done:.3f}")
     finally:
         bar.close()
     return saved

@@ -1,0 +1,113 @@
+"""The report: numbers recomputed by hand from result folders written here, figures and markdown present."""
+
+import json
+import math
+import statistics
+
+import pytest
+from PIL import Image
+
+from noise_diffusion import report
+from noise_diffusion.errors import UserError
+from noise_diffusion.results import run_folder, write_json_atomic
+
+
+def write_run(root, method, category, prompt, seed, scores, compute, held_out=None, kind="simple"):
+    """A finished run folder as save_run leaves it (the fields the report reads)."""
+    folder = run_folder(root / method, prompt, seed)
+    folder.mkdir(parents=True)
+    for name in ("initial.png", "best.png"):
+        Image.new("RGB", (8, 8), (seed * 40 % 255, 80, 120)).save(folder / name)
+    best = max(range(len(scores)), key=lambda k: (scores[k], -k))
+    record = {
+        "prompt": prompt, "seed": seed, "initial_score": scores[0], "best_score": scores[best], "best_epoch": best,
+        "epochs": [{"epoch": k, "score": s} for k, s in enumerate(scores)], "compute": compute, "seconds": 0.5 * seed,
+        "files": {"best": "best.png", "initial": "initial.png"},
+        "config": {"search": {"method": method}, "scorer": {"name": "guide"},
+                   "evaluation": {"category": category, "name": "simple", "kind": kind}},
+    }
+    write_json_atomic(folder / "result.json", record)
+    if held_out is not None:
+        write_json_atomic(folder / "heldout_judge.json", {"verifier": "judge", "initial_score": held_out[0],
+                                                           "best_score": held_out[1]})
+    return folder
+
+
+@pytest.fixture
+def results(tmp_path):
+    nd = {"generations": 3, "unet_evals": 12, "scorer_forward": 3, "scorer_backward": 2}
+    write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 1, [0.2, 0.5, 0.3], nd, (0.1, 0.4))
+    write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 2, [0.4, 0.1], nd, (0.3, 0.2))
+    write_run(tmp_path, "noise_diffusion", "objects", "a red car and a bow", 1, [0.6, 0.95, 0.7], nd)
+    write_run(tmp_path, "none", "animals", "a cat and a dog", 1, [0.2],
+              {"generations": 1, "unet_evals": 4, "scorer_forward": 1, "scorer_backward": 0}, kind=None)
+    # unfinished or broken runs do not count
+    (run_folder(tmp_path / "none", "a bow", 1)).mkdir(parents=True)
+    broken = run_folder(tmp_path / "none", "a car", 1)
+    broken.mkdir(parents=True)
+    (broken / "result.json").write_text("{not json")
+    return tmp_path
+
+
+def test_report_numbers_equal_independent_means(results):
+    summary = report.write_report(results)
+    on_disk = json.loads((results / "summary.json").read_text())
+    # recompute from the result.json files with plain Python
+    records = [json.loads(p.read_text()) for p in sorted((results / "noise_diffusion").glob("*/*/result.json"))]
+    for name, subset in (("overall", records), ("animals", [r for r in records if r["prompt"] == "a cat and a dog"]),
+                         ("objects", [r for r in records if r["prompt"] == "a red car and a bow"])):
+        stats = on_disk["methods"]["noise_diffusion"]["categories"][name]
+        init = [r["initial_score"] for r in subset]
+        best = [max(e["score"] for e in r["epochs"]) for r in subset]
+        assert stats["runs"] == len(subset)
+        assert stats["mean_initial"] == pytest.approx(sum(init) / len(init))
+        assert stats["mean_best"] == pytest.approx(sum(best) / len(best))
+        assert stats["gain"] == pytest.approx(sum(best) / len(best) - sum(init) / len(init))
+        assert stats["best_above_0.5"] == pytest.approx(sum(b > 0.5 for b in best) / len(best))
+        assert stats["best_above_0.9"] == pytest.approx(sum(b > 0.9 for b in best) / len(best))
+        assert stats["median_best_epoch"] == statistics.median(r["best_epoch"] for r in subset)
+        assert stats["unet_evals_per_run"] == 12
+        assert stats["seconds_per_run"] == pytest.approx(sum(r["seconds"] for r in subset) / len(subset))
+    # hand-worked: overall best 0.5, 0.4, 0.95 -> mean 0.6166..., initial 0.2, 0.4, 0.6 -> 0.4; epochs 1, 0, 1
+    overall = summary["methods"]["noise_diffusion"]["categories"]["overall"]
+    assert overall["mean_best"] == pytest.approx(1.85 / 3) and overall["mean_initial"] == pytest.approx(0.4)
+    assert overall["median_best_epoch"] == 1 and overall["prompts"] == 2
+    # held-out: only the two runs that were re-scored
+    judge = on_disk["methods"]["noise_diffusion"]["held_out"]["overall"]["judge"]
+    assert judge["runs"] == 2 and judge["mean_initial"] == pytest.approx(0.2) and judge["mean_best"] == pytest.approx(0.3)
+    # the unfinished and the broken run are not counted
+    assert on_disk["methods"]["none"]["categories"]["overall"]["runs"] == 1
+
+
+def test_best_so_far_curve_is_hand_worked(results):
+    summary = report.summarize(report.collect(results))
+    curve = summary["methods"]["noise_diffusion"]["curve"]
+    # runs: [0.2, 0.5, 0.5], [0.4, 0.4 (kept), 0.4], [0.6, 0.95, 0.95]
+    assert curve["epoch"] == [0, 1, 2]
+    assert curve["mean_best_so_far"] == pytest.approx([(0.2 + 0.4 + 0.6) / 3, (0.5 + 0.4 + 0.95) / 3,
+                                                       (0.5 + 0.4 + 0.95) / 3])
+    assert curve["unet_evals"] == pytest.approx([4, 8, 12])  # 12 evals / 3 generations per epoch
+    assert summary["methods"]["none"]["curve"]["mean_best_so_far"] == pytest.approx([0.2])
+
+
+def test_report_files_paper_numbers_and_markdown(results):
+    summary = report.write_report(results)
+    for name in ("summary.json", "summary.md", "curves.png", "grid_noise_diffusion_animals.png",
+                 "grid_noise_diffusion_objects.png", "grid_none_animals.png"):
+        assert (results / name).stat().st_size > 0, name
+    with Image.open(results / "curves.png") as image:
+        assert image.size[0] > 100
+    text = (results / "summary.md").read_text()
+    assert "0.979" in text and "unverified" in text  # paper beside ours for the simple set ...
+    assert summary["methods"]["none"]["paper"] is None  # ... but not for a dataset of unknown kind
+    assert summary["methods"]["noise_diffusion"]["paper"]["SD1.4"] == 0.700
+    assert "held-out verifier judge" in text and "| **overall** | 3 | 2 | 0.400 | 0.617 |" in text
+    assert not any(p.name.endswith(".tmp") for p in results.iterdir())
+
+
+def test_report_of_nothing_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no finished results"):
+        report.write_report(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        report.write_report(tmp_path / "missing")
+    assert math.isnan(report.score_stats([], [])["mean_best"])

@@ -1,0 +1,298 @@
+"""Shared pieces of the benchmarks: model presets, timing with device synchronisation, memory readings.
+
+Presets (``--preset``), all built locally with no download:
+
+- ``tiny``: the test suite's tiny SD1.x pipeline (32×32 images, 4×16×16 latents) and tiny CLIP scorer.
+- ``toy``: the project's trained toy world when it is installed (``noise_diffusion/toy/assets``, issue 5), otherwise
+  an untrained pipeline of the toy world's shapes (32×32×3 images, 4×8×8 latents, DDIM 25 steps, guidance 5) with the
+  tiny CLIP scorer.
+- ``sd14``: the real architectures of ``CompVis/stable-diffusion-v1-4`` (UNet, VAE, CLIP ViT-L/14 text encoder, PNDM
+  scheduler config) and a CLIP ViT-L/14 scorer, with random weights, from their published configurations written
+  below. Real-size cost without downloading anything; too slow to time many steps on a small CPU.
+
+``--sd_version`` / ``--vqa_model`` replace a preset's generator / scorer with any model the library can load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a clean clone without installing
+    sys.path.insert(0, str(ROOT))
+
+from noise_diffusion.api import resolve_device, resolve_dtype  # noqa: E402
+from noise_diffusion.errors import UserError  # noqa: E402
+from noise_diffusion.generators import load_generator  # noqa: E402
+from noise_diffusion.generators.stable_diffusion import StableDiffusionGenerator  # noqa: E402
+from noise_diffusion.scorers import load_scorer  # noqa: E402
+from noise_diffusion.scorers.clip import CLIP_MEAN, CLIP_STD, CLIPScorer  # noqa: E402
+from noise_diffusion.testing import build_tiny_clip, build_tiny_sd_pipeline, write_clip_tokenizer  # noqa: E402
+
+PRESETS = ("tiny", "toy", "sd14")
+
+# -- published configurations (config.json of CompVis/stable-diffusion-v1-4 and openai/clip-vit-large-patch14) --------
+SD14_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+    center_input_sample=False, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1,
+)
+SD14_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    act_fn="silu", sample_size=512,
+)
+CLIP_L_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=49406, eos_token_id=49407,
+    pad_token_id=1,
+)
+CLIP_L_VISION = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+    patch_size=14, hidden_act="quick_gelu", projection_dim=768,
+)
+SD14_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+)
+# CLIP-FlanT5 (Lin et al., VQAScore): CLIP ViT-L/14-336 vision tower -> 2-layer GELU MLP projector -> FlanT5
+# encoder-decoder. FlanT5 shapes from google/flan-t5-xl and google/flan-t5-xxl config.json.
+CLIP_L336_VISION = {**CLIP_L_VISION, "image_size": 336}
+FLAN_T5 = {
+    "xl": dict(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24, num_decoder_layers=24, vocab_size=32128,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "xxl": dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, num_decoder_layers=24,
+                vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+# -- presets -----------------------------------------------------------------------------------------------------------
+def _workdir() -> Path:
+    path = Path(tempfile.gettempdir()) / f"noise_diffusion_bench_{os.getuid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cached(name: str, build: Callable[[Path], Path]) -> str:
+    """Build a model folder once per machine (random weights from a fixed seed, so a rebuild is identical)."""
+    folder = _workdir() / name
+    marker = folder / ".complete"
+    if not marker.exists():
+        build(folder)
+        marker.write_text("ok")
+    return str(folder)
+
+
+def tiny_sd_dir() -> str:
+    return _cached("tiny_sd", build_tiny_sd_pipeline)
+
+
+def tiny_clip_dir() -> str:
+    return _cached("tiny_clip", build_tiny_clip)
+
+
+def toy_world_dir() -> str | None:
+    """The trained toy world's pipeline folder if the project ships it (issue 5), else None."""
+    assets = ROOT / "noise_diffusion" / "toy" / "assets"
+    if not assets.is_dir():
+        return None
+    for index in sorted(assets.rglob("model_index.json")):
+        return str(index.parent)
+    return None
+
+
+def build_toy_shaped_pipeline(folder: Path, seed: int = 0) -> Path:
+    """An untrained pipeline with the toy world's shapes: 32×32×3 images, a 3-level VAE (latents 4×8×8), DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from noise_diffusion.testing import tiny_clip_text_config
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=32,
+        sample_size=32,
+    )
+    text = CLIPTextModel(CLIPTextConfig(**tiny_clip_text_config(hidden=64, max_positions=16)))
+    tok_dir = write_clip_tokenizer(folder / "_tok", model_max_length=16)
+    scheduler = DDIMScheduler(**{k: v for k, v in SD14_SCHEDULER.items() if k != "skip_prk_steps"}, clip_sample=False)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(tok_dir), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    (folder / "noise_diffusion.json").write_text(json.dumps({"num_steps": 25, "guidance_scale": 5.0}))
+    return folder
+
+
+def build_sd14(device, dtype, **options) -> StableDiffusionGenerator:
+    """SD1.4's UNet, VAE and CLIP-L text encoder with random weights (a character-level tokenizer stands in)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tok_dir = write_clip_tokenizer(_workdir() / "clip_char_tokenizer")
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel(**SD14_UNET), vae=AutoencoderKL(**SD14_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)), tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        scheduler=PNDMScheduler(**SD14_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ).to(device=device, dtype=dtype)
+    return StableDiffusionGenerator(pipe, name="sd14-architecture-random-weights", **options)
+
+
+def build_clip_l_scorer(device, dtype) -> CLIPScorer:
+    """CLIP ViT-L/14 (``clip-vit-large-patch14``) with random weights as a CLIPScore scorer."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(1)
+    config = CLIPConfig(text_config=CLIP_L_TEXT, vision_config=CLIP_L_VISION, projection_dim=768)
+    model = CLIPModel(config).to(device=device, dtype=dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(_workdir() / "clip_char_tokenizer"))
+    scorer = CLIPScorer(model, tokenizer, 224, 224, CLIP_MEAN, CLIP_STD, name="clip-l-architecture-random-weights")
+    return scorer.to(device)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("models")
+    g.add_argument("--preset", choices=PRESETS, default="tiny", help="model preset (default: %(default)s)")
+    g.add_argument("--sd_version", default=None, help="a diffusion checkpoint (folder / Hub id / short name) instead of "
+                                                       "the preset's")
+    g.add_argument("--vqa_model", default=None, help="a verifier (name / folder / Hub id) instead of the preset's")
+    g.add_argument("--device", default=None, help="device (default: cuda:0 when present, else cpu)")
+    g.add_argument("--vqa_device", default=None, help="device of the verifier (default: --device)")
+    g.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"))
+    g.add_argument("--vqa_dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    g.add_argument("--num_steps", type=int, default=None, help="sampler steps (default: the model's recommended)")
+    g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim")
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_models(args: argparse.Namespace):
+    """(generator, scorer, description) from the parsed ``add_model_args`` flags."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    vqa_device = resolve_device(args.vqa_device or str(device))
+    dtype = resolve_dtype(args.dtype, device)
+    vqa_dtype = resolve_dtype(args.vqa_dtype, vqa_device, gpu_default="bfloat16")
+    options = dict(num_steps=args.num_steps, scheduler=args.scheduler, height=args.height, width=args.width)
+    toy = toy_world_dir() if args.preset == "toy" else None
+
+    if args.sd_version:
+        generator, gen_name = load_generator(args.sd_version, device, dtype, **options), args.sd_version
+    elif args.preset == "tiny":
+        generator, gen_name = load_generator(tiny_sd_dir(), device, dtype, **options), "tiny SD1.x (random weights)"
+    elif args.preset == "toy":
+        folder = toy or _cached("toy_shaped_sd", build_toy_shaped_pipeline)
+        generator = load_generator(folder, device, dtype, **options)
+        gen_name = "toy world (trained)" if toy else "toy-world shapes (untrained)"
+    else:
+        sd_options = {k: v for k, v in options.items() if v is not None}
+        generator, gen_name = build_sd14(device, dtype, **sd_options), "SD1.4 architecture (random weights)"
+
+    if args.vqa_model:
+        scorer, scorer_name = load_scorer(args.vqa_model, vqa_device, vqa_dtype), args.vqa_model
+    elif args.preset == "sd14":
+        scorer, scorer_name = build_clip_l_scorer(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
+    else:
+        scorer = _toy_scorer(vqa_device, vqa_dtype) if toy else None
+        scorer_name = "toy verifier"
+        if scorer is None:
+            scorer = load_scorer(tiny_clip_dir(), vqa_device, vqa_dtype, mapping="affine")
+            scorer_name = "tiny CLIP (random weights)"
+    return generator, scorer, f"{gen_name} + {scorer_name}"
+
+
+def _toy_scorer(device, dtype):
+    """The toy world's guiding verifier, if the toy module registered one under a name containing 'toy'."""
+    from noise_diffusion.scorers import SCORERS, _register_optional_scorers
+
+    _register_optional_scorers()
+    names = [n for n in SCORERS if "toy" in n and "held" not in n]
+    return load_scorer(names[0], device, dtype) if names else None
+
+
+# -- timing and memory -------------------------------------------------------------------------------------------------
+def synchronize(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device, repeats: int = 3, warmup: int = 1) -> tuple[float, object]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` runs), synchronising the device around each
+    run so that queued GPU work is counted; returns (seconds, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+        synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        result = fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def reset_peak_memory(device) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> tuple[float, str]:
+    """(GiB, what it is): CUDA's max allocated since the last reset, or the process's peak RSS on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "torch.cuda.max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def write_json(path: str, data: dict) -> None:
+    from noise_diffusion.results import write_json_atomic
+
+    write_json_atomic(Path(path), data)
+
+
+def user_error_exit(main: Callable[[], int | None]) -> None:
+    from noise_diffusion.cli import main_guard
+
+    main_guard(main)
+
+
+__all__ = ["UserError"]

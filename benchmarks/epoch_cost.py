@@ -1,0 +1,239 @@
+"""What one Noise Diffusion epoch costs, part by part, against its physical minimum.
+
+    python benchmarks/epoch_cost.py --preset tiny --batch_size 1 8 --json epoch_cost.json
+
+For each batch size it times, with the library's own pieces and device synchronisation around every timed call:
+guided sampling (``generator.sample``), the differentiable replay, VAE decode forward/backward, scorer forward/backward,
+the candidate selection (``methods.METHODS[...].propose``), the host copies of the images, and — only paid when
+per-epoch images are saved — PNG encoding. The epoch itself is timed inside ``optimize()`` (the interval between the
+``on_epoch`` callbacks of consecutive epochs that all take a gradient), so it includes everything the loop does.
+
+The *physical minimum* of an epoch is what any implementation must do: one plain guided generation, one decode and one
+scorer forward/backward (back to the final latent), measured the same way. ``epoch / minimum`` is the loop's overhead.
+Medians over ``--repeats``; on a shared CPU the numbers are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+
+import torch
+
+import common  # noqa: F401  (puts the project on sys.path)
+from common import (
+    add_model_args, build_models, count_parameters, machine, peak_memory, reset_peak_memory, synchronize, timed,
+    user_error_exit, write_json,
+)
+from noise_diffusion import SearchConfig, optimize
+from noise_diffusion.generators.base import initial_latents
+from noise_diffusion.methods import METHODS
+from noise_diffusion.optimize import POOL_SEED_OFFSET
+from noise_diffusion.scorers.base import tensor_to_pil
+
+PROMPTS = ["a dog and a frog", "a red cube on top of a blue sphere", "a cat left of a clock", "two birds and a bench"]
+
+
+def batch_items(batch: int) -> tuple[list[str], list[int]]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(batch)], list(range(batch))
+
+
+def time_parts(generator, scorer, prompts, seeds, num_candidates: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each part of one epoch for the whole batch."""
+    device = generator.device
+    z = initial_latents(generator.latent_shape, seeds).to(device)
+    parts: dict[str, float] = {}
+    parts["encode prompts (once per run)"], cond = timed(lambda: generator.encode_prompts(prompts), device, repeats)
+    parts["guided sampling"], sampled = timed(lambda: generator.sample(z, cond), device, repeats)
+
+    segments: dict[str, list[float]] = {k: [] for k in ("replay", "decode forward", "scorer forward",
+                                                         "scorer backward", "decode + replay backward")}
+    for _ in range(repeats + 1):  # the first pass is a warm-up
+        leaf = z.detach().requires_grad_(True)
+        marks = [_now(device)]
+        latents = generator.replay(leaf, sampled.record)
+        marks.append(_now(device))
+        images = generator.decode(latents)
+        marks.append(_now(device))
+        image_leaf = images.detach().requires_grad_(True)
+        scores = scorer(image_leaf, prompts)
+        marks.append(_now(device))
+        (image_grad,) = torch.autograd.grad(scores.sum(), image_leaf)
+        marks.append(_now(device))
+        (grad,) = torch.autograd.grad(images, leaf, image_grad)
+        marks.append(_now(device))
+        for key, start, end in zip(segments, marks, marks[1:]):
+            segments[key].append(end - start)
+    parts.update({k: statistics.median(v[1:]) for k, v in segments.items()})
+
+    method = METHODS["noise_diffusion"]
+    options = {"num_candidates": num_candidates, "step_size": 0.1}
+
+    def select():
+        rngs = [torch.Generator(device=device).manual_seed(s + POOL_SEED_OFFSET) for s in seeds]
+        return method.propose(z, grad, scores.detach(), rngs, options)
+
+    parts["selection (pool + alignments + update)"], _ = timed(select, device, repeats)
+    parts["image copies to host"], _ = timed(lambda: [images[j].detach().float().cpu() for j in range(len(seeds))],
+                                             device, repeats)
+    parts["PNG encoding (only with per-epoch images)"], _ = timed(lambda: _encode_png(images), device, repeats)
+    return parts
+
+
+def _encode_png(images) -> int:
+    size = 0
+    for pil in tensor_to_pil(images.detach()):
+        buffer = io.BytesIO()
+        pil.save(buffer, format="PNG")
+        size += buffer.tell()
+    return size
+
+
+def _now(device) -> float:
+    synchronize(device)
+    return time.perf_counter()
+
+
+def minimum_pass(generator, scorer, prompts, seeds):
+    """One plain guided generation + decode + scorer forward/backward to the final latent (what any loop must do)."""
+    z = initial_latents(generator.latent_shape, seeds).to(generator.device)
+    cond = generator.encode_prompts(prompts)
+
+    def minimum():
+        final = generator.sample(z, cond).latents.detach().requires_grad_(True)
+        scores = scorer(generator.decode(final), prompts)
+        return torch.autograd.grad(scores.sum(), final)
+
+    return minimum
+
+
+def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: int) -> dict:
+    """Epoch seconds measured inside ``optimize()``, interleaved with the physical minimum.
+
+    An epoch's interval runs from the end of the previous epoch's last ``on_epoch`` call to its own last call; epochs
+    1 .. max_epoch-1 all compute a gradient (the last one does not, as nothing follows it) and are the ones kept.
+    After every epoch the callback times one minimum pass (outside the epoch's interval), so that both are measured
+    under the same machine load: on a shared CPU the load drifts by more than the overheads being measured.
+    """
+    device = generator.device
+    minimum = minimum_pass(generator, scorer, prompts, seeds)
+    minimum()  # warm-up
+    last = len(prompts) - 1
+    intervals, minima, totals = [], [], []
+    for _ in range(runs):
+        ends: dict[int, float] = {}
+        starts: dict[int, float] = {}
+
+        def on_epoch(item, epoch, image, record):
+            if item != last:
+                return
+            synchronize(device)
+            ends[epoch] = time.perf_counter()
+            if epoch < config.max_epoch - 1:
+                tick = time.perf_counter()
+                minimum()
+                synchronize(device)
+                minima.append(time.perf_counter() - tick)
+            starts[epoch] = time.perf_counter()
+
+        synchronize(device)
+        begin = time.perf_counter()
+        optimize(generator, scorer, prompts, seeds, config, progress=False, on_epoch=on_epoch)
+        synchronize(device)
+        totals.append(time.perf_counter() - begin - sum(starts[e] - ends[e] for e in ends))
+        intervals += [ends[e] - starts[e - 1] for e in range(1, config.max_epoch)]
+    return {
+        "epoch_seconds": statistics.median(intervals),
+        "minimum_seconds": statistics.median(minima),
+        "epoch_intervals": intervals,
+        "minimum_samples": minima,
+        "optimize_total_seconds": statistics.mean(totals),
+    }
+
+
+def measure(generator, scorer, batch: int, args) -> dict:
+    prompts, seeds = batch_items(batch)
+    device = generator.device
+    reset_peak_memory(device)
+    parts = time_parts(generator, scorer, prompts, seeds, args.num_candidate_noises, args.repeats)
+    config = SearchConfig(max_epoch=args.epochs, num_candidates=args.num_candidate_noises)
+    timing = time_epochs(generator, scorer, prompts, seeds, config, args.runs)
+    epoch, minimum = timing["epoch_seconds"], timing["minimum_seconds"]
+    memory, memory_kind = peak_memory(device)
+    per_epoch = {k: v for k, v in parts.items() if "once" not in k and "PNG" not in k}
+    return {
+        "batch_size": batch,
+        "parts_seconds": parts,
+        "sum_of_parts_seconds": sum(per_epoch.values()),
+        **timing,
+        "epoch_over_minimum": epoch / minimum,
+        "seconds_per_image_per_epoch": epoch / batch,
+        "peak_memory_gib": memory,
+        "peak_memory_kind": memory_kind,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"**{report['models']}** on {report['machine']}; {report['settings']}", ""]
+    for row in report["results"]:
+        b, epoch = row["batch_size"], row["epoch_seconds"]
+        lines += [f"Batch {b}:", "", "| part | s per batch | s per image | % of epoch |", "|---|---:|---:|---:|"]
+        for part, sec in row["parts_seconds"].items():
+            lines.append(f"| {part} | {sec:.4f} | {sec / b:.4f} | {100 * sec / epoch:.1f} |")
+        rest = epoch - row["sum_of_parts_seconds"]
+        lines.append(f"| rest of the loop (bookkeeping; epoch − sum of parts) | {rest:.4f} | {rest / b:.4f} | "
+                     f"{100 * rest / epoch:.1f} |")
+        lines.append("")
+    lines += ["| batch | epoch (optimize) s | physical minimum s | epoch / minimum | s per image per epoch | peak memory GiB |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for row in report["results"]:
+        lines.append(f"| {row['batch_size']} | {row['epoch_seconds']:.4f} | {row['minimum_seconds']:.4f} | "
+                     f"{row['epoch_over_minimum']:.3f} | {row['seconds_per_image_per_epoch']:.4f} | "
+                     f"{row['peak_memory_gib']:.2f} ({row['peak_memory_kind']}) |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--batch_size", type=int, nargs="+", default=[1], help="one or more batch sizes")
+    parser.add_argument("--num_candidate_noises", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per timed optimize() run (>= 2; default 4)")
+    parser.add_argument("--runs", type=int, default=1, help="optimize() runs per batch size (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each part (default 3)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (experiment)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (epoch 1 .. epochs-1 are timed)")
+    if min(args.batch_size) < 1:
+        parser.error("--batch_size must be >= 1")
+    generator, scorer, models = build_models(args)
+    if args.compile:
+        generator.unet = torch.compile(generator.unet)
+    settings = generator.settings()
+    report = {
+        "models": models,
+        "machine": machine(),
+        "settings": (f"{settings['num_steps']} steps ({settings['scheduler_class']}), guidance "
+                     f"{settings['guidance_scale']}, {settings['height']}x{settings['width']}, dtype {settings['dtype']}, "
+                     f"scorer dtype {str(next(scorer.parameters()).dtype).removeprefix('torch.')}, "
+                     f"N = {args.num_candidate_noises}, compile {args.compile}"),
+        "parameters": {"generator": sum(count_parameters(m) for m in (generator.unet, generator.vae,
+                                                                      generator.text_encoder)),
+                       "scorer": count_parameters(scorer)},
+        "results": [],
+    }
+    for batch in args.batch_size:
+        report["results"].append(measure(generator, scorer, batch, args))
+        print(f"batch {batch}: epoch {report['results'][-1]['epoch_seconds']:.4f} s", flush=True)
+    print(markdown(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    user_error_exit(main)

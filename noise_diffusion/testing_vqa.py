@@ -91,3 +91,156 @@ def build_tiny_clip_t5(folder: str | os.PathLike, seed: int = 0, tower_in_checkp
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     write_t5_tokenizer(folder)
     return folder
+
+
+def write_byte_tokenizer(folder: str | os.PathLike, special_tokens: list[str], bos_token: str | None = None,
+                         eos_token: str = "</s>", unk_token: str | None = None, pad_token: str | None = None) -> Path:
+    """A byte-level BPE tokenizer with no merges (one token per byte) plus ``special_tokens`` (ids 256, 257, ...);
+    ``bos_token`` (if any) is prepended to every encoding, as LLaMA's tokenizer does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from .testing import _bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(special_tokens)
+    if bos_token is not None:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", special_tokens=[(bos_token, tokenizer.token_to_id(bos_token))]
+        )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos_token,
+                                   unk_token=unk_token, pad_token=pad_token or eos_token)
+    fast.save_pretrained(folder)
+    return Path(folder)
+
+
+def tiny_llama_config(vocab_size: int, **extra) -> dict:
+    return dict(model_type="llama", vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, **extra)
+
+
+def _scale_output(model, factor: float = 10.0) -> None:
+    """Scale the output layer so that the tiny model's next-token distribution is far from uniform (with the usual
+    0.02 init it is nearly uniform, and a wrong prompt would change the score too little for a test to notice)."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(factor)
+
+
+def build_tiny_llava(folder: str | os.PathLike, seed: int = 0, image_size: int = 16) -> Path:
+    """A tiny ``LlavaForConditionalGeneration`` folder (llava-hf layout) with a byte tokenizer and CLIP processor config."""
+    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    folder = Path(folder)
+    write_byte_tokenizer(folder, ["<s>", "</s>", "<unk>", "<image>"], bos_token="<s>", unk_token="<unk>")
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        text_config=tiny_llama_config(len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(model_type="clip_vision_model", **tiny_clip_vision_config(image_size)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    model = LlavaForConditionalGeneration(config)
+    _scale_output(model)
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(clip_processor_config(image_size)), encoding="utf-8")
+    return folder
+
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+
+
+def build_tiny_qwen2_5_vl(folder: str | os.PathLike, seed: int = 0, patch_size: int = 4) -> Path:
+    """A tiny ``Qwen2_5_VLForConditionalGeneration`` folder with a byte tokenizer holding Qwen's special tokens and a
+    ``Qwen2VLImageProcessor`` config (patch 4, merge 2, so 32x32 images need no resize)."""
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    folder = Path(folder)
+    write_byte_tokenizer(folder, QWEN_SPECIAL, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    torch.manual_seed(seed)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"],
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=patch_size,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=4 * patch_size, fullatt_block_indexes=[1])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                              video_token_id=ids["<|endoftext|>"])
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _scale_output(model)
+    model.save_pretrained(folder)
+    processor = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": patch_size, "merge_size": 2,
+                 "temporal_patch_size": 2, "min_pixels": 8 * 8, "max_pixels": 64 * 64, "image_mean": list(CLIP_MEAN),
+                 "image_std": list(CLIP_STD), "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                 "do_resize": True, "resample": 3}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return folder
+
+
+SMOLVLM_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<global-img>",
+                   "<image>"]
+
+
+def build_tiny_smolvlm(folder: str | os.PathLike, seed: int = 0, image_size: int = 16) -> Path:
+    """A tiny ``SmolVLMForConditionalGeneration`` folder (Idefics3-style connector, scale factor 2, 4 image tokens)."""
+    from transformers import AutoTokenizer, SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    folder = Path(folder)
+    write_byte_tokenizer(folder, SMOLVLM_SPECIAL, eos_token="<end_of_utterance>", pad_token="<|endoftext|>")
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    config = SmolVLMConfig(
+        text_config=tiny_llama_config(len(tok), pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=4),
+        scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    model = SmolVLMForConditionalGeneration(config)
+    _scale_output(model)
+    model.save_pretrained(folder)
+    processor = {"image_processor_type": "SmolVLMImageProcessor", "do_resize": True,
+                 "size": {"longest_edge": image_size}, "max_image_size": {"longest_edge": image_size},
+                 "do_image_splitting": False, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                 "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_pad": True, "resample": 1}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return folder
+
+
+def build_tiny_instructblip(folder: str | os.PathLike, seed: int = 0, image_size: int = 16) -> Path:
+    """A tiny ``InstructBlipForConditionalGeneration`` (FlanT5 language model) folder: a T5 tokenizer with ``<image>``
+    added, a byte tokenizer in ``qformer_tokenizer/``, and a ``BlipImageProcessor`` config."""
+    from transformers import AutoTokenizer, InstructBlipConfig, InstructBlipForConditionalGeneration
+
+    folder = Path(folder)
+    write_t5_tokenizer(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.save_pretrained(folder)
+    qtok = AutoTokenizer.from_pretrained(
+        write_byte_tokenizer(folder / "qformer_tokenizer", ["[CLS]", "[SEP]", "[PAD]"], bos_token="[CLS]",
+                             eos_token="[SEP]", pad_token="[PAD]"))
+    torch.manual_seed(seed)
+    t5 = {**tiny_t5_config(), "vocab_size": len(tok), "model_type": "t5"}
+    config = InstructBlipConfig(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        qformer_config=dict(vocab_size=len(qtok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, encoder_hidden_size=16, max_position_embeddings=128,
+                            pad_token_id=qtok.pad_token_id),
+        text_config=t5, num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    model = InstructBlipForConditionalGeneration(config)
+    _scale_output(model, 0.02)  # T5's output layer is initialised with std 1, not 0.02
+    model.save_pretrained(folder)
+    processor = {"image_processor_type": "BlipImageProcessor", "do_resize": True,
+                 "size": {"height": image_size, "width": image_size}, "resample": 3, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN),
+                 "image_std": list(CLIP_STD), "do_convert_rgb": True}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return folder

@@ -11,6 +11,7 @@ from .. import ARCHITECTURES, SCORERS
 from .clip_t5 import HUB_IDS as CLIP_T5_HUB_IDS
 from .clip_t5 import CLIPT5Scorer, load_clip_t5_scorer
 from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer
+from .native import NATIVE_HUB_IDS, NATIVE_MODEL_TYPES, load_native_scorer
 
 #: short name -> Hub id of every registered VQA verifier
 HUB_IDS: dict[str, str] = dict(CLIP_T5_HUB_IDS)
@@ -39,5 +40,6 @@ def _dtype_default(loader):
 
 
 _register(_dtype_default(load_clip_t5_scorer), CLIP_T5_HUB_IDS, ("clip_t5",))
+_register(_dtype_default(load_native_scorer), NATIVE_HUB_IDS, NATIVE_MODEL_TYPES)
 
-__all__ = ["VQAScorer", "CLIPT5Scorer", "HUB_IDS", "DEFAULT_QUESTION", "DEFAULT_ANSWER", "load_clip_t5_scorer"]
+__all__ = ["VQAScorer", "CLIPT5Scorer", "HUB_IDS", "DEFAULT_QUESTION", "DEFAULT_ANSWER", "load_clip_t5_scorer", "load_native_scorer"]

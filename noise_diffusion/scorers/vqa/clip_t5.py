@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, mean_answer_logprob
+from .core import VQAScorer, mean_answer_logprob
 from .preprocess import clip_pixels, clip_processor_settings, read_json
 
 SYSTEM_MESSAGE = (
@@ -39,7 +39,6 @@ IMAGE_PLACEHOLDER = "<image>"
 HUB_IDS = {"clip-flant5-xxl": "zhiqiulin/clip-flant5-xxl", "clip-flant5-xl": "zhiqiulin/clip-flant5-xl"}
 #: tokenizer of the checkpoint (not shipped in the checkpoint repos), by T5 width
 TOKENIZERS = {4096: "google/flan-t5-xxl", 2048: "google/flan-t5-xl", 1024: "google/flan-t5-large", 768: "google/flan-t5-base"}
-DEFAULT_VISION_TOWER = "openai/clip-vit-large-patch14-336"
 
 # Keys that old checkpoints carry and that hold nothing to load.
 IGNORED_KEYS = (re.compile(r".*position_ids$"), re.compile(r".*decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"))
@@ -164,8 +163,8 @@ class _ConfigOnly(nn.Module):
 class CLIPT5Scorer(VQAScorer):
     """VQAScore with CLIP-FlanT5: exp(mean log p) of the answer tokens (with ``</s>``) given image and question."""
 
-    def __init__(self, model: CLIPT5, tokenizer, processor: dict, question_template: str = DEFAULT_QUESTION,
-                 answer_template: str = DEFAULT_ANSWER, system_message: str = SYSTEM_MESSAGE, pad: bool = True,
+    def __init__(self, model: CLIPT5, tokenizer, processor: dict, question_template: str | None = None,
+                 answer_template: str | None = None, system_message: str = SYSTEM_MESSAGE, pad: bool = True,
                  name: str = "clip-t5") -> None:
         super().__init__(question_template, answer_template)
         self.model, self.tokenizer, self.processor = model, tokenizer, processor

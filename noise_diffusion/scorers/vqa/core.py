@@ -46,10 +46,10 @@ class VQAScorer(Scorer):
     exp(mean log p(answer)) as float32.
     """
 
-    def __init__(self, question_template: str = DEFAULT_QUESTION, answer_template: str = DEFAULT_ANSWER) -> None:
+    def __init__(self, question_template: str | None = None, answer_template: str | None = None) -> None:
         super().__init__()
-        self.question_template = check_template(question_template, "question")
-        self.answer_template = check_template(answer_template, "answer")
+        self.question_template = check_template(question_template or DEFAULT_QUESTION, "question")
+        self.answer_template = check_template(answer_template or DEFAULT_ANSWER, "answer")
 
     def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
         """Mean log-probability of ``answer``'s tokens given ``image`` [1, 3, H, W] in [0, 1] and ``question``."""

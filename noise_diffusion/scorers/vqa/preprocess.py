@@ -60,12 +60,24 @@ def mean_colour(mean: Sequence[float]) -> list[float]:
     return [int(m * 255) / 255 for m in mean]
 
 
+def resize(images: Tensor, height: int, width: int) -> Tensor:
+    """Bicubic resize to exactly (height, width), as the processors' PIL resize: antialiased, and clipped to [0, 1] as
+    PIL's 8-bit output is (bicubic overshoots on sharp edges)."""
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    out = nn.functional.interpolate(images, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp(0.0, 1.0)
+
+
 def clip_pixels(images: Tensor, size: int, crop: int, mean: Sequence[float], std: Sequence[float],
                 pad: bool = False) -> Tensor:
     """``CLIPImageProcessor`` in torch: (optional square padding), bicubic shortest-side resize, centre crop, normalise."""
     if pad:
         images = pad_to_square(images, mean_colour(mean))
-    images = resize_center_crop(images, size, crop)
+    if min(images.shape[-2:]) != size:
+        images = resize_center_crop(images, size, crop).clamp(0.0, 1.0)  # clipped as PIL's 8-bit output
+    else:
+        images = resize_center_crop(images, size, crop)
     return normalize(images, mean, std)
 
 

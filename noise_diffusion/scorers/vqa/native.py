@@ -1,0 +1,262 @@
+"""VQAScore with vision-language models native to transformers (no remote code): LLaVA-1.5, Qwen2-VL / Qwen2.5-VL,
+SmolVLM / Idefics3 (decoder-only) and InstructBLIP (FlanT5 encoder-decoder).
+
+Each family writes its published chat format around the question, expands the image placeholder into as many image
+tokens as its processor would, and builds ``pixel_values`` with differentiable torch preprocessing that follows the
+checkpoint's ``preprocessor_config.json`` (see :mod:`.preprocess`). The score is exp(mean log p) of the answer tokens,
+teacher-forced after the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ...errors import UserError
+from ..base import normalize
+from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, mean_answer_logprob
+from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, clip_processor_settings, read_json, resize
+
+LLAVA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+class DecoderVQAScorer(VQAScorer):
+    """A decoder-only VLM: the prompt (with image tokens) then the answer, one forward pass, answer tokens scored."""
+
+    #: appended to the answer text (an end-of-turn token, where the original VQAScore counts it)
+    answer_suffix = ""
+    #: put before the answer (SmolVLM's assistant turn starts with a space)
+    answer_prefix = ""
+
+    def __init__(self, model, tokenizer, image_config: dict, name: str, question_template: str | None = None,
+                 answer_template: str | None = None) -> None:
+        super().__init__(question_template or DEFAULT_QUESTION, answer_template or DEFAULT_ANSWER)
+        self.model, self.tokenizer, self.image_config, self.name = model, tokenizer, image_config, name
+        self.freeze()
+
+    def prompt(self, question: str, image_inputs: dict) -> str:
+        raise NotImplementedError
+
+    def image_inputs(self, image: Tensor) -> dict:
+        """Model keyword arguments for one image [1, 3, H, W] in [0, 1] (differentiable), plus private "_" keys."""
+        raise NotImplementedError
+
+    def extra_inputs(self, input_ids: Tensor) -> dict:
+        return {}
+
+    def token(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(int(token_id))
+
+    def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
+        inputs = self.image_inputs(image)
+        prompt = self.prompt(question, inputs)
+        prompt_ids = self.tokenizer(prompt.rstrip(" ")).input_ids
+        ids = self.tokenizer(prompt + self.answer_prefix + answer + self.answer_suffix).input_ids
+        if ids[: len(prompt_ids)] != prompt_ids or len(ids) <= len(prompt_ids):
+            raise UserError(f"{self.name}: the answer {answer!r} does not tokenise apart from the prompt")
+        input_ids = torch.tensor([ids], device=self.device)
+        n_answer = len(ids) - len(prompt_ids)
+        model_inputs = {k: v for k, v in inputs.items() if not k.startswith("_")}
+        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+                         logits_to_keep=n_answer + 1, **model_inputs, **self.extra_inputs(input_ids))
+        return mean_answer_logprob(out.logits[0, :-1], input_ids[0, -n_answer:])
+
+
+class LlavaScorer(DecoderVQAScorer):
+    """LLaVA-1.5 (``llava-hf``): VQAScore's LLaVA-1.5 prompt ``{system} USER: <image>\\n{q} ASSISTANT: {a}</s>``.
+
+    Pixels: (square padding with the mean colour when the processor pads, or with ``pad_to_square=True`` as the
+    original LLaVA-1.5 does), shortest-side bicubic resize, centre crop, CLIP normalisation.
+    """
+
+    answer_suffix = "</s>"
+
+    def __init__(self, *args, pad_to_square: bool | None = None, system_message: str = LLAVA_SYSTEM, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad = self.image_config["pad"] if pad_to_square is None else pad_to_square
+        self.system_message = system_message
+        cfg = self.model.config
+        patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+        self.num_image_tokens = patches + (1 if cfg.vision_feature_select_strategy == "full" else 0)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        c = self.image_config
+        return clip_pixels(images, c["size"], c["crop"], c["mean"], c["std"], pad=self.pad)
+
+    def image_inputs(self, image: Tensor) -> dict:
+        return {"pixel_values": self.preprocess(image).to(self.model.dtype)}
+
+    def prompt(self, question: str, image_inputs: dict) -> str:
+        image = self.token(self.model.config.image_token_id) * self.num_image_tokens
+        return f"{self.system_message} USER: {image}\n{question} ASSISTANT: "
+
+
+def qwen_pixels(images: Tensor, config: dict) -> tuple[Tensor, list[int]]:
+    """Qwen2-VL's image processor in torch: resize to multiples of patch*merge (``smart_resize``), normalise, and
+    flatten into patches ordered (merge block row, merge block col, row in block, col in block), each patch repeated
+    ``temporal_patch_size`` times. Returns ``pixel_values`` [N, C*T*P*P] and the grid (t, h, w)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    p, m, t = config["patch_size"], config["merge_size"], config["temporal_patch_size"]
+    b, c, h, w = images.shape
+    new_h, new_w = smart_resize(h, w, factor=p * m, min_pixels=config["min_pixels"], max_pixels=config["max_pixels"])
+    images = normalize(resize(images, new_h, new_w), config["mean"], config["std"])
+    gh, gw = new_h // p, new_w // p
+    patches = images[0].reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
+    patches = patches[:, :, :, :, :, None].expand(*patches.shape[:5], t, p, p)
+    return patches.reshape(gh * gw, c * t * p * p), [1, gh, gw]
+
+
+def qwen_image_config(processor: dict) -> dict:
+    size = processor.get("size") or {}
+    return {
+        "patch_size": processor.get("patch_size", 14), "merge_size": processor.get("merge_size", 2),
+        "temporal_patch_size": processor.get("temporal_patch_size", 2),
+        "min_pixels": processor.get("min_pixels", size.get("shortest_edge", 56 * 56)),
+        "max_pixels": processor.get("max_pixels", size.get("longest_edge", 28 * 28 * 1280)),
+        "mean": list(processor.get("image_mean", CLIP_MEAN)), "std": list(processor.get("image_std", CLIP_STD)),
+    }
+
+
+class QwenVLScorer(DecoderVQAScorer):
+    """Qwen2-VL / Qwen2.5-VL with their chat format (default system prompt, ``<|vision_start|>`` image
+    ``<|vision_end|>`` before the question); the answer is ``Yes`` without an end token, as VQAScore does for Qwen."""
+
+    system_message = "You are a helpful assistant."
+
+    def image_inputs(self, image: Tensor) -> dict:
+        pixels, grid = qwen_pixels(image, self.image_config)
+        grid_t = torch.tensor([grid], device=self.device)
+        return {"pixel_values": pixels.to(self.model.dtype), "image_grid_thw": grid_t,
+                "_tokens": math.prod(grid) // self.image_config["merge_size"] ** 2}
+
+    def prompt(self, question: str, image_inputs: dict) -> str:
+        cfg = self.model.config
+        image = (self.token(cfg.vision_start_token_id) + self.token(cfg.image_token_id) * image_inputs["_tokens"]
+                 + self.token(cfg.vision_end_token_id))
+        return (f"<|im_start|>system\n{self.system_message}<|im_end|>\n<|im_start|>user\n{image}{question}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+
+    def extra_inputs(self, input_ids: Tensor) -> dict:
+        # transformers 5 needs the token types (1 = image) to compute multimodal RoPE positions
+        return {"mm_token_type_ids": (input_ids == self.model.config.image_token_id).int()}
+
+
+def smolvlm_image_config(processor: dict, vision_size: int) -> dict:
+    max_size = (processor.get("max_image_size") or {}).get("longest_edge", vision_size)
+    return {"size": int(max_size), "mean": list(processor.get("image_mean", [0.5] * 3)),
+            "std": list(processor.get("image_std", [0.5] * 3)), "splitting": processor.get("do_image_splitting", True)}
+
+
+class SmolVLMScorer(DecoderVQAScorer):
+    """SmolVLM / Idefics3 with one global image (no tiling: ``do_image_splitting`` off, so the image is resized to
+    ``max_image_size`` square), chat format ``<|im_start|>User:{image}{q}<end_of_utterance>\\nAssistant: {a}``."""
+
+    answer_prefix = " "
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.model.config
+        patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+        self.num_image_tokens = patches // cfg.scale_factor**2
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        size = self.image_config["size"]
+        # the processor's LANCZOS resize is approximated by antialiased bicubic
+        return normalize(resize(images, size, size), self.image_config["mean"], self.image_config["std"])
+
+    def image_inputs(self, image: Tensor) -> dict:
+        return {"pixel_values": self.preprocess(image)[:, None].to(self.model.dtype)}
+
+    def prompt(self, question: str, image_inputs: dict) -> str:
+        image = (f"<fake_token_around_image><global-img>{self.token(self.model.config.image_token_id) * self.num_image_tokens}"
+                 "<fake_token_around_image>")
+        return f"<|im_start|>User:{image}{question}<end_of_utterance>\nAssistant:"
+
+
+INSTRUCTBLIP_QUESTION = 'Question: Does this figure show "{prompt}"? Please answer yes or no.'
+INSTRUCTBLIP_ANSWER = "yes"
+
+
+class InstructBlipScorer(VQAScorer):
+    """InstructBLIP-FlanT5: the question goes to the Q-Former and, after the query tokens, to the T5 encoder; the
+    answer (lower-case ``yes`` with ``</s>``, VQAScore's InstructBLIP defaults) is teacher-forced in the decoder.
+    Pixels: bicubic resize to the processor's square size (no crop), CLIP normalisation."""
+
+    def __init__(self, model, tokenizer, qformer_tokenizer, image_config: dict, name: str,
+                 question_template: str | None = None, answer_template: str | None = None) -> None:
+        super().__init__(question_template or INSTRUCTBLIP_QUESTION, answer_template or INSTRUCTBLIP_ANSWER)
+        self.model, self.tokenizer, self.qformer_tokenizer = model, tokenizer, qformer_tokenizer
+        self.image_config, self.name = image_config, name
+        if getattr(model.config, "image_token_id", None) is None:
+            raise UserError(f"{name}: config has no image_token_id (an old revision); use a current checkpoint")
+        self.freeze()
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        size = self.image_config["size"]
+        return normalize(resize(images, size, size), self.image_config["mean"], self.image_config["std"])
+
+    def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
+        cfg = self.model.config
+        ids = [cfg.image_token_id] * cfg.num_query_tokens + self.tokenizer(question).input_ids
+        input_ids = torch.tensor([ids], device=self.device)
+        qformer = self.qformer_tokenizer(question, return_tensors="pt").to(self.device)
+        labels = torch.tensor([self.tokenizer(answer).input_ids], device=self.device)
+        start = torch.full_like(labels[:, :1], cfg.text_config.decoder_start_token_id)
+        out = self.model(pixel_values=self.preprocess(image).to(self.model.dtype), input_ids=input_ids,
+                         attention_mask=torch.ones_like(input_ids), qformer_input_ids=qformer.input_ids,
+                         qformer_attention_mask=qformer.attention_mask,
+                         decoder_input_ids=torch.cat([start, labels[:, :-1]], 1), use_cache=False)
+        return mean_answer_logprob(out.logits[0], labels[0])
+
+
+def _image_size(config: dict, default: int) -> int:
+    size = config.get("size", default)
+    if isinstance(size, dict):
+        size = size.get("height", size.get("shortest_edge", default))
+    return int(size)
+
+
+def load_native_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> VQAScorer:
+    """Load a transformers-native VLM (Hub id or folder) as a VQAScore verifier; the family comes from its config."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    processor = read_json(name_or_path, "preprocessor_config.json")
+    kind = config.model_type
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if kind == "llava":
+        image_config = clip_processor_settings(processor, config.vision_config.image_size)
+        image_config["pad"] = bool(processor.get("do_pad", False))
+        scorer = LlavaScorer(model, tokenizer, image_config, str(name_or_path), **options)
+    elif kind in ("qwen2_vl", "qwen2_5_vl"):
+        scorer = QwenVLScorer(model, tokenizer, qwen_image_config(processor), str(name_or_path), **options)
+    elif kind in ("smolvlm", "idefics3"):
+        image_config = smolvlm_image_config(processor, config.vision_config.image_size)
+        scorer = SmolVLMScorer(model, tokenizer, image_config, str(name_or_path), **options)
+    elif kind == "instructblip":
+        qformer_tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder="qformer_tokenizer")
+        image_config = {"size": _image_size(processor, config.vision_config.image_size),
+                        "mean": list(processor.get("image_mean", CLIP_MEAN)), "std": list(processor.get("image_std", CLIP_STD))}
+        scorer = InstructBlipScorer(model, tokenizer, qformer_tokenizer, image_config, str(name_or_path), **options)
+    else:
+        raise UserError(f"{name_or_path!r}: model_type {kind!r} is not a supported VQA family")
+    return scorer.to(device)
+
+
+NATIVE_HUB_IDS = {
+    "llava-v1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "llava-v1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    "instructblip-flant5-xl": "Salesforce/instructblip-flan-t5-xl",
+    "instructblip-flant5-xxl": "Salesforce/instructblip-flan-t5-xxl",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
+}
+NATIVE_MODEL_TYPES = ("llava", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "instructblip")

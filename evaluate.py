@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from noise_diffusion import api, cli
 from noise_diffusion.datasets import dataset_kind, load_dataset, resolve
-from noise_diffusion.evaluation import job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs, shard
+from noise_diffusion.evaluation import (
+    held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs, shard,
+)
+from noise_diffusion.generators import pipeline_class_name, resolve_model
 from noise_diffusion.report import OVERALL, write_report
 from noise_diffusion.results import check_writable
+from noise_diffusion.scorers import scorer_loader
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -75,7 +81,8 @@ def main(argv=None) -> int:
     entries = load_dataset(args.dataset, args.categories, args.limit)
     search = cli.search_config(args, keep_epoch_images=args.save_all_epochs)
     jobs = make_jobs(entries, args.seeds)
-    procs = processes(args.shard)
+    on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
+    procs = processes(args.shard, cpu=on_cpu)
     mine = shard(jobs, procs.index, procs.count)
     root = check_writable(args.result_root)
     device = args.device or procs.device
@@ -83,20 +90,30 @@ def main(argv=None) -> int:
     progress = not args.quiet and (procs.is_main or procs.barrier is None)
 
     todo = pending_jobs(mine, root, search.method, args.overwrite)
+    # cheap checks of every model name before any weights are loaded
+    for name in [device, vqa_device]:
+        api.resolve_device(name)
+    if todo:
+        pipeline_class_name(resolve_model(args.sd_version))
+        scorer_loader(args.vqa_model)
+    if args.eval_vqa_model:
+        scorer_loader(args.eval_vqa_model)
+
     if todo:  # models are loaded only when there is something to generate
         generator = api.build_generator(
             args.sd_version, device, args.dtype, scheduler=args.scheduler, num_steps=args.num_denoising_steps,
             guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, height=args.height,
             width=args.width,
         )
-        scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype)
+        scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
         run_jobs(todo, generator, scorer, search, root, batch_size=args.batch_size, overwrite=args.overwrite,
                  progress=progress, dataset={"name": args.dataset, "kind": dataset_kind(resolve(args.dataset))},
                  already_done=len(mine) - len(todo))
         del generator, scorer  # free the memory before the held-out verifier loads
 
-    if args.eval_vqa_model:
-        folders = [job_folder(root, search.method, job) for job in mine]
+    folders = [job_folder(root, search.method, job) for job in mine]
+    if args.eval_vqa_model and held_out_todo(folders, args.eval_vqa_model, args.overwrite):
+        # the held-out verifier keeps its own question and answer: --vqa_question/--vqa_answer set the guide's
         held_out = api.build_scorer(args.eval_vqa_model, vqa_device, args.vqa_dtype)
         rescore_held_out(folders, held_out, args.eval_vqa_model, batch_size=args.batch_size,
                          overwrite=args.overwrite, progress=progress)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -29,6 +30,7 @@ from .optimize import SearchConfig, optimize
 from .results import RESULT_FILE, is_finished, read_json, run_folder, safe_folder_name, save_run, write_json_atomic
 
 HELD_OUT_PREFIX = "heldout_"
+BARRIER_TIMEOUT = timedelta(hours=72)
 
 
 @dataclass(frozen=True, order=True)
@@ -144,7 +146,7 @@ def rescore_held_out(
     Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
     Returns the number of folders scored.
     """
-    todo = [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier))]
+    todo = held_out_todo(folders, verifier, overwrite)
     bar = tqdm(total=len(todo), disable=not progress, desc=f"held-out {verifier}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
@@ -166,6 +168,11 @@ def rescore_held_out(
     finally:
         bar.close()
     return len(todo)
+
+
+def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False) -> list[Path]:
+    """The finished folders that still lack (or, with ``overwrite``, have) held-out scores by ``verifier``."""
+    return [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier))]
 
 
 def _has_held_out(folder: str | os.PathLike, verifier: str) -> bool:
@@ -196,12 +203,12 @@ class Processes:
             self.barrier()
 
 
-def processes(explicit: tuple[int, int] | None = None) -> Processes:
+def processes(explicit: tuple[int, int] | None = None, cpu: bool = False) -> Processes:
     """This process's shard: ``explicit`` (index, count) as given, otherwise from accelerate's ``PartialState``.
 
     ``PartialState`` reads what ``accelerate launch`` (or torchrun) set in the environment; a plain ``python`` run is one
-    process. With an explicit shard there is no barrier: the processes may run at different times or on different
-    machines.
+    process. ``cpu`` asks for CPU processes (gloo/MPI), which accelerate otherwise ignores. With an explicit shard there
+    is no barrier: the processes may run at different times or on different machines.
     """
     if explicit is not None:
         index, count = explicit
@@ -210,6 +217,7 @@ def processes(explicit: tuple[int, int] | None = None) -> Processes:
         return Processes(index, count)
     from accelerate import PartialState
 
-    state = PartialState()
-    device = str(state.device) if state.num_processes > 1 else None
+    # the barrier before the report may wait for the slowest shard for hours: NCCL's default of 10 minutes is too short
+    state = PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
+    device = str(state.device) if state.num_processes > 1 and state.device.type != "cpu" else None
     return Processes(state.process_index, state.num_processes, device, state.wait_for_everyone)

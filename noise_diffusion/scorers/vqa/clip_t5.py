@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import VQAScorer, mean_answer_logprob
+from .core import VQAScorer, check_options, mean_answer_logprob
 from .preprocess import clip_pixels, clip_processor_settings, read_json
 
 SYSTEM_MESSAGE = (
@@ -199,6 +199,7 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
     """Load a CLIP-T5 checkpoint (short name, Hub id or folder) as a scorer; ``options`` go to :class:`CLIPT5Scorer`."""
     from transformers import AutoTokenizer
 
+    check_options(options, {"question_template", "answer_template", "system_message", "pad"}, "CLIP-T5")
     folder = resolve_folder(HUB_IDS.get(name_or_path, name_or_path))
     model = load_clip_t5(folder, dtype=dtype, vision_tower=vision_tower)
     tower_name = vision_tower or model.language_model.config.mm_vision_tower

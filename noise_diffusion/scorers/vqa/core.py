@@ -28,6 +28,13 @@ def check_template(template: str, what: str) -> str:
     return template
 
 
+def check_options(options: dict, allowed: set[str], what: str) -> None:
+    """Unknown loader options are user errors (e.g. a CLIPScore option given to a VQA verifier)."""
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UserError(f"{what} takes no option {', '.join(unknown)} (options: {', '.join(sorted(allowed))})")
+
+
 def fill(template: str, prompt: str) -> str:
     return template.format(prompt, prompt=prompt)
 

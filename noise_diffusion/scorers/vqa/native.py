@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...errors import UserError
 from ..base import normalize
-from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, mean_answer_logprob
+from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, check_options, mean_answer_logprob
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, clip_processor_settings, read_json, resize
 
 LLAVA_SYSTEM = (
@@ -227,6 +227,10 @@ def load_native_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = tor
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     config = AutoConfig.from_pretrained(name_or_path)
+    allowed = {"question_template", "answer_template"}
+    if config.model_type == "llava":
+        allowed |= {"pad_to_square", "system_message"}
+    check_options(options, allowed, config.model_type)
     processor = read_json(name_or_path, "preprocessor_config.json")
     kind = config.model_type
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)

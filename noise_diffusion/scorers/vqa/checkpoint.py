@@ -41,8 +41,10 @@ def weight_files(folder: Path) -> list[Path]:
     raise UserError(f"no weights in {str(folder)!r}: expected {' or '.join(WEIGHT_FILES)} (or a sharded index)")
 
 
-def read_state_dict(folder: Path) -> dict[str, Tensor]:
-    """All tensors of the checkpoint in ``folder``, read without executing pickled code."""
+def read_state_dict(folder: Path, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """All tensors of the checkpoint in ``folder``, read without executing pickled code; floating-point tensors are
+    cast to ``dtype`` shard by shard (an 11B checkpoint stored in float32 then never sits whole in memory at 4 bytes
+    per weight)."""
     state: dict[str, Tensor] = {}
     for path in weight_files(folder):
         if not path.is_file():
@@ -50,9 +52,15 @@ def read_state_dict(folder: Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state.update(load_file(str(path)))
+            shard = load_file(str(path))
         else:
-            state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            try:
+                shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # files in torch's legacy (non-zip) format cannot be memory-mapped
+                shard = torch.load(path, map_location="cpu", weights_only=True)
+        if dtype is not None:
+            shard = {k: v.to(dtype) if v.is_floating_point() else v for k, v in shard.items()}
+        state.update(shard)
     return state
 
 

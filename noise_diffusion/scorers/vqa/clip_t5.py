@@ -37,6 +37,8 @@ SYSTEM_MESSAGE = (
 IMAGE_PLACEHOLDER = "<image>"
 
 HUB_IDS = {"clip-flant5-xxl": "zhiqiulin/clip-flant5-xxl", "clip-flant5-xl": "zhiqiulin/clip-flant5-xl"}
+#: the tokenizer VQAScore pairs with each published checkpoint
+CHECKPOINT_TOKENIZERS = {"zhiqiulin/clip-flant5-xxl": "google/flan-t5-xxl", "zhiqiulin/clip-flant5-xl": "google/flan-t5-xl"}
 #: tokenizer of the checkpoint (not shipped in the checkpoint repos), by T5 width
 TOKENIZERS = {4096: "google/flan-t5-xxl", 2048: "google/flan-t5-xl", 1024: "google/flan-t5-large", 768: "google/flan-t5-base"}
 
@@ -120,7 +122,7 @@ def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_
         raise UserError(f"{str(folder)!r} is not a CLIP-T5 checkpoint: its config.json has no mm_vision_tower")
     tower_name = vision_tower or config["mm_vision_tower"]
     t5_config = T5Config(**{k: v for k, v in config.items() if k not in ("model_type", "architectures")})
-    original = read_state_dict(folder)
+    original = read_state_dict(folder, dtype)
     state = {}
     for key, value in original.items():
         mapped = map_original_key(key)
@@ -200,7 +202,9 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
     from transformers import AutoTokenizer
 
     check_options(options, {"question_template", "answer_template", "system_message", "pad"}, "CLIP-T5")
-    folder = resolve_folder(HUB_IDS.get(name_or_path, name_or_path))
+    hub_id = HUB_IDS.get(name_or_path, name_or_path)
+    tokenizer = tokenizer or CHECKPOINT_TOKENIZERS.get(hub_id)
+    folder = resolve_folder(hub_id)
     model = load_clip_t5(folder, dtype=dtype, vision_tower=vision_tower)
     tower_name = vision_tower or model.language_model.config.mm_vision_tower
     if tokenizer is None:

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
+diffusers_logging.set_verbosity_error()  # keep the benchmark output to the tables
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a clean clone without installing
     sys.path.insert(0, str(ROOT))

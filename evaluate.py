@@ -13,6 +13,7 @@ Results go to <result_root>/<method>/<prompt folder>/<seed>/ (the layout of run.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
     procs = processes(args.shard, cpu=on_cpu)
     mine = shard(jobs, procs.index, procs.count)
-    root = check_writable(args.result_root)
+    root = Path(args.result_root)
     device = args.device or procs.device
     vqa_device = args.vqa_device or device
     progress = not args.quiet and (procs.is_main or procs.barrier is None)
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
         scorer_loader(args.vqa_model)
     if args.eval_vqa_model:
         scorer_loader(args.eval_vqa_model)
+    check_writable(root)
 
     if todo:  # models are loaded only when there is something to generate
         generator = api.build_generator(

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from .errors import UserError
 from .evaluation import HELD_OUT_PREFIX
+from .methods import METHODS
 from .results import RESULT_FILE, read_json, write_json_atomic
 
 #: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
@@ -137,7 +138,8 @@ def summarize(runs: Sequence[dict]) -> dict:
     for run in runs:
         by_method[run["method"]].append(run)
     summary = {"methods": {}, "paper": PAPER, "paper_note": PAPER_NOTE}
-    for method, method_runs in sorted(by_method.items()):
+    order = list(METHODS)
+    for method, method_runs in sorted(by_method.items(), key=lambda item: (_rank(order, item[0]), item[0])):
         by_category: dict[str, list[dict]] = defaultdict(list)
         for run in method_runs:
             by_category[run["category"]].append(run)
@@ -154,6 +156,10 @@ def summarize(runs: Sequence[dict]) -> dict:
             "curve": mean_curve([r["record"] for r in method_runs]),
         }
     return summary
+
+
+def _rank(order: list[str], name: str) -> int:
+    return order.index(name) if name in order else len(order)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -190,25 +196,30 @@ def _groups(runs: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def _fmt(value, digits: int = 3) -> str:
+def _fmt(value, digits: int = 3, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
+    if isinstance(value, (int, float)):
+        return f"{value:{'+' if signed else ''}.{digits}f}"
     return str(value)
 
 
 def markdown(summary: dict, root: Path | None = None) -> str:
     """The readable report."""
     lines = [f"# Evaluation summary{f': `{root}`' if root else ''}", ""]
-    lines += ["| method | runs | initial | best | gain | best > 0.9 | UNet evals / run | s / run | held-out best |",
+    lines += ["| method | runs | initial | best | gain | best > 0.9 | UNet evals / run | s / run | held-out initial → best |",
               "|---|---|---|---|---|---|---|---|---|"]
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
-        held = "; ".join(f"{v}: {_fmt(h['mean_best'])}" for v, h in info["held_out"][OVERALL].items()) or "–"
+        held = "; ".join(f"{v}: {_fmt(h['mean_initial'])} → {_fmt(h['mean_best'])}"
+                        for v, h in info["held_out"][OVERALL].items()) or "–"
         lines.append(f"| {method} | {s['runs']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
-                     f"{_fmt(s['gain'])} | {_fmt(s['best_above_0.9'])} | {_fmt(s['unet_evals_per_run'], 1)} | "
+                     f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['unet_evals_per_run'], 1)} | "
                      f"{_fmt(s['seconds_per_run'], 2)} | {held} |")
+    kinds = dict.fromkeys(info["dataset_kind"] for info in summary["methods"].values() if info["paper"])
+    for kind in kinds:
+        paper = " · ".join(f"{k} {v:.3f}" for k, v in PAPER[kind].items())
+        lines += ["", f"Paper, {kind} set, mean score: {paper}. Note: {summary['paper_note']}."]
     lines.append("")
     for method, info in summary["methods"].items():
         lines += [f"## {method}", "",
@@ -219,12 +230,9 @@ def markdown(summary: dict, root: Path | None = None) -> str:
             name = f"**{category}**" if category == OVERALL else category
             lines.append(
                 f"| {name} | {s['runs']} | {s['prompts']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
-                f"{_fmt(s['gain'])} | {_fmt(s['best_above_0.5'])} | {_fmt(s['best_above_0.9'])} | "
-                f"{_fmt(s['median_best_epoch'])} | {_fmt(s['unet_evals_per_run'], 1)} | "
+                f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.5'])} | {_fmt(s['best_above_0.9'])} | "
+                f"{_fmt(s['median_best_epoch'], 1)} | {_fmt(s['unet_evals_per_run'], 1)} | "
                 f"{_fmt(s['seconds_per_run'], 2)} |")
-        if info["paper"]:
-            paper = " · ".join(f"{k} {v:.3f}" for k, v in info["paper"].items())
-            lines += ["", f"Paper, {info['dataset_kind']} set: {paper} (mean VQAScore). Note: {summary['paper_note']}."]
         verifiers = sorted({v for groups in info["held_out"].values() for v in groups})
         for verifier in verifiers:
             lines += ["", f"### held-out verifier {verifier}", "",
@@ -234,7 +242,7 @@ def markdown(summary: dict, root: Path | None = None) -> str:
                     h = groups[verifier]
                     name = f"**{category}**" if category == OVERALL else category
                     lines.append(f"| {name} | {h['runs']} | {_fmt(h['mean_initial'])} | {_fmt(h['mean_best'])} | "
-                                 f"{_fmt(h['gain'])} | {_fmt(h['best_above_0.5'])} | {_fmt(h['best_above_0.9'])} |")
+                                 f"{_fmt(h['gain'], signed=True)} | {_fmt(h['best_above_0.5'])} | {_fmt(h['best_above_0.9'])} |")
         grids = summary.get("figures", {}).get("grids", {}).get(method, {})
         if grids:
             lines += ["", "Initial (left) vs best (right): " + ", ".join(f"[{c}]({f})" for c, f in grids.items())]

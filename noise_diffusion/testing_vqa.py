@@ -187,21 +187,25 @@ SMOLVLM_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake
                    "<image>"]
 
 
-def build_tiny_smolvlm(folder: str | os.PathLike, seed: int = 0, image_size: int = 16) -> Path:
-    """A tiny ``SmolVLMForConditionalGeneration`` folder (Idefics3-style connector, scale factor 2, 4 image tokens)."""
-    from transformers import AutoTokenizer, SmolVLMConfig, SmolVLMForConditionalGeneration
+def build_tiny_smolvlm(folder: str | os.PathLike, seed: int = 0, image_size: int = 16, idefics3: bool = False) -> Path:
+    """A tiny ``SmolVLMForConditionalGeneration`` folder (Idefics3-style connector, scale factor 2, 4 image tokens);
+    with ``idefics3=True`` the same as ``Idefics3ForConditionalGeneration`` (``model_type`` of SmolVLM-256M's config)."""
+    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, SmolVLMConfig
+    from transformers import SmolVLMForConditionalGeneration
 
     folder = Path(folder)
     write_byte_tokenizer(folder, SMOLVLM_SPECIAL, eos_token="<end_of_utterance>", pad_token="<|endoftext|>")
     tok = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
-    config = SmolVLMConfig(
+    config_cls, model_cls = (Idefics3Config, Idefics3ForConditionalGeneration) if idefics3 else (
+        SmolVLMConfig, SmolVLMForConditionalGeneration)
+    config = config_cls(
         text_config=tiny_llama_config(len(tok), pad_token_id=tok.pad_token_id),
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=4),
         scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
-    model = SmolVLMForConditionalGeneration(config)
+    model = model_cls(config)
     _scale_output(model)
     model.save_pretrained(folder)
     processor = {"image_processor_type": "SmolVLMImageProcessor", "do_resize": True,

@@ -31,6 +31,7 @@ def folders(tmp_path_factory):
         "llava": tv.build_tiny_llava(root / "llava"),
         "qwen": tv.build_tiny_qwen2_5_vl(root / "qwen"),
         "smolvlm": tv.build_tiny_smolvlm(root / "smolvlm"),
+        "idefics3": tv.build_tiny_smolvlm(root / "idefics3", idefics3=True),  # SmolVLM-256M's config says idefics3
         "instructblip": tv.build_tiny_instructblip(root / "instructblip"),
     }
 
@@ -102,10 +103,11 @@ def test_qwen2_5_vl(folders, scorers):
     assert torch.allclose(scorer(images, ["a cat"]), expected, rtol=1e-4)
 
 
-def test_smolvlm(folders, scorers):
+@pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
+def test_smolvlm(folders, scorers, family):
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    scorer, folder = scorers["smolvlm"], folders["smolvlm"]
+    scorer, folder = scorers[family], folders[family]
     image_processor = SmolVLMImageProcessorPil.from_pretrained(folder)
     images, pils = random_images((1, 3, 16, 16), seed=3)
     theirs = image_processor([pils], return_tensors="pt")["pixel_values"]  # [1, 1, 3, 16, 16], one global image
@@ -139,7 +141,7 @@ def test_instructblip(folders, scorers):
     assert torch.allclose(scorer(images, ["a cat"]), torch.exp(-loss), rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen", "smolvlm", "instructblip"])
+@pytest.mark.parametrize("family", ["llava", "qwen", "smolvlm", "idefics3", "instructblip"])
 def test_gradient_wrt_image(scorers, family):
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     scores = scorers[family](images, ["a cat", "a red dog"])

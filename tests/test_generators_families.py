@@ -234,3 +234,27 @@ def test_sdxl_ddim_option_and_vae_options(folders):
 def test_bad_options_are_user_errors(folders, family, options, message):
     with pytest.raises(UserError, match=message):
         _load(folders, family, **options)
+
+
+def test_vae_checkpointing_gives_the_same_gradient(folders):
+    plain, checkpointed = _load(folders, "sd3"), _load(folders, "sd3", vae_checkpointing=True)
+    assert checkpointed.settings()["vae_checkpointing"] and not plain.settings()["vae_checkpointing"]
+    z = initial_latents(plain.latent_shape, [9])
+    sampled = plain.sample(z, plain.encode_prompts(["a cat"]))
+    scorer = RednessScorer(center=0.0, scale=0.5)
+    grads = []
+    for generator in (plain, checkpointed):
+        leaf = z.clone().requires_grad_(True)
+        scorer(generator.decode(generator.replay(leaf, sampled.record)), ["a cat"]).sum().backward()
+        grads.append(leaf.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-9)
+
+
+def test_memory_options_can_come_from_the_folder(tmp_path):
+    """A pipeline folder's noise_diffusion.json may carry loader options too (the command line has no flag for them)."""
+    folder = build_tiny_sdxl_pipeline(tmp_path / "sdxl")
+    settings_file = folder / "noise_diffusion.json"
+    settings_file.write_text(json.dumps({**json.loads(settings_file.read_text()), "vae_slicing": True}))
+    generator = load_generator(str(folder), "cpu", torch.float32)
+    assert generator.pipe.vae.use_slicing and generator.settings()["vae_slicing"]

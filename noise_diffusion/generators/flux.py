@@ -95,6 +95,7 @@ class FluxGenerator:
         cpu_offload: bool = False,
         vae_tiling: bool = False,
         vae_slicing: bool = False,
+        vae_checkpointing: bool = False,
         **options,
     ) -> "FluxGenerator":
         """Load a ``FluxPipeline`` folder or Hub id (bfloat16 recommended); memory options: see :mod:`.placement`.
@@ -104,9 +105,9 @@ class FluxGenerator:
         pipe = FluxPipeline.from_pretrained(name_or_path, dtype=dtype)
         place_pipeline(
             pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-            t5=pipe.text_encoder_2, t5_device=t5_device,
+            vae_checkpointing=vae_checkpointing, t5=pipe.text_encoder_2, t5_device=t5_device,
         )
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing,
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing,
                                  t5_device=None if t5_device is None else str(t5_device))
         return cls(pipe, device=device, memory=memory, name=str(name_or_path), **options)
 

@@ -5,9 +5,15 @@ Loader options (keyword arguments of ``load_generator``, or keys of a pipeline f
 - ``cpu_offload``: diffusers' model CPU offload (``enable_model_cpu_offload``): every module waits in CPU memory and
   moves to the accelerator only while it runs. Peak GPU memory drops to the largest module plus activations, at the
   cost of a host-to-device copy per module call. Needs an accelerator device.
-- ``vae_tiling``: decode (and back-propagate through) the VAE tile by tile; saves most of the decoder's activation
-  memory at large sizes, with faint seams possible.
-- ``vae_slicing``: decode a batch one image at a time.
+- ``vae_checkpointing``: gradient checkpointing in the VAE decoder (diffusers' ``enable_gradient_checkpointing``):
+  the differentiable decode keeps only block boundaries for the backward pass and recomputes each block there. Exact
+  (same images, same gradients); about halves the decode's backward memory (25.7 -> 14.7 GiB for one 1024x1024 image in
+  float32, see ``benchmarks/vae_backward_memory.py``) for one extra decoder forward per gradient.
+- ``vae_tiling``: decode tile by tile (diffusers' ``enable_tiling``; tiles are the VAE config's ``sample_size``, so it
+  only acts above that size, e.g. above 1024 px for SDXL/SD3/FLUX). It saves memory in the no-gradient decodes; under
+  autograd every tile's activations are kept for the backward pass, so it does *not* cut the gradient's memory, and
+  tile seams change the image slightly.
+- ``vae_slicing``: decode a batch one image at a time (no-gradient decodes; batches of several prompts).
 - ``t5_device`` (SD3, FLUX): run the T5 text encoder on another device (e.g. ``"cpu"`` or a second GPU); prompts are
   encoded once per run, so a slow T5 costs little.
 - ``drop_t5`` (SD3 only): load no T5 at all; its embeddings become zeros, as diffusers does with
@@ -26,6 +32,7 @@ def place_pipeline(
     cpu_offload: bool = False,
     vae_tiling: bool = False,
     vae_slicing: bool = False,
+    vae_checkpointing: bool = False,
     t5: torch.nn.Module | None = None,
     t5_device: str | torch.device | None = None,
 ) -> torch.device:
@@ -46,6 +53,8 @@ def place_pipeline(
         pipe.vae.enable_tiling()
     if vae_slicing:
         pipe.vae.enable_slicing()
+    if vae_checkpointing:
+        pipe.vae.enable_gradient_checkpointing()
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
@@ -61,9 +70,10 @@ def upcast_vae_if_needed(vae) -> None:
         vae.to(torch.float32)
 
 
-def memory_settings(cpu_offload: bool, vae_tiling: bool, vae_slicing: bool, **extra) -> dict:
+def memory_settings(cpu_offload: bool, vae_tiling: bool, vae_slicing: bool, vae_checkpointing: bool, **extra) -> dict:
     """The memory options for the result record."""
-    return {"cpu_offload": cpu_offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing, **extra}
+    return {"cpu_offload": cpu_offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing,
+            "vae_checkpointing": vae_checkpointing, **extra}
 
 
 def check_flow_scheduler_choice(scheduler: str | None) -> None:

@@ -78,6 +78,7 @@ class StableDiffusion3Generator:
         cpu_offload: bool = False,
         vae_tiling: bool = False,
         vae_slicing: bool = False,
+        vae_checkpointing: bool = False,
         **options,
     ) -> "StableDiffusion3Generator":
         """Load a ``StableDiffusion3Pipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
@@ -89,9 +90,10 @@ class StableDiffusion3Generator:
         pipe = StableDiffusion3Pipeline.from_pretrained(name_or_path, dtype=dtype, **extra)
         place_pipeline(
             pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+            vae_checkpointing=vae_checkpointing,
             t5=pipe.text_encoder_3, t5_device=t5_device,
         )
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, drop_t5=drop_t5,
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, drop_t5=drop_t5,
                                  t5_device=None if t5_device is None else str(t5_device))
         return cls(pipe, device=device, t5_device=t5_device, memory=memory, name=str(name_or_path), **options)
 

@@ -82,15 +82,19 @@ class StableDiffusionXLGenerator:
         cpu_offload: bool = False,
         vae_tiling: bool = False,
         vae_slicing: bool = False,
+        vae_checkpointing: bool = False,
         **options,
     ) -> "StableDiffusionXLGenerator":
         """Load a ``StableDiffusionXLPipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
         from diffusers import StableDiffusionXLPipeline
 
         pipe = StableDiffusionXLPipeline.from_pretrained(name_or_path, dtype=dtype, add_watermarker=False)
-        place_pipeline(pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
+        place_pipeline(
+            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+            vae_checkpointing=vae_checkpointing,
+        )
         upcast_vae_if_needed(pipe.vae)
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing)
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing)
         return cls(pipe, device=device, memory=memory, name=str(name_or_path), **options)
 
     # -- properties -------------------------------------------------------------------------------------------------

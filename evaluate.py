@@ -20,7 +20,7 @@ import torch
 from noise_diffusion import api, cli
 from noise_diffusion.datasets import dataset_kind, load_dataset, resolve
 from noise_diffusion.evaluation import (
-    held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs, shard,
+    check_settings, held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs, shard,
 )
 from noise_diffusion.generators import pipeline_class_name, resolve_model
 from noise_diffusion.report import OVERALL, write_report
@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     vqa_device = args.vqa_device or device
     progress = not args.quiet and (procs.is_main or procs.barrier is None)
 
+    if not args.overwrite:
+        check_settings(mine, root, search.method, expected_settings(args, search))
     todo = pending_jobs(mine, root, search.method, args.overwrite)
     # cheap checks of every model name before any weights are loaded
     for name in [device, vqa_device]:
@@ -130,6 +132,19 @@ def main(argv=None) -> int:
     else:
         print_overall(write_report(root), root)  # the last explicit shard to finish builds it
     return 0
+
+
+def expected_settings(args: argparse.Namespace, search) -> dict:
+    """What finished runs must have been made with to be kept: the search, the verifier, the model, and the sampling
+    settings given on the command line (those left to the model's defaults are not compared)."""
+    expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
+    expected["scorer.name"] = args.vqa_model
+    expected["generator.model"] = (args.sd_version, resolve_model(args.sd_version))
+    for key, value in (("num_steps", args.num_denoising_steps), ("guidance_scale", args.guidance_scale),
+                       ("height", args.height), ("width", args.width)):
+        if value is not None:
+            expected[f"generator.{key}"] = value
+    return expected
 
 
 def print_overall(summary: dict, root) -> None:

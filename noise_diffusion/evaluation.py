@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -76,6 +76,38 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
     if overwrite:
         return list(jobs)
     return [job for job in jobs if not is_finished(job_folder(result_root, method, job))]
+
+
+def check_settings(
+    jobs: Sequence[Job], result_root: str | os.PathLike, method: str, expected: dict[str, Any]
+) -> None:
+    """Refuse to resume on top of finished runs made with other settings, which a re-run would silently keep.
+
+    ``expected`` maps dotted keys of the recorded configuration (``"search.max_epoch"``) to the value this run uses, or
+    to a tuple of accepted values. :class:`UserError` naming the first differing settings otherwise.
+    """
+    differing: dict[str, tuple] = {}
+    count = 0
+    for job in jobs:
+        path = job_folder(result_root, method, job) / RESULT_FILE
+        try:
+            config = read_json(path).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        found = False
+        for key, want in expected.items():
+            have = config
+            for part in key.split("."):
+                have = have.get(part) if isinstance(have, dict) else None
+            accepted = want if isinstance(want, tuple) else (want,)
+            if have not in accepted:
+                differing.setdefault(key, (have, accepted[0]))
+                found = True
+        count += found
+    if differing:
+        what = ", ".join(f"{k.split('.')[-1]} {old!r} there, {new!r} now" for k, (old, new) in differing.items())
+        raise UserError(f"{count} finished runs in {Path(result_root) / method} were made with other settings ({what}); "
+                        f"use another --result_root, or --overwrite to redo them")
 
 
 def run_jobs(

@@ -192,5 +192,10 @@ def test_cli_end_to_end_with_shards_resume_held_out_and_report(tmp_path, tiny_sd
     (root / "summary.md").unlink()
     assert evaluate_cli.main(["--report", str(root)]) == 0
     assert "| **overall** | 6 | 3 |" in (root / "summary.md").read_text()
+    # resuming with other settings would keep results that do not match them: refused, unless --overwrite
+    with pytest.raises(UserError, match=r"6 finished runs .* other settings \(max_epoch 1 there, 2 now\)"):
+        evaluate_cli.main(argv + ["--max_epoch", "2"])
+    with pytest.raises(UserError, match=r"other settings \(num_steps 2 there, 3 now\)"):
+        evaluate_cli.main(argv + ["--num_denoising_steps", "3"])
     with pytest.raises(UserError, match="unknown category 'birds'.*known: animals, objects"):
         evaluate_cli.main(argv + ["--categories", "birds"])

@@ -78,7 +78,10 @@ FLAN_T5 = {
                feed_forward_proj="gated-gelu", tie_word_embeddings=False),
     "xxl": dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, num_decoder_layers=24,
                 vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "small": dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8, vocab_size=32128,
+                  feed_forward_proj="gated-gelu", tie_word_embeddings=False),
 }
+SCORER_SHAPES = ("clip-l", "clip-flant5-small", "clip-flant5-xl", "clip-flant5-xxl")
 
 
 # -- presets -----------------------------------------------------------------------------------------------------------
@@ -175,6 +178,57 @@ def build_clip_l_scorer(device, dtype) -> CLIPScorer:
     return scorer.to(device)
 
 
+class _WordTokenizer:
+    """Stands in for FlanT5's SentencePiece tokenizer with about its token counts (one id per word or punctuation
+    mark, then ``</s>``), so that a random-weight CLIP-FlanT5 sees sequences of the real length."""
+
+    def __init__(self, vocab_size: int = 32100) -> None:
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __call__(self, text: str):
+        import re
+        import zlib
+
+        words = re.findall(r"\w+|[^\w\s]", text)
+        ids = [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in words] + [1]
+        return argparse.Namespace(input_ids=ids)
+
+
+def build_clip_flant5_scorer(size: str, device, dtype):
+    """The VQA module's CLIP-FlanT5 scorer (``CLIPT5Scorer``) with the published shapes and random weights: CLIP
+    ViT-L/14-336 tower, mlp2x_gelu projector, FlanT5-``size``. Built on the meta device and materialised on ``device``
+    (no slow CPU initialisation of billions of weights)."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPVisionConfig, CLIPVisionModel, T5Config
+
+    from noise_diffusion.scorers.vqa.clip_t5 import CLIPT5, CLIPT5Scorer
+
+    t5 = T5Config(**FLAN_T5[size], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+                  mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, mm_vision_select_feature="patch")
+    with init_empty_weights(include_buffers=False):
+        model = CLIPT5(t5, CLIPVisionModel(CLIPVisionConfig(**CLIP_L336_VISION)))
+    model = model.to(dtype).to_empty(device=device)  # allocate once, in the target dtype
+    generator = torch.Generator(device=device).manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+        for name, buffer in model.named_buffers():  # e.g. CLIP's position_ids
+            if "position_ids" in name:
+                buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
+    model.tie()
+    processor = {"size": 336, "crop": 336, "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}
+    scorer = CLIPT5Scorer(model, _WordTokenizer(), processor, name=f"clip-flant5-{size}-shapes-random-weights")
+    return scorer.to(device)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("models")
     g.add_argument("--preset", choices=PRESETS, default="tiny", help="model preset (default: %(default)s)")
@@ -182,6 +236,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                                                        "the preset's")
     g.add_argument("--vqa_model", default=None, help="a verifier (name / folder / Hub id) instead of the preset's")
     g.add_argument("--device", default=None, help="device (default: cuda:0 when present, else cpu)")
+    g.add_argument("--scorer_shape", choices=SCORER_SHAPES, default=None,
+                   help="a random-weight verifier of published shapes instead of the preset's (sd14's is clip-l)")
     g.add_argument("--vqa_device", default=None, help="device of the verifier (default: --device)")
     g.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"))
     g.add_argument("--vqa_dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
@@ -217,7 +273,11 @@ def build_models(args: argparse.Namespace):
 
     if args.vqa_model:
         scorer, scorer_name = load_scorer(args.vqa_model, vqa_device, vqa_dtype), args.vqa_model
-    elif args.preset == "sd14":
+    elif args.scorer_shape and args.scorer_shape != "clip-l":
+        size = args.scorer_shape.removeprefix("clip-flant5-")
+        scorer = build_clip_flant5_scorer(size, vqa_device, vqa_dtype)
+        scorer_name = f"CLIP-FlanT5-{size.upper()} shapes (random weights)"
+    elif args.preset == "sd14" or args.scorer_shape == "clip-l":
         scorer, scorer_name = build_clip_l_scorer(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
     else:
         scorer = _toy_scorer(vqa_device, vqa_dtype) if toy else None

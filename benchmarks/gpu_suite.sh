@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The performance benchmarks on one GPU, as one prepared script (about 6-8 minutes on an H100/H200).
+#
+#   bash benchmarks/gpu_suite.sh [OUTDIR]          (default OUTDIR: $OUT if set, else gpu_results)
+#
+# Models are the real SD1.4 architecture and the CLIP-FlanT5-XL/XXL shapes with random weights (no download: a machine
+# without network can run it), plus the toy world when it is installed. Timings do not depend on the weights' values;
+# scores do, so the precision check uses the trained toy world only.
+# Offline GPU machine without diffusers/transformers: on a machine with PyPI first run
+#   pip download --no-deps -d gpu_wheels diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 \
+#       huggingface_hub safetensors tokenizers tqdm regex
+# (matching requirements.txt), carry gpu_wheels/, and this script installs them with --no-index.
+set -u
+cd "$(dirname "$0")/.."
+OUTDIR="${1:-${OUT:-gpu_results}}"
+mkdir -p "$OUTDIR"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] && .venv/bin/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && PY=.venv/bin/python
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+if ! "$PY" -c "import diffusers, transformers, accelerate" 2>/dev/null && [ -d gpu_wheels ]; then
+  "$PY" -m pip install -q --no-index --no-deps --find-links gpu_wheels gpu_wheels/*.whl >"$OUTDIR/pip.log" 2>&1
+fi
+LOG="$OUTDIR/gpu_suite.md"
+{ echo "# GPU suite $(date -u +%FT%TZ)"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+} >"$LOG" 2>&1
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going on failure
+  local name=$1 limit=$2; shift 2
+  echo -e "\n## $name\n\n\`$*\`\n" >>"$LOG"
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$OUTDIR/$name.out" 2>"$OUTDIR/$name.err"
+  local rc=$?
+  sed -n '/^\*\*/,$p' "$OUTDIR/$name.out" >>"$LOG"
+  echo -e "\n(exit $rc, $((SECONDS - start)) s)" >>"$LOG"
+  [ $rc -ne 0 ] && tail -5 "$OUTDIR/$name.err" >>"$LOG"
+}
+
+B=benchmarks
+# 1. SD1.4 (fp16) + CLIP-FlanT5-XL (bf16): parts vs physical minimum, batch 1 and 4, peak memory (target <= 24 GB)
+step sd14_fp16_xl 150 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+  --vqa_dtype bfloat16 --batch_size 1 4 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp16_xl.json"
+# 2. the authors' precision: SD1.4 in fp32, batch 1
+step sd14_fp32_xl 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float32 --scorer_shape clip-flant5-xl \
+  --vqa_dtype bfloat16 --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp32_xl.json"
+# 3. CLIP-FlanT5-XXL: peak memory (target <= 48 GB) and epoch time, batch 1
+step sd14_fp16_xxl 120 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xxl \
+  --vqa_dtype bfloat16 --batch_size 1 --epochs 3 --repeats 1 --json "$OUTDIR/sd14_fp16_xxl.json"
+# 4. ours (fp16, batch 4) vs the authors' loop structure (fp32, one image at a time), same models (target >= 2x)
+step reference_sd14 150 "$PY" $B/reference_loop.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+  --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --rounds 1 --json "$OUTDIR/reference_sd14.json"
+# 5. toy world: batch 1 vs 64, and fp32 vs fp16 scores/decisions (trained weights)
+step toy 60 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --repeats 2 --json "$OUTDIR/toy.json"
+step precision_toy 45 "$PY" $B/precision.py --preset toy --low_dtype float16 --batch_size 16 --json "$OUTDIR/precision_toy.json"
+echo "wrote $LOG"

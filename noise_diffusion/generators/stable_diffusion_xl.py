@@ -6,7 +6,7 @@ by side), the pooled projection of the second, and six "micro-conditioning" numb
 target size (here: the image size, (0, 0), the image size, as diffusers does by default).
 
 Schedulers: ``"ddim"`` (η = 0, ``clip_sample`` off, as for SD1.x) or ``"default"``, the checkpoint's own (Euler for
-SDXL base). Euler scales the initial noise by ``init_noise_sigma`` (about 14.6 with SDXL's betas): ``z`` stays standard
+SDXL base). Euler scales the initial noise by ``init_noise_sigma`` (about 13.16 with SDXL's betas and 50 steps): ``z`` stays standard
 normal and the scale is applied inside ``sample`` and ``replay``, so the gradient w.r.t. ``z`` is that scale times the
 gradient at the final latent (an Euler step with the noise held fixed is affine with coefficient 1).
 """

@@ -138,7 +138,8 @@ def build_tiny_sdxl_pipeline(folder: str | os.PathLike, seed: int = 0, num_steps
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_clip_text_config(width_1)))
     torch.manual_seed(seed + 2)
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**tiny_clip_text_config(width_2, projection_dim=projection)))
+    config_2 = CLIPTextConfig(**tiny_clip_text_config(width_2, projection_dim=projection))
+    text_encoder_2 = CLIPTextModelWithProjection(config_2)
     tokenizer = _clip_tokenizer(folder)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -151,7 +152,9 @@ def build_tiny_sdxl_pipeline(folder: str | os.PathLike, seed: int = 0, num_steps
     return _finish(pipe, folder, {"height": TINY_SIZE, "width": TINY_SIZE, "num_steps": num_steps})
 
 
-def build_tiny_flux_pipeline(folder: str | os.PathLike, seed: int = 0, variant: str = "dev", num_steps: int = 4) -> Path:
+def build_tiny_flux_pipeline(
+    folder: str | os.PathLike, seed: int = 0, variant: str = "dev", num_steps: int = 4
+) -> Path:
     """A tiny ``FluxPipeline``. ``variant="dev"``: guidance-distilled transformer and resolution-dependent shift
     (as FLUX.1-dev ships); ``"schnell"``: no guidance embedding, no shift (as FLUX.1-schnell)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel

@@ -6,9 +6,9 @@ by side), the pooled projection of the second, and six "micro-conditioning" numb
 target size (here: the image size, (0, 0), the image size, as diffusers does by default).
 
 Schedulers: ``"ddim"`` (η = 0, ``clip_sample`` off, as for SD1.x) or ``"default"``, the checkpoint's own (Euler for
-SDXL base). Euler scales the initial noise by ``init_noise_sigma`` (about 13.16 with SDXL's betas and 50 steps): ``z`` stays standard
-normal and the scale is applied inside ``sample`` and ``replay``, so the gradient w.r.t. ``z`` is that scale times the
-gradient at the final latent (an Euler step with the noise held fixed is affine with coefficient 1).
+SDXL base). Euler scales the initial noise by ``init_noise_sigma`` (about 13.16 with SDXL's betas and 50 steps): ``z``
+stays standard normal and the scale is applied inside ``sample`` and ``replay``, so the gradient w.r.t. ``z`` is that
+scale times the gradient at the final latent (an Euler step with the noise held fixed is affine with coefficient 1).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class StableDiffusionXLGenerator:
             self.scheduler_class = type(pipe.scheduler)
             self.scheduler_config = pipe.scheduler.config
             if self.scheduler_config.get("s_churn", 0.0):
-                raise ValueError("the checkpoint's scheduler adds noise (s_churn > 0); the replay needs a deterministic one")
+                raise ValueError("the checkpoint's scheduler adds noise (s_churn > 0); replay needs determinism")
         self.scheduler_name = scheduler
         self.num_steps = int(num_steps)
         self.guidance_scale = float(guidance_scale)
@@ -182,7 +182,7 @@ class StableDiffusionXLGenerator:
             raise ValueError(f"record has {len(record)} steps, the scheduler {len(scheduler.timesteps)}")
         latents = z.to(self.device, self.dtype) * scheduler.init_noise_sigma
         for t, noise in zip(scheduler.timesteps, record):
-            scheduler.scale_model_input(latents, t)  # unused here; keeps Euler's bookkeeping (and warnings) as in sampling
+            scheduler.scale_model_input(latents, t)  # result unused; keeps Euler's bookkeeping as in sampling
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
         return latents
 

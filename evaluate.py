@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only the first N prompts of each category (default: all)")
     g.add_argument("--seeds", type=int, nargs="+", default=[33], help="seeds to run for every prompt (default: 33)")
     g = parser.add_argument_group("execution")
-    g.add_argument("--result_root", default="results", help="output folder (default: %(default)s)")
+    g.add_argument("--result_root", default="results/evaluate", help="output folder (default: %(default)s)")
     g.add_argument("--batch_size", type=cli.positive_int, default=1,
                    help="(prompt, seed) pairs optimised at once on one device (default: %(default)s)")
     g.add_argument("--shard", type=shard_spec, default=None, metavar="INDEX/COUNT",

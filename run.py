@@ -27,6 +27,7 @@ def parse_args(argv=None):
                         help="redo a run whose result.json already exists (default: keep it and report it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_generation_args(parser)
+    cli.add_memory_args(parser)
     cli.add_scorer_args(parser)
     cli.add_search_args(parser)
     return parser.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         dtype=args.dtype, vqa_dtype=args.vqa_dtype, scheduler=args.scheduler,
         num_denoising_steps=args.num_denoising_steps, guidance_scale=args.guidance_scale,
         negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-        scorer_options=cli.scorer_options(args), search=cli.search_config(args), result_root=args.result_root,
+        generator_options=cli.generator_options(args), scorer_options=cli.scorer_options(args), search=cli.search_config(args), result_root=args.result_root,
         save_all_epochs=args.save_all_epochs, overwrite=args.overwrite, progress=not args.quiet,
     )
     folder = api.run_folder(args.result_root, args.prompt, args.seed)

@@ -66,6 +66,7 @@ def run(
     negative_prompt: str = "",
     height: int | None = None,
     width: int | None = None,
+    generator_options: dict | None = None,
     scorer_options: dict | None = None,
     search: SearchConfig | None = None,
     result_root: str | None = "results",
@@ -95,6 +96,7 @@ def run(
     generator = build_generator(
         sd_version, device, dtype, scheduler=scheduler, num_steps=num_denoising_steps,
         guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height, width=width,
+        **(generator_options or {}),
     )
     scorer = build_scorer(vqa_model, vqa_device or device, vqa_dtype, **(scorer_options or {}))
 

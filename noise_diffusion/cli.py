@@ -70,6 +70,29 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s, as the authors)")
 
 
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("memory and speed (diffusion model)")
+    g.add_argument("--cpu_offload", action="store_true",
+                   help="diffusers' model CPU offload: modules wait in CPU memory and visit the GPU while they run")
+    g.add_argument("--vae_slicing", action="store_true", help="decode a batch one image at a time")
+    g.add_argument("--vae_tiling", action="store_true", help="decode large images tile by tile")
+    g.add_argument("--vae_checkpointing", action="store_true",
+                   help="gradient checkpointing in the VAE decoder: exact, about half the decode's backward memory")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser (SD1.x/2.x; pays off on long GPU runs)")
+    g.add_argument("--t5_device", default=None, help="SD3/FLUX: run the T5 text encoder on this device (e.g. cpu)")
+    g.add_argument("--drop_t5", action="store_true", help="SD3: load no T5 encoder (less memory, less faithful)")
+
+
+def generator_options(args: argparse.Namespace) -> dict:
+    """Memory/speed options set on the command line (only those given, so every model family keeps its defaults)."""
+    flags = ("cpu_offload", "vae_slicing", "vae_tiling", "vae_checkpointing", "compile", "drop_t5")
+    options = {name: True for name in flags if getattr(args, name, False)}
+    if getattr(args, "t5_device", None):
+        options["t5_device"] = args.t5_device
+    return options
+
+
 def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("verifier")
     g.add_argument("--vqa_model", default="clip-flant5-xxl",

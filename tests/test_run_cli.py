@@ -63,6 +63,8 @@ def test_run_end_to_end_and_rerun_keeps_result(tiny_sd_dir, tiny_clip_dir, tmp_p
         (["--sd_version", "/nonexistent/model"], "/nonexistent/model"),
         (["--vqa_model", "no-such-verifier"], "no-such-verifier"),
         (["--device", "cuda:7"], "cuda:7"),
+        (["--t5_device", "cpu"], "t5_device"),
+        (["--vqa_question", "Is it {prompt}?"], "question_template"),
     ],
 )
 def test_bad_input_gives_one_line_error(tiny_sd_dir, tiny_clip_dir, tmp_path, capsys, extra, message):

@@ -95,3 +95,20 @@ def test_initial_latents_depend_only_on_seed():
     b = initial_latents((4, 8, 8), [9])
     assert torch.equal(a[1], b[0])
     assert not torch.equal(a[0], a[1])
+
+
+def test_memory_options_keep_images_and_gradients(tiny_sd_dir):
+    """VAE slicing and checkpointing change memory use, not results."""
+    plain = load_generator(tiny_sd_dir, num_steps=3)
+    lean = load_generator(tiny_sd_dir, num_steps=3, vae_slicing=True, vae_checkpointing=True)
+    assert lean.settings()["vae_slicing"] and lean.settings()["vae_checkpointing"]
+    z = initial_latents(plain.latent_shape, [1, 2])
+    latents = plain.sample(z, plain.encode_prompts(["a", "b"])).latents
+    grads = []
+    for generator in (plain, lean):
+        leaf = latents.clone().requires_grad_(True)
+        images = generator.decode(leaf)
+        images[:, 0].mean().backward()
+        grads.append((images.detach(), leaf.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7)

@@ -66,6 +66,7 @@ def load_generator(
         )
     loader = PIPELINE_GENERATORS[class_name]
     options = {**sampling_defaults(path, loader), **{k: v for k, v in options.items() if v is not None}}
+    _check_options(loader, class_name, options)
     try:
         generator = loader(path, device=device, dtype=dtype, **options)
     except (OSError, ValueError) as error:
@@ -91,6 +92,24 @@ def sampling_defaults(path: str, loader) -> dict:
         with open(file, encoding="utf-8") as handle:
             defaults.update(json.load(handle))
     return defaults
+
+
+def _check_options(loader, class_name: str, options: dict) -> None:
+    """Name any option this model family does not take (e.g. ``t5_device`` for SD1.x) instead of a TypeError."""
+    import inspect
+
+    owner = getattr(loader, "__self__", None)
+    accepted: set[str] = set()
+    for function in (loader, getattr(owner, "__init__", None)):
+        if function is None:
+            continue
+        parameters = inspect.signature(function).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters) and function is not loader:
+            return
+        accepted |= {p.name for p in parameters}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(f"{class_name} models take no option {', '.join(unknown)}")
 
 
 def _first_line(error: BaseException) -> str:

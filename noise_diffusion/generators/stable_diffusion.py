@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import Sampled
+from .placement import memory_settings, place_pipeline
 
 SCHEDULERS = ("ddim", "default")
 
@@ -34,6 +35,9 @@ class StableDiffusionGenerator:
         negative_prompt: str = "",
         height: int | None = None,
         width: int | None = None,
+        device: str | torch.device | None = None,
+        memory: dict | None = None,
+        compile: bool = False,
         name: str = "stable-diffusion",
     ) -> None:
         from diffusers import DDIMScheduler
@@ -45,6 +49,11 @@ class StableDiffusionGenerator:
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
+        # with model CPU offload the modules report "cpu": the device they run on is kept here
+        self._device = torch.device(device) if device is not None else self.unet.device
+        self.memory = memory or {}
+        if compile:
+            self.unet = torch.compile(self.unet)
         if scheduler == "ddim":
             self.scheduler_config = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False).config
             self.scheduler_class = DDIMScheduler
@@ -67,20 +76,36 @@ class StableDiffusionGenerator:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options
+        cls,
+        name_or_path: str,
+        device="cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        cpu_offload: bool = False,
+        vae_tiling: bool = False,
+        vae_slicing: bool = False,
+        vae_checkpointing: bool = False,
+        compile: bool = False,
+        **options,
     ) -> "StableDiffusionGenerator":
+        """Load a ``StableDiffusionPipeline`` folder or Hub id. Memory options: see :mod:`.placement`; ``compile``
+        wraps the UNet in ``torch.compile`` (worth it for long runs on a GPU: the first epochs pay the compilation)."""
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(
             name_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), name=str(name_or_path), **options)
+        device = place_pipeline(
+            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+            vae_checkpointing=vae_checkpointing,
+        )
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile)
+        return cls(pipe, device=device, memory=memory, compile=compile, name=str(name_or_path), **options)
 
     # -- properties -------------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -108,6 +133,7 @@ class StableDiffusionGenerator:
             "height": self.height,
             "width": self.width,
             "dtype": str(self.dtype).removeprefix("torch."),
+            **self.memory,
         }
 
     # -- the three stages -------------------------------------------------------------------------------------------

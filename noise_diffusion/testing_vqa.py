@@ -248,3 +248,34 @@ def build_tiny_instructblip(folder: str | os.PathLike, seed: int = 0, image_size
                  "image_std": list(CLIP_STD), "do_convert_rgb": True}
     (folder / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
     return folder
+
+
+def build_tiny_original_llava(folder: str | os.PathLike, seed: int = 0, image_size: int = 16,
+                              tower_in_checkpoint: bool = True) -> Path:
+    """A tiny LLaVA-1.5 checkpoint in the original LLaVA code's layout (``model.mm_projector.*``,
+    ``model.vision_tower.vision_tower.*``, LLaMA keys under ``model.``; no image token in the vocabulary), with a
+    byte tokenizer and, in ``folder/vision_tower``, the CLIP tower that ``mm_vision_tower`` names."""
+    from transformers import AutoTokenizer, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    write_byte_tokenizer(folder, ["<s>", "</s>", "<unk>"], bos_token="<s>", unk_token="<unk>")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tower_dir = build_tiny_clip_vision(folder / "vision_tower", seed=seed, image_size=image_size)
+    torch.manual_seed(seed + 1)
+    llama_config = LlamaConfig(**{k: v for k, v in tiny_llama_config(len(tok)).items() if k != "model_type"},
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    llama = LlamaForCausalLM(llama_config)
+    _scale_output(llama)
+    tower = CLIPVisionModel.from_pretrained(tower_dir)
+    d_vision, d_model = tower.config.hidden_size, llama_config.hidden_size
+    state = {k: v.clone() for k, v in llama.state_dict().items()}
+    projector = torch.nn.Sequential(torch.nn.Linear(d_vision, d_model), torch.nn.GELU(), torch.nn.Linear(d_model, d_model))
+    state.update({f"model.mm_projector.{k}": v.clone() for k, v in projector.state_dict().items()})
+    if tower_in_checkpoint:
+        state.update({f"model.vision_tower.vision_tower.{k}": v.clone() for k, v in tower.state_dict().items()})
+    torch.save(state, folder / "pytorch_model.bin")
+    config = {**llama_config.to_dict(), "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"],
+              "mm_vision_tower": str(tower_dir), "mm_hidden_size": d_vision, "mm_projector_type": "mlp2x_gelu",
+              "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad"}
+    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return folder

@@ -51,9 +51,10 @@ def loss_score(model, labels_from, **inputs):
 def test_registered_names_and_architectures():
     load_scorer.__globals__["_register_optional_scorers"]()
     for name in ("clip-flant5-xxl", "clip-flant5-xl", "llava-v1.5-7b", "llava-v1.5-13b", "instructblip-flant5-xl",
-                 "instructblip-flant5-xxl", "qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m"):
+                 "instructblip-flant5-xxl", "qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m", "sharegpt4v-7b",
+                 "sharegpt4v-13b"):
         assert name in SCORERS
-    for model_type in ("clip_t5", "llava", "instructblip", "qwen2_5_vl", "qwen2_vl", "idefics3", "smolvlm"):
+    for model_type in ("clip_t5", "llava", "instructblip", "qwen2_5_vl", "qwen2_vl", "idefics3", "smolvlm", "share4v"):
         assert model_type in ARCHITECTURES
 
 

@@ -11,6 +11,7 @@ from .. import ARCHITECTURES, SCORERS
 from .clip_t5 import HUB_IDS as CLIP_T5_HUB_IDS
 from .clip_t5 import CLIPT5Scorer, load_clip_t5_scorer
 from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer
+from .llava_original import ORIGINAL_LLAVA_HUB_IDS, is_original_llava, load_original_llava_scorer
 from .native import NATIVE_HUB_IDS, NATIVE_MODEL_TYPES, load_native_scorer
 
 #: short name -> Hub id of every registered VQA verifier
@@ -41,5 +42,15 @@ def _dtype_default(loader):
 
 _register(_dtype_default(load_clip_t5_scorer), CLIP_T5_HUB_IDS, ("clip_t5",))
 _register(_dtype_default(load_native_scorer), NATIVE_HUB_IDS, NATIVE_MODEL_TYPES)
+
+
+def _load_llava(name_or_path, **kwargs):
+    """``model_type`` llava: transformers' layout (llava-hf) or the original LLaVA code's (``mm_vision_tower``)."""
+    loader = load_original_llava_scorer if is_original_llava(name_or_path) else load_native_scorer
+    return loader(name_or_path, **kwargs)
+
+
+ARCHITECTURES["llava"] = _dtype_default(_load_llava)
+_register(_dtype_default(load_original_llava_scorer), ORIGINAL_LLAVA_HUB_IDS, ("share4v",))
 
 __all__ = ["VQAScorer", "CLIPT5Scorer", "HUB_IDS", "DEFAULT_QUESTION", "DEFAULT_ANSWER", "load_clip_t5_scorer", "load_native_scorer"]

@@ -41,6 +41,8 @@ class FluxGenerator:
 
     #: common to both variants; steps and guidance come from :data:`VARIANT_DEFAULTS`
     DEFAULTS = {"height": 1024, "width": 1024}
+    #: precision recommended on a GPU (the published weights are bf16; T5-XXL overflows in float16)
+    PREFERRED_DTYPE = "bfloat16"
 
     def __init__(
         self,

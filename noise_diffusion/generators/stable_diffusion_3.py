@@ -25,6 +25,8 @@ class StableDiffusion3Generator:
 
     #: the Noise Diffusion authors' SD3.5 settings (filled in where the caller passes None)
     DEFAULTS = {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}
+    #: precision recommended on a GPU (the published weights are bf16; T5-XXL overflows in float16)
+    PREFERRED_DTYPE = "bfloat16"
 
     def __init__(
         self,

@@ -29,6 +29,8 @@ class StableDiffusionXLGenerator:
 
     #: diffusers' SDXL defaults (guidance 5.0, 50 steps, 1024x1024; the model card shows the same size)
     DEFAULTS = {"num_steps": 50, "guidance_scale": 5.0, "height": 1024, "width": 1024}
+    #: precision recommended on a GPU (the VAE is kept in float32 where it would overflow, see ``upcast_vae_if_needed``)
+    PREFERRED_DTYPE = "float16"
 
     def __init__(
         self,

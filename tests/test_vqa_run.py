@@ -56,3 +56,33 @@ def test_bfloat16_verifier_agrees_with_float32(clip_t5_dir):
     half = load_scorer(clip_t5_dir, dtype=torch.bfloat16)(images, ["a cat", "a dog"])
     assert half.dtype == torch.float32
     assert torch.allclose(half, full, rtol=0.05)  # bf16 keeps ~3 significant digits per layer
+
+
+def test_run_py_with_a_vqa_verifier_and_templates(tiny_sd_dir, tmp_path, capsys):
+    """run.py --vqa_model FOLDER --vqa_question/--vqa_answer reach the verifier; a bad template is a one-line error."""
+    import run as run_cli
+    from noise_diffusion import cli
+    from noise_diffusion.testing_vqa import build_tiny_smolvlm
+
+    verifier = str(build_tiny_smolvlm(tmp_path / "smolvlm"))
+    argv = ["--prompt", "a cat", "--seed", "2", "--sd_version", tiny_sd_dir, "--vqa_model", verifier,
+            "--vqa_question", "Is there {prompt}?", "--vqa_answer", "Sure", "--max_epoch", "2",
+            "--num_denoising_steps", "3", "--num_candidate_noises", "4", "--device", "cpu", "--quiet",
+            "--result_root", str(tmp_path / "results")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main_guard(lambda: run_cli.main(argv))
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    record = json.loads(next((tmp_path / "results").rglob("result.json")).read_text())
+    from PIL import Image
+
+    best = next((tmp_path / "results").rglob("best.png"))
+    rescored = load_scorer(verifier, question_template="Is there {prompt}?", answer_template="Sure")
+    # the PNG is 8-bit: the re-score of the saved image is close to, not exactly, the recorded score
+    assert float(rescored.score_pil([Image.open(best)], ["a cat"])) == pytest.approx(record["best_score"], rel=0.05)
+    default = load_scorer(verifier)
+    assert float(default.score_pil([Image.open(best)], ["a cat"])) != pytest.approx(record["best_score"], rel=1e-3)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main_guard(lambda: run_cli.main(argv[:-2] + ["--vqa_question", "Is there {thing}?",
+                                                         "--result_root", str(tmp_path / "r2")]))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code != 0 and "template" in err and len(err.splitlines()) == 1

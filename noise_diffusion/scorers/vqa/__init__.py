@@ -1,4 +1,5 @@
-"""VQAScore verifiers: CLIP-FlanT5 (the paper's) and transformers-native vision-language models.
+"""VQAScore verifiers: CLIP-FlanT5 (the paper's), transformers-native vision-language models, and LLaVA-1.5 /
+ShareGPT4V checkpoints in the original LLaVA layout.
 
 Importing this package registers short names in :data:`noise_diffusion.scorers.SCORERS` and config ``model_type``\\ s in
 :data:`noise_diffusion.scorers.ARCHITECTURES`. Every loader accepts ``question_template=`` and ``answer_template=``
@@ -53,4 +54,5 @@ def _load_llava(name_or_path, **kwargs):
 ARCHITECTURES["llava"] = _dtype_default(_load_llava)
 _register(_dtype_default(load_original_llava_scorer), ORIGINAL_LLAVA_HUB_IDS, ("share4v",))
 
-__all__ = ["VQAScorer", "CLIPT5Scorer", "HUB_IDS", "DEFAULT_QUESTION", "DEFAULT_ANSWER", "load_clip_t5_scorer", "load_native_scorer"]
+__all__ = ["VQAScorer", "CLIPT5Scorer", "HUB_IDS", "DEFAULT_QUESTION", "DEFAULT_ANSWER", "load_clip_t5_scorer",
+           "load_native_scorer", "load_original_llava_scorer"]

@@ -140,11 +140,13 @@ def test_replay_gradient_is_parallel_to_final_latent_gradient(folders, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_run_py_three_epochs_end_to_end(folders, family, tiny_clip_dir, tmp_path):
     root = tmp_path / "results"
+    memory_flag = {"sd3": "--drop_t5", "sdxl": "--vae_slicing", "flux": "--vae_checkpointing"}[family]
     argv = ["--prompt", "a dog under a frog", "--seed", "3", "--sd_version", folders[family],
             "--vqa_model", tiny_clip_dir, "--max_epoch", "3", "--num_candidate_noises", "4", "--result_root", str(root),
-            "--device", "cpu", "--quiet", "--save_all_epochs"]
+            "--device", "cpu", "--quiet", "--save_all_epochs", memory_flag]
     assert run_cli.main(argv) == 0
     record = json.loads((run_folder(root, "a dog under a frog", 3) / "result.json").read_text())
+    assert record["config"]["generator"][memory_flag.removeprefix("--")] is True  # the flag reached the generator
     assert [e["epoch"] for e in record["epochs"]] == [0, 1, 2, 3]
     assert record["best_score"] == max(e["score"] for e in record["epochs"])
     gen = record["config"]["generator"]
@@ -227,6 +229,8 @@ def test_sdxl_ddim_option_and_vae_options(folders):
         ("sdxl", {"scheduler": "pndm"}, "scheduler"),
         ("sd3", {"cpu_offload": True}, "cpu_offload"),
         ("sd3", {"drop_t5": True, "t5_device": "cpu"}, "drop_t5"),
+        ("flux", {"drop_t5": True}, "drop_t5"),  # FLUX's T5 is its main text conditioning
+        ("sdxl", {"t5_device": "cpu"}, "t5_device"),
         ("sd3", {"height": 30}, "multiples"),
         ("flux", {"width": 34}, "multiples"),
     ],
@@ -258,3 +262,12 @@ def test_memory_options_can_come_from_the_folder(tmp_path):
     settings_file.write_text(json.dumps({**json.loads(settings_file.read_text()), "vae_slicing": True}))
     generator = load_generator(str(folder), "cpu", torch.float32)
     assert generator.pipe.vae.use_slicing and generator.settings()["vae_slicing"]
+
+
+@pytest.mark.parametrize("family, denoiser", [("sd3", "transformer"), ("sdxl", "unet"), ("flux", "transformer")])
+def test_compile_option_wraps_the_denoiser(folders, family, denoiser):
+    """Accepted and recorded; the compiled module is not run here (compiling on a small CPU takes minutes)."""
+    generator = _load(folders, family, compile=True)
+    assert isinstance(getattr(generator, denoiser), torch._dynamo.eval_frame.OptimizedModule)
+    assert generator.settings()["compile"] is True
+    assert generator.latent_shape == (4, 16, 16)  # config still reachable through the wrapper

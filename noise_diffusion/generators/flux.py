@@ -57,6 +57,7 @@ class FluxGenerator:
         width: int | None = None,
         max_sequence_length: int | None = None,
         memory: dict | None = None,
+        compile: bool = False,
         name: str = "flux",
     ) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -84,6 +85,8 @@ class FluxGenerator:
         if self.height % multiple or self.width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
         self.memory = memory or {}
+        if compile:  # worth it on long GPU runs; the first generations pay the compilation
+            self.transformer = torch.compile(self.transformer)
         self.name = name
 
     @classmethod
@@ -98,6 +101,7 @@ class FluxGenerator:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         vae_checkpointing: bool = False,
+        compile: bool = False,
         **options,
     ) -> "FluxGenerator":
         """Load a ``FluxPipeline`` folder or Hub id (bfloat16 recommended); memory options: see :mod:`.placement`.
@@ -109,9 +113,9 @@ class FluxGenerator:
             pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
             vae_checkpointing=vae_checkpointing, t5=pipe.text_encoder_2, t5_device=t5_device,
         )
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing,
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile,
                                  t5_device=None if t5_device is None else str(t5_device))
-        return cls(pipe, device=device, memory=memory, name=str(name_or_path), **options)
+        return cls(pipe, device=device, compile=compile, memory=memory, name=str(name_or_path), **options)
 
     # -- properties -------------------------------------------------------------------------------------------------
     @property

@@ -42,6 +42,7 @@ class StableDiffusion3Generator:
         max_sequence_length: int = 256,
         t5_device: str | torch.device | None = None,
         memory: dict | None = None,
+        compile: bool = False,
         name: str = "stable-diffusion-3",
     ) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -66,6 +67,8 @@ class StableDiffusion3Generator:
         if self.height % multiple or self.width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
         self.memory = memory or {}
+        if compile:  # worth it on long GPU runs; the first generations pay the compilation
+            self.transformer = torch.compile(self.transformer)
         self.name = name
 
     @classmethod
@@ -81,6 +84,7 @@ class StableDiffusion3Generator:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         vae_checkpointing: bool = False,
+        compile: bool = False,
         **options,
     ) -> "StableDiffusion3Generator":
         """Load a ``StableDiffusion3Pipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
@@ -95,9 +99,13 @@ class StableDiffusion3Generator:
             vae_checkpointing=vae_checkpointing,
             t5=pipe.text_encoder_3, t5_device=t5_device,
         )
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, drop_t5=drop_t5,
-                                 t5_device=None if t5_device is None else str(t5_device))
-        return cls(pipe, device=device, t5_device=t5_device, memory=memory, name=str(name_or_path), **options)
+        memory = memory_settings(
+            cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile, drop_t5=drop_t5,
+            t5_device=None if t5_device is None else str(t5_device),
+        )
+        return cls(
+            pipe, device=device, compile=compile, t5_device=t5_device, memory=memory, name=str(name_or_path), **options
+        )
 
     # -- properties -------------------------------------------------------------------------------------------------
     @property

@@ -44,6 +44,7 @@ class StableDiffusionXLGenerator:
         height: int | None = None,
         width: int | None = None,
         memory: dict | None = None,
+        compile: bool = False,
         name: str = "stable-diffusion-xl",
     ) -> None:
         from diffusers import DDIMScheduler
@@ -72,6 +73,8 @@ class StableDiffusionXLGenerator:
         if self.height % self.vae_scale or self.width % self.vae_scale:
             raise ValueError(f"height and width must be multiples of {self.vae_scale}, got {self.height}x{self.width}")
         self.memory = memory or {}
+        if compile:  # worth it on long GPU runs; the first generations pay the compilation
+            self.unet = torch.compile(self.unet)
         self.name = name
 
     @classmethod
@@ -85,6 +88,7 @@ class StableDiffusionXLGenerator:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         vae_checkpointing: bool = False,
+        compile: bool = False,
         **options,
     ) -> "StableDiffusionXLGenerator":
         """Load a ``StableDiffusionXLPipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
@@ -96,8 +100,8 @@ class StableDiffusionXLGenerator:
             vae_checkpointing=vae_checkpointing,
         )
         upcast_vae_if_needed(pipe.vae)
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing)
-        return cls(pipe, device=device, memory=memory, name=str(name_or_path), **options)
+        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile)
+        return cls(pipe, device=device, compile=compile, memory=memory, name=str(name_or_path), **options)
 
     # -- properties -------------------------------------------------------------------------------------------------
     @property

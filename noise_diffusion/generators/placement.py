@@ -1,6 +1,7 @@
 """Where a diffusers pipeline's modules live, and the memory options of the larger families (SDXL, SD3, FLUX).
 
-Loader options (keyword arguments of ``load_generator``, or keys of a pipeline folder's ``noise_diffusion.json``):
+Loader options (``run.py`` flags of the same names, keyword arguments of ``load_generator``, or keys of a pipeline
+folder's ``noise_diffusion.json``):
 
 - ``cpu_offload``: diffusers' model CPU offload (``enable_model_cpu_offload``): every module waits in CPU memory and
   moves to the accelerator only while it runs. Peak GPU memory drops to the largest module plus activations, at the

@@ -130,3 +130,12 @@ def test_wrong_or_missing_key_is_named(tmp_path):
     message = str(error.value)
     assert "unexpected keys: mm_projector.5.weight" in message and "missing keys: mm_projector.2.weight" in message
     assert "\n" not in message
+
+
+def test_missing_language_model_key_is_named_as_in_the_checkpoint(tmp_path):
+    folder = build_tiny_clip_t5(tmp_path / "partial")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    del state["encoder.block.1.layer.0.SelfAttention.q.weight"]
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"missing keys: encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight\)"):
+        load_scorer(str(folder))

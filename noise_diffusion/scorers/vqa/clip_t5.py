@@ -111,6 +111,15 @@ def map_original_key(key: str) -> str | None:
     return "language_model." + key
 
 
+def original_key(key: str) -> str:
+    """The inverse of :func:`map_original_key` (to name missing keys as the checkpoint would)."""
+    if key.startswith("language_model."):
+        return key[len("language_model.") :]
+    if key.startswith("vision_tower."):
+        return "vision_tower." + key
+    return key
+
+
 def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_tower: str | None = None) -> CLIPT5:
     """Build :class:`CLIPT5` from a checkpoint folder in the original layout; unknown or missing keys are errors."""
     from accelerate import init_empty_weights
@@ -130,9 +139,9 @@ def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_
             state[mapped] = value
     has_tower = any(k.startswith("vision_tower.") for k in state)
 
-    with init_empty_weights(include_buffers=False):
-        tower = CLIPVisionModel(CLIPVisionConfig.from_pretrained(tower_name)) if has_tower else nn.Identity()
-        model = CLIPT5(t5_config, tower if has_tower else _ConfigOnly(CLIPVisionConfig.from_pretrained(tower_name)))
+    vision_config = CLIPVisionConfig.from_pretrained(tower_name)
+    with init_empty_weights(include_buffers=False):  # no random init of 11B weights; buffers computed as usual
+        model = CLIPT5(t5_config, CLIPVisionModel(vision_config) if has_tower else _ConfigOnly(vision_config))
     expected = set(model.state_dict())
     optional = {"language_model." + k for k in TIED_ALIASES}
     if getattr(t5_config, "tie_word_embeddings", False):
@@ -143,7 +152,7 @@ def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_
         back = {map_original_key(k): k for k in original}
         parts = []
         if missing:
-            parts.append(f"missing keys: {describe_keys(missing)}")
+            parts.append(f"missing keys: {describe_keys(original_key(k) for k in missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {describe_keys(back.get(k, k) for k in unexpected)}")
         raise UserError(f"checkpoint {str(folder)!r} does not match CLIP-T5 ({'; '.join(parts)})")

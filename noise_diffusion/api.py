@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
-from .generators import load_generator, pipeline_class_name, resolve_model
+from .generators import generator_class, load_generator, pipeline_class_name, resolve_model
 from .optimize import RunResult, SearchConfig, optimize
 from .results import check_writable, is_finished, read_json, run_folder, save_image_atomic, save_run
 from .scorers import load_scorer, scorer_loader
@@ -130,7 +130,8 @@ def build_generator(sd_version: str, device: str | None, dtype: str, **options):
     for key in ("height", "width"):
         if options.get(key) is not None and options[key] <= 0:
             raise UserError(f"{key} must be positive, got {options[key]}")
-    return load_generator(sd_version, device_t, resolve_dtype(dtype, device_t), **options)
+    preferred = getattr(generator_class(sd_version), "PREFERRED_DTYPE", "float16")
+    return load_generator(sd_version, device_t, resolve_dtype(dtype, device_t, gpu_default=preferred), **options)
 
 
 def build_scorer(vqa_model: str, device: str | None, dtype: str, **options):

@@ -66,7 +66,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None,
                    help="device of the diffusion model (default: cuda:0 when a GPU is present, else cpu)")
     g.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
-                   help="precision of the diffusion model; auto = float16 on a GPU, float32 on the CPU "
+                   help="precision of the diffusion model; auto = the family's half precision on a GPU (float16 for "
+                        "SD1.x/2.x/SDXL, bfloat16 for SD3/FLUX), float32 on the CPU "
                         "(default: %(default)s, as the authors)")
 
 

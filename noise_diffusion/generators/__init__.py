@@ -54,6 +54,12 @@ def pipeline_class_name(name_or_path: str) -> str:
         raise UserError(f"cannot load diffusion model {name_or_path!r}: {_first_line(error)}") from error
 
 
+def generator_class(name: str) -> type | None:
+    """The generator class that :func:`load_generator` would build for ``name`` (None if the loader is no method)."""
+    loader = PIPELINE_GENERATORS.get(pipeline_class_name(resolve_model(name)))
+    return getattr(loader, "__self__", None)
+
+
 def load_generator(
     name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options
 ) -> Generator:
@@ -146,6 +152,7 @@ __all__ = [
     "MODEL_ALIASES",
     "initial_latents",
     "load_generator",
+    "generator_class",
     "pipeline_class_name",
     "resolve_model",
 ]

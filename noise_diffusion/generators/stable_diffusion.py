@@ -24,6 +24,8 @@ class StableDiffusionGenerator:
 
     #: the paper's settings, used where the caller passes None (see ``generators.sampling_defaults``)
     DEFAULTS = {"num_steps": 50, "guidance_scale": 7.5}
+    #: half precision used by ``--dtype auto`` on a GPU
+    PREFERRED_DTYPE = "float16"
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from common import (
+    now, clock_name,
     add_model_args, build_models, count_parameters, machine, peak_memory, reset_peak_memory, synchronize, timed,
     user_error_exit, write_json,
 )
@@ -93,7 +94,7 @@ def _encode_png(images) -> int:
 
 def _now(device) -> float:
     synchronize(device)
-    return time.perf_counter()
+    return now()
 
 
 def minimum_pass(generator, scorer, prompts, seeds):
@@ -130,19 +131,19 @@ def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: i
             if item != last:
                 return
             synchronize(device)
-            ends[epoch] = time.perf_counter()
+            ends[epoch] = now()
             if epoch < config.max_epoch - 1:
-                tick = time.perf_counter()
+                tick = now()
                 minimum()
                 synchronize(device)
-                minima.append(time.perf_counter() - tick)
-            starts[epoch] = time.perf_counter()
+                minima.append(now() - tick)
+            starts[epoch] = now()
 
         synchronize(device)
-        begin = time.perf_counter()
+        begin = now()
         optimize(generator, scorer, prompts, seeds, config, progress=False, on_epoch=on_epoch)
         synchronize(device)
-        totals.append(time.perf_counter() - begin - sum(starts[e] - ends[e] for e in ends))
+        totals.append(now() - begin - sum(starts[e] - ends[e] for e in ends))
         intervals += [ends[e] - starts[e - 1] for e in range(1, config.max_epoch)]
     return {
         "epoch_seconds": statistics.median(intervals),
@@ -151,6 +152,22 @@ def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: i
         "minimum_samples": minima,
         "optimize_total_seconds": statistics.mean(totals),
     }
+
+
+def use_cpu_timesteps(generator) -> None:
+    """Experiment (a proposal for ``StableDiffusionGenerator._fresh_scheduler``): timesteps on the CPU.
+
+    diffusers' DDIM/PNDM ``step`` index CPU tables (``alphas_cumprod``) with the timestep and test
+    ``prev_timestep >= 0``; with timesteps on the GPU each of these is a host sync, once per sampler step. With CPU
+    timesteps the UNet gets a CPU scalar, which it copies to the device without waiting for the queue.
+    """
+
+    def fresh_scheduler():
+        scheduler = generator.scheduler_class.from_config(generator.scheduler_config)
+        scheduler.set_timesteps(generator.num_steps, device="cpu")
+        return scheduler
+
+    generator._fresh_scheduler = fresh_scheduler
 
 
 def measure(generator, scorer, batch: int, args) -> dict:
@@ -204,6 +221,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="optimize() runs per batch size (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each part (default 3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (experiment)")
+    parser.add_argument("--cpu_timesteps", action="store_true",
+                        help="experiment: keep the scheduler's timesteps on the CPU, so that scheduler.step indexes its "
+                             "CPU tables without a host sync per step on a GPU")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -213,6 +233,8 @@ def main() -> int:
     generator, scorer, models = build_models(args)
     if args.compile:
         generator.unet = torch.compile(generator.unet)
+    if args.cpu_timesteps:
+        use_cpu_timesteps(generator)
     settings = generator.settings()
     report = {
         "models": models,
@@ -220,7 +242,8 @@ def main() -> int:
         "settings": (f"{settings['num_steps']} steps ({settings['scheduler_class']}), guidance "
                      f"{settings['guidance_scale']}, {settings['height']}x{settings['width']}, dtype {settings['dtype']}, "
                      f"scorer dtype {str(next(scorer.parameters()).dtype).removeprefix('torch.')}, "
-                     f"N = {args.num_candidate_noises}, compile {args.compile}"),
+                     f"N = {args.num_candidate_noises}, compile {args.compile}, CPU timesteps {args.cpu_timesteps}; "
+                     f"timed by {clock_name()}"),
         "parameters": {"generator": sum(count_parameters(m) for m in (generator.unet, generator.vae,
                                                                       generator.text_encoder)),
                        "scorer": count_parameters(scorer)},

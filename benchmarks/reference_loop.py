@@ -24,7 +24,7 @@ import time
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import add_model_args, build_models, machine, synchronize, user_error_exit, write_json
+from common import now, clock_name, add_model_args, build_models, machine, synchronize, user_error_exit, write_json
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.scorers.base import tensor_to_pil
@@ -40,7 +40,7 @@ def reference_run(generator, scorer, prompt: str, seed: int, epochs: int, num_ca
     best_score, seconds, scores = -1.0, [], []
     for epoch in range(epochs + 1):
         synchronize(device)
-        tick = time.perf_counter()
+        tick = now()
         sampled = generator.sample(z, cond)
         leaf = z.detach().clone().requires_grad_(True)
         image = generator.decode(generator.replay(leaf, sampled.record))
@@ -62,7 +62,7 @@ def reference_run(generator, scorer, prompt: str, seed: int, epochs: int, num_ca
                     best_alignment, best_noise = alignment, noise
             z = math.sqrt(1.0 - gamma) * z + math.sqrt(gamma) * best_noise
         synchronize(device)
-        seconds.append(time.perf_counter() - tick)
+        seconds.append(now() - tick)
         scores.append(s)
     return {"seconds": seconds, "scores": scores}
 
@@ -82,7 +82,7 @@ def ours_run(generator, scorer, prompts, seeds, epochs: int, num_candidates: int
     def on_epoch(item, epoch, image, record):
         if item == last:
             synchronize(device)
-            ends[epoch] = time.perf_counter()
+            ends[epoch] = now()
 
     config = SearchConfig(max_epoch=epochs, num_candidates=num_candidates)
     optimize(generator, scorer, prompts, seeds, config, progress=False, on_epoch=on_epoch)
@@ -129,7 +129,7 @@ def main() -> int:
         "speedup": ref_s / ours_s, "ours_samples": ours, "reference_samples": reference,
     }
     print(f"**{models}** on {report['machine']}; {settings['num_steps']} steps, N = {args.num_candidate_noises}, "
-          f"batch {args.batch_size}\n")
+          f"batch {args.batch_size}; timed by {clock_name()}\n")
     print("| loop | dtype | s per image per epoch |\n|---|---|---:|")
     print(f"| reference structure (one image at a time, per-candidate sync, PNG every epoch) | float32 | {ref_s:.4f} |")
     print(f"| ours (`optimize()`, batch {args.batch_size}) | {settings['dtype']} | {ours_s:.4f} |")

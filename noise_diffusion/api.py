@@ -144,7 +144,7 @@ def run_config(generator, scorer, search: SearchConfig, seed: int | None = None)
     """The configuration recorded next to every result."""
     config = {
         "generator": generator.settings(),
-        "scorer": {"name": scorer.name, "device": str(scorer.device)},
+        "scorer": {"name": scorer.name, "device": str(scorer.device), **_settings(scorer)},
         "search": {k: v for k, v in vars(search).items() if k != "keep_epoch_images"},
         "device": str(generator.device),
         "command": " ".join(sys.argv),
@@ -152,6 +152,11 @@ def run_config(generator, scorer, search: SearchConfig, seed: int | None = None)
     if seed is not None:
         config["seed"] = seed
     return config
+
+
+def _settings(scorer) -> dict:
+    settings = getattr(scorer, "settings", None)
+    return dict(settings()) if callable(settings) else {}
 
 
 def summary_line(result: RunResult | dict, folder: Path | None) -> str:

@@ -85,10 +85,12 @@ def _model_type(name: str) -> str:
         known = ", ".join(sorted(SCORERS))
         raise UserError(f"unknown verifier {name!r}: not a registered name ({known}), a folder or a Hub id")
     try:
-        from transformers import AutoConfig
+        # read config.json itself: AutoConfig rejects model types transformers does not know (e.g. ShareGPT4V's)
+        from huggingface_hub import hf_hub_download
 
-        return AutoConfig.from_pretrained(name).model_type
-    except (OSError, ValueError) as error:
+        with open(hf_hub_download(name, "config.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("model_type", "")
+    except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean "cannot load"
         raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
 
 

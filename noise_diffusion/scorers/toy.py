@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..errors import UserError
 from ..toy import models, world
 from . import SCORERS
 from .base import Scorer
@@ -57,25 +58,19 @@ class ToyDigitScorer(Scorer):
         logits = self.classifier(torch.stack(crops, dim=1).flatten(0, 1))
         return logits.float().softmax(-1).view(len(images), len(_BOXES), -1)
 
-    def arrangement_scores(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, list[list[tuple]]]:
-        probs = self.box_probabilities(images)
-        parsed = [world.parse_prompt(p) for p in prompts]
-        scores, arrangements = [], []
-        for i, item in enumerate(parsed):
-            options = item.arrangements()
-            arrangements.append(options)
-            per = []
-            for layout, first, second in options:
-                base = 0 if layout == "H" else 2
-                per.append(probs[i, base, first] * probs[i, base + 1, second])
-            scores.append(torch.stack(per))
-        return scores, arrangements
-
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        scores, _ = self.arrangement_scores(images, prompts)
-        return torch.stack([s.max() for s in scores]).float()
+        parsed = [world.parse_prompt(p) for p in prompts]  # UserError for a prompt outside the world
+        probs = self.box_probabilities(images)
+        scores = []
+        for i, item in enumerate(parsed):
+            per_arrangement = [
+                probs[i, _base(layout), first] * probs[i, _base(layout) + 1, second]
+                for layout, first, second in item.arrangements()
+            ]
+            scores.append(torch.stack(per_arrangement).max())
+        return torch.stack(scores).float()
 
     @torch.no_grad()
     def is_faithful(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
@@ -86,14 +81,25 @@ class ToyDigitScorer(Scorer):
         for i, prompt in enumerate(prompts):
             ok = False
             for layout, first, second in world.parse_prompt(prompt).arrangements():
-                base = 0 if layout == "H" else 2
+                base = _base(layout)
                 ok |= bool(predicted[i, base] == first) and bool(predicted[i, base + 1] == second)
             out.append(ok)
         return torch.tensor(out)
 
 
+def _base(layout: str) -> int:
+    """Index of the layout's first box in :data:`_BOXES` (its second box follows)."""
+    return 0 if layout == "H" else 2
+
+
 def _loader(name: str):
-    return lambda device="cpu", dtype=torch.float32, **options: ToyDigitScorer.load(name, device=device, dtype=dtype)
+    def load(device="cpu", dtype=torch.float32, **options) -> ToyDigitScorer:
+        given = sorted(k for k, v in options.items() if v is not None)
+        if given:  # e.g. a VQA question: these verifiers read the prompt's digits and relation directly
+            raise UserError(f"verifier {name!r} takes no options (got {', '.join(given)})")
+        return ToyDigitScorer.load(name, device=device, dtype=dtype)
+
+    return load
 
 
 for _name in VERIFIERS:

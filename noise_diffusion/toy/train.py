@@ -148,8 +148,15 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(means), torch.cat(stds), configs
 
 
-def train_unet(vae, steps: int, seed: int, batch: int = 64, count: int = 20000, cfg_dropout: float = 0.1, width: int = 32):
-    """Train a fresh CLIP text encoder and UNet jointly (epsilon prediction, SD1.x betas, CFG dropout), with EMA."""
+def train_unet(
+    vae, steps: int, seed: int, batch: int = 64, count: int = 20000, cfg_dropout: float = 0.1, width: int = 32,
+    snapshot=None, snapshot_every: int = 250,
+):
+    """Train a fresh CLIP text encoder and UNet jointly (epsilon prediction, SD1.x betas, CFG dropout), with EMA.
+
+    ``snapshot(unet, text_encoder, tokenizer, step)`` is called with the EMA weights every ``snapshot_every`` steps, so
+    that a run cut short still leaves a usable (if less trained) pipeline.
+    """
     from diffusers import DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -191,7 +198,9 @@ def train_unet(vae, steps: int, seed: int, batch: int = 64, count: int = 20000, 
             for ema_module, module in zip(ema, (unet, text_encoder)):
                 for p_ema, p in zip(ema_module.parameters(), module.parameters()):
                     p_ema.lerp_(p, 1 - decay)
-        if step % 100 == 0:
+        if snapshot is not None and step and step % snapshot_every == 0:
+            snapshot(ema[0], ema[1], tokenizer, step)
+        if step % 50 == 0:
             rate = (time.time() - started) / (step + 1)
             _log(f"unet step {step} loss {loss.item():.4f} ({rate:.2f} s/step, ~{rate * (steps - step) / 60:.1f} min left)")
     info = {"steps": steps, "seed": seed, "batch": batch, "dataset": count, "cfg_dropout": cfg_dropout, "width": width}
@@ -261,8 +270,12 @@ def main(argv: list[str] | None = None) -> None:
 
         vae = AutoencoderKL.from_pretrained(vae_dir)
         start = time.time()
+        def snapshot(unet, text_encoder, tokenizer, step):
+            save_pipeline(work / "snapshot", unet, vae, text_encoder, tokenizer)
+            (work / "snapshot" / "step.txt").write_text(f"{step}\n")
+
         unet, text_encoder, tokenizer, info = train_unet(
-            vae, args.unet_steps, args.seed, batch=args.unet_batch, count=args.unet_dataset
+            vae, args.unet_steps, args.seed, batch=args.unet_batch, count=args.unet_dataset, snapshot=snapshot
         )
         save_pipeline(pipe_dir, unet, vae, text_encoder, tokenizer)
         record("unet_text_encoder", time.time() - start, info)

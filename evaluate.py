@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eval_vqa_model", default=None,
                    help="held-out verifier that re-scores every saved initial and best image (default: none)")
     cli.add_generation_args(parser)
+    cli.add_memory_args(parser)
     cli.add_scorer_args(parser)
     cli.add_search_args(parser)
     return parser.parse_args(argv)
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
         generator = api.build_generator(
             args.sd_version, device, args.dtype, scheduler=args.scheduler, num_steps=args.num_denoising_steps,
             guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, height=args.height,
-            width=args.width,
+            width=args.width, **cli.generator_options(args),
         )
         scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
         run_jobs(todo, generator, scorer, search, root, batch_size=args.batch_size, overwrite=args.overwrite,
@@ -139,6 +140,8 @@ def expected_settings(args: argparse.Namespace, search) -> dict:
     settings given on the command line (those left to the model's defaults are not compared)."""
     expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
     expected["scorer.name"] = args.vqa_model
+    for key, value in cli.scorer_options(args).items():  # e.g. question_template, when given
+        expected[f"scorer.{key}"] = value
     expected["generator.model"] = (args.sd_version, resolve_model(args.sd_version))
     for key, value in (("num_steps", args.num_denoising_steps), ("guidance_scale", args.guidance_scale),
                        ("height", args.height), ("width", args.width)):

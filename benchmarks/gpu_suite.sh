@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The performance benchmarks on one GPU, as one prepared script (about 6-8 minutes on an H100/H200).
+# The performance benchmarks on one GPU, as one prepared script (about 8-10 minutes on an H100/H200; steps 1-5 are the
+# issue's figures, step 6 the experiments: drop it when device time is short).
 #
 #   bash benchmarks/gpu_suite.sh [OUTDIR]          (default OUTDIR: $OUT if set, else gpu_results)
 #
@@ -52,4 +53,11 @@ step reference_sd14 150 "$PY" $B/reference_loop.py --preset sd14 --dtype float16
 # 5. toy world: batch 1 vs 64, and fp32 vs fp16 scores/decisions (trained weights)
 step toy 60 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --repeats 2 --json "$OUTDIR/toy.json"
 step precision_toy 45 "$PY" $B/precision.py --preset toy --low_dtype float16 --batch_size 16 --json "$OUTDIR/precision_toy.json"
+# 6. experiments for the lead: timesteps on the CPU (no host sync per sampler step), torch.compile of the UNet
+step sd14_sync_baseline 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
+  --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_sync_baseline.json"
+step sd14_cpu_timesteps 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
+  --batch_size 1 --epochs 3 --repeats 2 --cpu_timesteps --json "$OUTDIR/sd14_cpu_timesteps.json"
+step sd14_compile 180 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
+  --batch_size 1 --epochs 3 --repeats 2 --compile --json "$OUTDIR/sd14_compile.json"
 echo "wrote $LOG"

@@ -2,7 +2,8 @@
 # The performance benchmarks on one GPU, as one prepared script (about 8-10 minutes on an H100/H200; steps 1-5 are the
 # issue's figures, step 6 the experiments: drop it when device time is short).
 #
-#   bash benchmarks/gpu_suite.sh [OUTDIR]          (default OUTDIR: $OUT if set, else gpu_results)
+#   bash benchmarks/gpu_suite.sh [OUTDIR] [main|experiments|all]   (defaults: $OUT if set, else gpu_results; all)
+# "main" (steps 1-5, at most 10 min by the step limits) and "experiments" (step 6) fit one 10-minute device call each.
 #
 # Models are the real SD1.4 architecture and the CLIP-FlanT5-XL/XXL shapes with random weights (no download: a machine
 # without network can run it), plus the toy world when it is installed. Timings do not depend on the weights' values;
@@ -14,6 +15,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-gpu_results}}"
+PARTS="${2:-all}"
 mkdir -p "$OUTDIR"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] && .venv/bin/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && PY=.venv/bin/python
@@ -38,21 +40,24 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going on f
 }
 
 B=benchmarks
+if [ "$PARTS" != experiments ]; then
 # 1. SD1.4 (fp16) + CLIP-FlanT5-XL (bf16): parts vs physical minimum, batch 1 and 4, peak memory (target <= 24 GB)
-step sd14_fp16_xl 150 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step sd14_fp16_xl 140 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 1 4 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp16_xl.json"
 # 2. the authors' precision: SD1.4 in fp32, batch 1
-step sd14_fp32_xl 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float32 --scorer_shape clip-flant5-xl \
+step sd14_fp32_xl 80 "$PY" $B/epoch_cost.py --preset sd14 --dtype float32 --scorer_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp32_xl.json"
 # 3. CLIP-FlanT5-XXL: peak memory (target <= 48 GB) and epoch time, batch 1
-step sd14_fp16_xxl 120 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xxl \
+step sd14_fp16_xxl 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xxl \
   --vqa_dtype bfloat16 --batch_size 1 --epochs 3 --repeats 1 --json "$OUTDIR/sd14_fp16_xxl.json"
 # 4. ours (fp16, batch 4) vs the authors' loop structure (fp32, one image at a time), same models (target >= 2x)
-step reference_sd14 150 "$PY" $B/reference_loop.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step reference_sd14 140 "$PY" $B/reference_loop.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --rounds 1 --json "$OUTDIR/reference_sd14.json"
 # 5. toy world: batch 1 vs 64, and fp32 vs fp16 scores/decisions (trained weights)
-step toy 60 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --repeats 2 --json "$OUTDIR/toy.json"
-step precision_toy 45 "$PY" $B/precision.py --preset toy --low_dtype float16 --batch_size 16 --json "$OUTDIR/precision_toy.json"
+step toy 50 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --repeats 2 --json "$OUTDIR/toy.json"
+step precision_toy 40 "$PY" $B/precision.py --preset toy --low_dtype float16 --batch_size 16 --json "$OUTDIR/precision_toy.json"
+fi
+if [ "$PARTS" != main ]; then
 # 6. experiments for the lead: timesteps on the CPU (no host sync per sampler step), torch.compile of the UNet
 step sd14_sync_baseline 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_sync_baseline.json"
@@ -60,4 +65,5 @@ step sd14_cpu_timesteps 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 
   --batch_size 1 --epochs 3 --repeats 2 --cpu_timesteps --json "$OUTDIR/sd14_cpu_timesteps.json"
 step sd14_compile 180 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --compile --json "$OUTDIR/sd14_compile.json"
+fi
 echo "wrote $LOG"

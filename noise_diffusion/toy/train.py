@@ -150,9 +150,12 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 def train_unet(
     vae, steps: int, seed: int, batch: int = 64, count: int = 20000, cfg_dropout: float = 0.1, width: int = 32,
-    snapshot=None, snapshot_every: int = 250,
+    snapshot=None, snapshot_every: int = 250, init: tuple | None = None,
 ):
     """Train a fresh CLIP text encoder and UNet jointly (epsilon prediction, SD1.x betas, CFG dropout), with EMA.
+
+    ``init=(unet, text_encoder, tokenizer)`` continues from trained weights instead (a second stage with its own
+    learning-rate cycle and fresh canvases from ``seed``).
 
     ``snapshot(unet, text_encoder, tokenizer, step)`` is called with the EMA weights every ``snapshot_every`` steps, so
     that a run cut short still leaves a usable (if less trained) pipeline.
@@ -162,10 +165,15 @@ def train_unet(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tok_dir:
-        tokenizer = CLIPTokenizer.from_pretrained(models.write_word_tokenizer(tok_dir))
-    text_encoder = CLIPTextModel(models.text_encoder_config(len(tokenizer)))
-    unet = models.build_unet(width)
+    if init is None:
+        with tempfile.TemporaryDirectory() as tok_dir:
+            tokenizer = CLIPTokenizer.from_pretrained(models.write_word_tokenizer(tok_dir))
+        text_encoder = CLIPTextModel(models.text_encoder_config(len(tokenizer)))
+        unet = models.build_unet(width)
+    else:
+        unet, text_encoder, tokenizer = init
+        unet.train().requires_grad_(True)
+        text_encoder.train().requires_grad_(True)
     ema = copy.deepcopy((unet, text_encoder))
     for module in ema:
         module.requires_grad_(False)
@@ -203,7 +211,8 @@ def train_unet(
         if step % 50 == 0:
             rate = (time.time() - started) / (step + 1)
             _log(f"unet step {step} loss {loss.item():.4f} ({rate:.2f} s/step, ~{rate * (steps - step) / 60:.1f} min left)")
-    info = {"steps": steps, "seed": seed, "batch": batch, "dataset": count, "cfg_dropout": cfg_dropout, "width": width}
+    info = {"steps": steps, "seed": seed, "batch": batch, "dataset": count, "cfg_dropout": cfg_dropout, "width": width,
+            "continued": init is not None}
     return ema[0], ema[1], tokenizer, info
 
 
@@ -230,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae_steps", type=int, default=500)
     parser.add_argument("--unet_steps", type=int, default=3000)
     parser.add_argument("--unet_batch", type=int, default=64)
+    parser.add_argument("--unet_more_steps", type=int, default=0,
+                        help="a second UNet stage: continue from the first stage's weights for this many steps")
     parser.add_argument("--unet_dataset", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -265,20 +276,35 @@ def main(argv: list[str] | None = None) -> None:
         vae.save_pretrained(vae_dir)
         record("vae", time.time() - start, info)
     pipe_dir = work / PIPELINE_NAME
+
+    def snapshot(unet, text_encoder, tokenizer, step):
+        from diffusers import AutoencoderKL
+
+        save_pipeline(work / "snapshot", unet, AutoencoderKL.from_pretrained(vae_dir), text_encoder, tokenizer)
+        (work / "snapshot" / "step.txt").write_text(f"{step}\n")
+
     if args.only in ("unet", "all") and not (pipe_dir / "model_index.json").exists():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir)
         start = time.time()
-        def snapshot(unet, text_encoder, tokenizer, step):
-            save_pipeline(work / "snapshot", unet, vae, text_encoder, tokenizer)
-            (work / "snapshot" / "step.txt").write_text(f"{step}\n")
-
         unet, text_encoder, tokenizer, info = train_unet(
             vae, args.unet_steps, args.seed, batch=args.unet_batch, count=args.unet_dataset, snapshot=snapshot
         )
         save_pipeline(pipe_dir, unet, vae, text_encoder, tokenizer)
         record("unet_text_encoder", time.time() - start, info)
+    final_dir = work / f"{PIPELINE_NAME}-stage2"
+    if args.only in ("unet", "all") and args.unet_more_steps and not (final_dir / "model_index.json").exists():
+        from diffusers import StableDiffusionPipeline
+
+        stage1 = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None, requires_safety_checker=False)
+        start = time.time()
+        unet, text_encoder, tokenizer, info = train_unet(
+            stage1.vae, args.unet_more_steps, args.seed + 1, batch=args.unet_batch, count=args.unet_dataset,
+            snapshot=snapshot, init=(stage1.unet, stage1.text_encoder, stage1.tokenizer),
+        )
+        save_pipeline(final_dir, unet, stage1.vae, text_encoder, tokenizer)
+        record("unet_text_encoder_stage2", time.time() - start, info)
     if args.install:
         install(work)
 
@@ -289,7 +315,8 @@ def install(work: Path) -> None:
     target = ASSETS / PIPELINE_NAME
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(work / PIPELINE_NAME, target)
+    stage2 = work / f"{PIPELINE_NAME}-stage2"
+    shutil.copytree(stage2 if (stage2 / "model_index.json").exists() else work / PIPELINE_NAME, target)
     (ASSETS / "verifiers").mkdir(exist_ok=True)
     for name in ("toy-digits-cnn", "toy-digits-heldout"):
         shutil.copy(work / f"{name}.safetensors", ASSETS / "verifiers" / f"{name}.safetensors")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Sampled
+from .base import DiffusersGenerator, Sampled, check_size
 from .placement import check_flow_scheduler_choice, memory_settings, place_pipeline
 
 #: recommended settings per variant (chosen by the transformer's ``guidance_embeds``) where the caller passes None:
@@ -36,9 +36,10 @@ VARIANT_DEFAULTS = {
 }
 
 
-class FluxGenerator:
+class FluxGenerator(DiffusersGenerator):
     """FLUX transformer + VAE + CLIP-L (pooled) + T5-XXL, one transformer call per step."""
 
+    family = "flux"
     #: common to both variants; steps and guidance come from :data:`VARIANT_DEFAULTS`
     DEFAULTS = {"height": 1024, "width": 1024}
     #: precision recommended on a GPU (the published weights are bf16; T5-XXL overflows in float16)
@@ -66,7 +67,9 @@ class FluxGenerator:
         if negative_prompt:
             raise ValueError("FLUX uses guidance distillation, not classifier-free guidance: no negative prompt")
         self.pipe = pipe
-        self.transformer, self.vae = pipe.transformer, pipe.vae
+        self.denoiser, self.vae = pipe.transformer, pipe.vae
+        self.scheduler_class = FlowMatchEulerDiscreteScheduler
+        self.do_cfg = False  # guidance distillation: one transformer call per step
         self._device = torch.device(device)
         self.guidance_embeds = bool(self.transformer.config.guidance_embeds)
         self.variant = "dev" if self.guidance_embeds else "schnell"
@@ -82,11 +85,10 @@ class FluxGenerator:
         default_size = 128 * self.vae_scale  # FluxPipeline.default_sample_size
         self.height, self.width = height or default_size, width or default_size
         multiple = 2 * self.vae_scale  # 2x2 packing of the latent
-        if self.height % multiple or self.width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
+        check_size(self.height, self.width, multiple)
         self.memory = memory or {}
         if compile:  # worth it on long GPU runs; the first generations pay the compilation
-            self.transformer = torch.compile(self.transformer)
+            self.denoiser = torch.compile(self.denoiser)
         self.name = name
 
     @classmethod
@@ -117,39 +119,22 @@ class FluxGenerator:
                                  t5_device=None if t5_device is None else str(t5_device))
         return cls(pipe, device=device, compile=compile, memory=memory, name=str(name_or_path), **options)
 
-    # -- properties -------------------------------------------------------------------------------------------------
     @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+    def transformer(self):
+        return self.denoiser
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         """The unpacked latent ``[C, H/8, W/8]`` (see the module docstring)."""
         return (self.transformer.config.in_channels // 4, self.height // self.vae_scale, self.width // self.vae_scale)
 
-    @property
-    def model_evals_per_generation(self) -> int:
-        return len(self._fresh_scheduler().timesteps)
-
     def settings(self) -> dict:
         return {
-            "model": self.name,
-            "family": "flux",
+            **super().settings(),
             "variant": self.variant,
             "scheduler": "flow-match-euler",
-            "scheduler_class": "FlowMatchEulerDiscreteScheduler",
-            "num_steps": self.num_steps,
-            "guidance_scale": self.guidance_scale,
             "guidance": "distilled" if self.guidance_embeds else "none",
-            "height": self.height,
-            "width": self.width,
             "max_sequence_length": self.max_sequence_length,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            **self.memory,
         }
 
     # -- packing ----------------------------------------------------------------------------------------------------
@@ -165,11 +150,9 @@ class FluxGenerator:
         return FluxPipeline._unpack_latents(packed, self.height, self.width, self.vae_scale)
 
     # -- the three stages -------------------------------------------------------------------------------------------
-    def _fresh_scheduler(self):
-        from diffusers import FlowMatchEulerDiscreteScheduler
+    def _set_timesteps(self, scheduler) -> None:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         n = self.num_steps
         sigmas = None if scheduler.config.get("use_flow_sigmas") else np.linspace(1.0, 1 / n, n)
         _, h, w = self.latent_shape
@@ -184,7 +167,13 @@ class FluxGenerator:
             scheduler.set_timesteps(n, device=self.device, mu=mu)
         else:
             scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
-        return scheduler
+
+    def _start(self, z: Tensor, scheduler) -> Tensor:
+        # no initial noise scale (sigma_max = 1); packing is a permutation, so packed z is still standard normal
+        return self._pack(z.to(self.device, self.dtype))
+
+    def _finish(self, latents: Tensor) -> Tensor:
+        return self._unpack(latents)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> dict:
@@ -199,7 +188,7 @@ class FluxGenerator:
         from diffusers import FluxPipeline
 
         scheduler = self._fresh_scheduler()
-        latents = self._pack(z.to(self.device, self.dtype))
+        latents = self._start(z, scheduler)
         batch = latents.shape[0]
         _, h, w = self.latent_shape
         image_ids = FluxPipeline._prepare_latent_image_ids(batch, h // 2, w // 2, self.device, self.dtype)
@@ -211,30 +200,14 @@ class FluxGenerator:
         )
         record = []
         for t in scheduler.timesteps:
-            velocity = self.transformer(
+            velocity = self.denoiser(
                 hidden_states=latents, timestep=t.expand(batch).to(latents.dtype) / 1000, guidance=guidance,
                 pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids,
                 return_dict=False,
             )[0]
             record.append(velocity)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return Sampled(latents=self._unpack(latents), record=record)
-
-    def replay(self, z: Tensor, record: list[Tensor]) -> Tensor:
-        scheduler = self._fresh_scheduler()
-        if len(record) != len(scheduler.timesteps):
-            raise ValueError(f"record has {len(record)} steps, the scheduler {len(scheduler.timesteps)}")
-        latents = self._pack(z.to(self.device, self.dtype))
-        for t, velocity in zip(scheduler.timesteps, record):
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return self._unpack(latents)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Unpacked latents -> images in [0, 1]: undo the VAE's scaling *and* shift, decode."""
-        config = self.vae.config
-        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return Sampled(latents=self._finish(latents), record=record)
 
 
 def _register() -> None:

@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Sampled
+from .base import DiffusersGenerator, Sampled, check_size
 from .placement import check_flow_scheduler_choice, memory_settings, place_pipeline
 
 
-class StableDiffusion3Generator:
+class StableDiffusion3Generator(DiffusersGenerator):
     """MMDiT transformer + VAE + two CLIP encoders (+ T5) with classifier-free guidance (off when guidance <= 1, as in
     diffusers, e.g. for SD3.5-large-turbo)."""
 
+    family = "stable-diffusion-3"
     #: the Noise Diffusion authors' SD3.5 settings (filled in where the caller passes None)
     DEFAULTS = {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}
     #: precision recommended on a GPU (the published weights are bf16; T5-XXL overflows in float16)
@@ -49,7 +50,8 @@ class StableDiffusion3Generator:
 
         check_flow_scheduler_choice(scheduler)
         self.pipe = pipe
-        self.transformer, self.vae = pipe.transformer, pipe.vae
+        self.denoiser, self.vae = pipe.transformer, pipe.vae
+        self.scheduler_class = FlowMatchEulerDiscreteScheduler
         self._device = torch.device(device)
         self.t5_device = torch.device(t5_device) if t5_device is not None else self._device
         self.scheduler_config = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config).config
@@ -64,11 +66,10 @@ class StableDiffusion3Generator:
         multiple = self.vae_scale * self.transformer.config.patch_size
         default_size = self.transformer.config.sample_size * self.vae_scale
         self.height, self.width = height or default_size, width or default_size
-        if self.height % multiple or self.width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
+        check_size(self.height, self.width, multiple)
         self.memory = memory or {}
         if compile:  # worth it on long GPU runs; the first generations pay the compilation
-            self.transformer = torch.compile(self.transformer)
+            self.denoiser = torch.compile(self.denoiser)
         self.name = name
 
     @classmethod
@@ -107,49 +108,26 @@ class StableDiffusion3Generator:
             pipe, device=device, compile=compile, t5_device=t5_device, memory=memory, name=str(name_or_path), **options
         )
 
-    # -- properties -------------------------------------------------------------------------------------------------
     @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return (self.transformer.config.in_channels, self.height // self.vae_scale, self.width // self.vae_scale)
-
-    @property
-    def model_evals_per_generation(self) -> int:
-        return (2 if self.do_cfg else 1) * len(self._fresh_scheduler().timesteps)
+    def transformer(self):
+        return self.denoiser
 
     def settings(self) -> dict:
         return {
-            "model": self.name,
-            "family": "stable-diffusion-3",
+            **super().settings(),
             "scheduler": "flow-match-euler",
-            "scheduler_class": "FlowMatchEulerDiscreteScheduler",
             "shift": self.scheduler_config.get("shift"),
-            "num_steps": self.num_steps,
-            "guidance_scale": self.guidance_scale,
             "negative_prompt": self.negative_prompt,
-            "height": self.height,
-            "width": self.width,
             "max_sequence_length": self.max_sequence_length,
             "t5": self.pipe.text_encoder_3 is not None,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            **self.memory,
         }
 
     # -- the three stages -------------------------------------------------------------------------------------------
-    def _fresh_scheduler(self):
-        """A new scheduler with the timesteps of the pipeline: default sigmas, static shift, or the
-        resolution-dependent shift ``mu`` when the checkpoint asks for dynamic shifting (SD3's own constants)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
+    def _set_timesteps(self, scheduler) -> None:
+        """The timesteps of the pipeline: default sigmas, static shift, or the resolution-dependent shift ``mu``
+        when the checkpoint asks for dynamic shifting (SD3's own constants)."""
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting"):
             patch = self.transformer.config.patch_size
@@ -162,7 +140,10 @@ class StableDiffusion3Generator:
                 scheduler.config.get("max_shift", 1.16),
             )
         scheduler.set_timesteps(self.num_steps, device=self.device, **kwargs)
-        return scheduler
+
+    def _start(self, z: Tensor, scheduler) -> Tensor:
+        # SD3's pipelines start from unscaled N(0, I) latents (sigma_max = 1): z is used as it is
+        return z.to(self.device, self.dtype)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> dict:
@@ -182,13 +163,12 @@ class StableDiffusion3Generator:
 
     @torch.no_grad()
     def sample(self, z: Tensor, conditioning: dict) -> Sampled:
-        # SD3's pipelines start from unscaled N(0, I) latents (sigma_max = 1): z is used as it is.
         scheduler = self._fresh_scheduler()
-        latents = z.to(self.device, self.dtype)
+        latents = self._start(z, scheduler)
         record = []
         for t in scheduler.timesteps:
             model_input = torch.cat([latents, latents]) if self.do_cfg else latents
-            velocity = self.transformer(
+            velocity = self.denoiser(
                 hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                 encoder_hidden_states=conditioning["embeds"], pooled_projections=conditioning["pooled"],
                 return_dict=False,
@@ -199,22 +179,6 @@ class StableDiffusion3Generator:
             record.append(velocity)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
         return Sampled(latents=latents, record=record)
-
-    def replay(self, z: Tensor, record: list[Tensor]) -> Tensor:
-        scheduler = self._fresh_scheduler()
-        if len(record) != len(scheduler.timesteps):
-            raise ValueError(f"record has {len(record)} steps, the scheduler {len(scheduler.timesteps)}")
-        latents = z.to(self.device, self.dtype)
-        for t, velocity in zip(scheduler.timesteps, record):
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return latents
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Undo the VAE's latent normalisation (scaling *and* shift), decode, map to [0, 1]."""
-        config = self.vae.config
-        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def _register() -> None:

@@ -66,10 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--eval_vqa_model", default=None,
                    help="held-out verifier that re-scores every saved initial and best image (default: none)")
-    cli.add_generation_args(parser)
-    cli.add_memory_args(parser)
-    cli.add_scorer_args(parser)
-    cli.add_search_args(parser)
+    cli.add_model_and_search_args(parser)
     return parser.parse_args(argv)
 
 

@@ -26,10 +26,7 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="redo a run whose result.json already exists (default: keep it and report it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    cli.add_generation_args(parser)
-    cli.add_memory_args(parser)
-    cli.add_scorer_args(parser)
-    cli.add_search_args(parser)
+    cli.add_model_and_search_args(parser)
     return parser.parse_args(argv)
 
 

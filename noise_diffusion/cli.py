@@ -134,6 +134,14 @@ def scorer_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def add_model_and_search_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that run.py and evaluate.py share: diffusion model, memory/speed, verifier, search."""
+    add_generation_args(parser)
+    add_memory_args(parser)
+    add_scorer_args(parser)
+    add_search_args(parser)
+
+
 def search_config(args: argparse.Namespace, keep_epoch_images: bool = False) -> SearchConfig:
     return SearchConfig(
         method=getattr(args, "method", "noise_diffusion"),

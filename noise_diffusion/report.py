@@ -16,7 +16,6 @@ import io
 import math
 import os
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,7 @@ from typing import Sequence
 from .errors import UserError
 from .evaluation import HELD_OUT_PREFIX
 from .methods import METHODS
-from .results import RESULT_FILE, read_json, write_json_atomic
+from .results import RESULT_FILE, read_json, write_bytes_atomic, write_json_atomic
 
 #: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
 PAPER = {
@@ -316,26 +315,11 @@ def _save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     _pyplot().close(fig)
-    _write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    _write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _slug(text: str) -> str:

@@ -9,6 +9,7 @@ finished.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -55,23 +56,18 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
-    _atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
+    write_bytes_atomic(path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def save_image_atomic(path: str | os.PathLike, image: Image.Image) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:
+    """Write ``payload`` to a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

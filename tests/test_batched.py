@@ -133,3 +133,11 @@ def test_other_methods_batch_equals_alone(generator, scorer, method):
     config = SearchConfig(method=method, max_epoch=2, num_candidates=CANDIDATES)
     for g, w in zip(batched(generator, scorer, config), alone(generator, scorer, config)):
         assert_same_run(g, w)
+
+
+def test_pndm_scheduler_batch_equals_alone(tiny_sd_dir, scorer):
+    """The checkpoint's own PNDM scheduler keeps state within a pass; batching must not mix it between items."""
+    generator = load_generator(tiny_sd_dir, num_steps=STEPS, guidance_scale=7.5, scheduler="default")
+    config = SearchConfig(max_epoch=2, num_candidates=CANDIDATES)
+    for g, w in zip(batched(generator, scorer, config), alone(generator, scorer, config)):
+        assert_same_run(g, w)

@@ -27,6 +27,7 @@ import time
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
+from noise_diffusion.cli import ArgumentParser  # noqa: E402
 from common import (
     now, clock_name,
     add_model_args, build_models, count_parameters, machine, peak_memory, reset_peak_memory, synchronize, timed,
@@ -283,7 +284,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(parser)
     parser.add_argument("--batch_size", type=int, nargs="+", default=[1], help="one or more batch sizes")
     parser.add_argument("--num_candidate_noises", type=int, default=50)

@@ -19,6 +19,7 @@ import argparse
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
+from noise_diffusion.cli import ArgumentParser  # noqa: E402
 from common import CLIP_L336_VISION, CLIP_L_TEXT, FLAN_T5, SD14_UNET, SD14_VAE, user_error_exit, write_json
 
 GIB = 2**30
@@ -118,7 +119,7 @@ def estimate(sd_dtype, vqa_dtype, vqa_size: str, batch: int, allowance_gib: floa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_size", type=int, nargs="+", default=[1])
     parser.add_argument("--allowance_gib", type=float, default=1.5,
                         help="CUDA context, allocator slack, UNet transients (default: %(default)s)")

@@ -17,6 +17,7 @@ import copy
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
+from noise_diffusion.cli import ArgumentParser  # noqa: E402
 from common import add_model_args, build_models, machine, user_error_exit, write_json
 from epoch_cost import batch_items
 from noise_diffusion.generators.base import initial_latents
@@ -40,7 +41,7 @@ def gradient_epoch(generator, scorer, prompts, seeds, num_candidates: int) -> di
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(parser)
     parser.add_argument("--low_dtype", choices=("float16", "bfloat16"), default=None,
                         help="half precision to compare (default: float16 on a GPU, bfloat16 on the CPU)")

@@ -24,6 +24,7 @@ import time
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
+from noise_diffusion.cli import ArgumentParser  # noqa: E402
 from common import now, clock_name, add_model_args, build_models, machine, synchronize, user_error_exit, write_json
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
@@ -90,7 +91,7 @@ def ours_run(generator, scorer, prompts, seeds, epochs: int, num_candidates: int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(parser)
     parser.add_argument("--batch_size", type=int, default=4, help="images optimised (ours: one batch; "
                                                                    "reference: one after another)")

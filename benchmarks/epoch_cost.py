@@ -218,19 +218,25 @@ def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: i
 
 
 def use_cpu_timesteps(generator) -> None:
-    """Experiment (a proposal for ``StableDiffusionGenerator._fresh_scheduler``): timesteps on the CPU.
+    """Experiment (a proposal for the generators' ``_set_timesteps`` hook): timesteps on the CPU.
 
     diffusers' DDIM/PNDM ``step`` index CPU tables (``alphas_cumprod``) with the timestep and test
     ``prev_timestep >= 0``; with timesteps on the GPU each of these is a host sync, once per sampler step. With CPU
     timesteps the UNet gets a CPU scalar, which it copies to the device without waiting for the queue.
     """
+    original = generator._set_timesteps
 
-    def fresh_scheduler():
-        scheduler = generator.scheduler_class.from_config(generator.scheduler_config)
-        scheduler.set_timesteps(generator.num_steps, device="cpu")
-        return scheduler
+    def set_timesteps(scheduler) -> None:
+        original(scheduler)
+        scheduler.timesteps = scheduler.timesteps.cpu()
 
-    generator._fresh_scheduler = fresh_scheduler
+    generator._set_timesteps = set_timesteps
+
+
+def generator_parameters(generator) -> int:
+    """Parameters of every module of the generator's diffusers pipeline."""
+    components = getattr(getattr(generator, "pipe", None), "components", {}) or {}
+    return sum(count_parameters(m) for m in components.values() if isinstance(m, torch.nn.Module))
 
 
 def measure(generator, scorer, batch: int, args) -> dict:
@@ -303,22 +309,20 @@ def main() -> int:
     if min(args.batch_size) < 1:
         parser.error("--batch_size must be >= 1")
     generator, scorer, models = build_models(args)
-    if args.compile:
-        generator.unet = torch.compile(generator.unet)
+    if args.compile:  # the same as the generators' own ``compile`` option, for any preset
+        generator.denoiser = torch.compile(generator.denoiser)
     if args.cpu_timesteps:
         use_cpu_timesteps(generator)
     settings = generator.settings()
     report = {
         "models": models,
         "machine": machine(),
-        "settings": (f"{settings['num_steps']} steps ({settings['scheduler_class']}), guidance "
+        "settings": (f"{settings['num_steps']} steps ({settings.get('scheduler_class', '?')}), guidance "
                      f"{settings['guidance_scale']}, {settings['height']}x{settings['width']}, dtype {settings['dtype']}, "
                      f"scorer dtype {str(next(scorer.parameters()).dtype).removeprefix('torch.')}, "
                      f"N = {args.num_candidate_noises}, compile {args.compile}, CPU timesteps {args.cpu_timesteps}; "
                      f"timed by {clock_name()}"),
-        "parameters": {"generator": sum(count_parameters(m) for m in (generator.unet, generator.vae,
-                                                                      generator.text_encoder)),
-                       "scorer": count_parameters(scorer)},
+        "parameters": {"generator": generator_parameters(generator), "scorer": count_parameters(scorer)},
         "results": [],
     }
     for batch in args.batch_size:

@@ -43,6 +43,8 @@ from noise_diffusion.scorers.clip import CLIP_MEAN, CLIP_STD, CLIPScorer  # noqa
 from noise_diffusion.testing import build_tiny_clip, build_tiny_sd_pipeline, write_clip_tokenizer  # noqa: E402
 
 PRESETS = ("tiny", "toy", "sd14")
+#: prompts of the toy world's grammar (issue 5): its verifier scores only these
+TOY_PROMPTS = ["a 3 left of a 7", "a 1 above a 4", "a 2 and a 9", "a 5 right of a 8", "a 6 below a 0"]
 
 # -- published configurations (config.json of CompVis/stable-diffusion-v1-4 and openai/clip-vit-large-patch14) --------
 SD14_UNET = dict(
@@ -266,6 +268,7 @@ def build_models(args: argparse.Namespace):
     set_clock(args.clock, device)
     dtype = resolve_dtype(args.dtype, device)
     vqa_dtype = resolve_dtype(args.vqa_dtype, vqa_device, gpu_default="bfloat16")
+    args.prompts = None  # the generic benchmark prompts, unless the models need their own
     options = dict(num_steps=args.num_steps, scheduler=args.scheduler, height=args.height, width=args.width)
     toy = toy_world_dir() if args.preset == "toy" else None
 
@@ -291,7 +294,9 @@ def build_models(args: argparse.Namespace):
         scorer, scorer_name = build_clip_l_scorer(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
     else:
         scorer = _toy_scorer(vqa_device, vqa_dtype) if toy else None
-        scorer_name = "toy verifier"
+        scorer_name = f"toy verifier {scorer.name}" if scorer is not None else ""
+        if scorer is not None:
+            args.prompts = TOY_PROMPTS
         if scorer is None:
             scorer = load_scorer(tiny_clip_dir(), vqa_device, vqa_dtype, mapping="affine")
             scorer_name = "tiny CLIP (random weights)"

@@ -42,8 +42,10 @@ from noise_diffusion.scorers.base import tensor_to_pil
 PROMPTS = ["a dog and a frog", "a red cube on top of a blue sphere", "a cat left of a clock", "two birds and a bench"]
 
 
-def batch_items(batch: int) -> tuple[list[str], list[int]]:
-    return [PROMPTS[i % len(PROMPTS)] for i in range(batch)], list(range(batch))
+def batch_items(batch: int, prompts: list[str] | None = None) -> tuple[list[str], list[int]]:
+    """``batch`` items cycling through the prompts (the models' own prompt set when they have one), seeds 0..B-1."""
+    prompts = prompts or PROMPTS
+    return [prompts[i % len(prompts)] for i in range(batch)], list(range(batch))
 
 
 def time_parts(generator, scorer, prompts, seeds, repeats: int) -> dict[str, float]:
@@ -240,7 +242,7 @@ def generator_parameters(generator) -> int:
 
 
 def measure(generator, scorer, batch: int, args) -> dict:
-    prompts, seeds = batch_items(batch)
+    prompts, seeds = batch_items(batch, args.prompts)
     device = generator.device
     config = SearchConfig(max_epoch=args.epochs, num_candidates=args.num_candidate_noises)
     reset_peak_memory(device)

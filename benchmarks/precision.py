@@ -57,7 +57,7 @@ def main() -> int:
     half = copy.copy(args)
     half.dtype = half.vqa_dtype = low
     gen16, scorer16, _ = build_models(half)
-    prompts, seeds = batch_items(args.batch_size)
+    prompts, seeds = batch_items(args.batch_size, full.prompts)
 
     reference = gradient_epoch(gen32, scorer32, prompts, seeds, args.num_candidate_noises)
     rows = []

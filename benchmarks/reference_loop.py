@@ -111,7 +111,7 @@ def main() -> int:
     else:
         args.dtype = ours_dtype
         generator, scorer, _ = build_models(args)
-    prompts, seeds = batch_items(args.batch_size)
+    prompts, seeds = batch_items(args.batch_size, args.prompts)
 
     ours, reference = [], []
     optimize(generator, scorer, prompts[:1], seeds[:1], SearchConfig(max_epoch=1, num_candidates=2), progress=False)

@@ -6,7 +6,9 @@ Usage (the run that made the shipped folder; times in ``docs/toy_world.md``)::
 
 Each component is written to ``--work`` as soon as it is done and skipped when it already exists there, so an
 interrupted run resumes; ``--install`` copies the finished pipeline and verifiers into the package's ``assets``. Every
-component is seeded (torch and numpy), so a rerun on the same machine reproduces the weights.
+component is seeded (torch and numpy). The UNet trains in two stages (2,000 + 3,000 steps by default, each with its own
+learning-rate cycle); the shipped run trained the verifiers in one process while the VAE and then the UNet trained in
+another (``--only verifiers`` / ``--only vae`` / ``--only unet``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -237,10 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=("verifiers", "vae", "unet", "all"), default="all")
     parser.add_argument("--verifier_steps", type=int, default=1500)
     parser.add_argument("--vae_steps", type=int, default=500)
-    parser.add_argument("--unet_steps", type=int, default=3000)
+    parser.add_argument("--unet_steps", type=int, default=2000)
     parser.add_argument("--unet_batch", type=int, default=64)
-    parser.add_argument("--unet_more_steps", type=int, default=0,
-                        help="a second UNet stage: continue from the first stage's weights for this many steps")
+    parser.add_argument("--unet_more_steps", type=int, default=3000,
+                        help="a second UNet stage: continue from the first stage's weights for this many steps (0: none)")
     parser.add_argument("--unet_dataset", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -174,20 +174,29 @@ def materialize(build: Callable[[], torch.nn.Module], device, dtype, seed: int) 
     return module.requires_grad_(False).eval()
 
 
-def build_sd14(device, dtype, **options) -> StableDiffusionGenerator:
-    """SD1.4's UNet, VAE and CLIP-L text encoder with random weights (a character-level tokenizer stands in)."""
+def build_sd14(device, dtype, cpu_offload: bool = False, vae_checkpointing: bool = False, vae_slicing: bool = False,
+               **options) -> StableDiffusionGenerator:
+    """SD1.4's UNet, VAE and CLIP-L text encoder with random weights (a character-level tokenizer stands in); the
+    memory options are applied as the library's loader applies them (``generators.placement``)."""
+    from noise_diffusion.generators.placement import memory_settings, place_pipeline
+
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tok_dir = write_clip_tokenizer(_workdir() / "clip_char_tokenizer")
+    where = "cpu" if cpu_offload else device  # offload wants the weights in CPU memory
     pipe = StableDiffusionPipeline(
-        unet=materialize(lambda: UNet2DConditionModel(**SD14_UNET), device, dtype, 0),
-        vae=materialize(lambda: AutoencoderKL(**SD14_VAE), device, dtype, 1),
-        text_encoder=materialize(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)), device, dtype, 2),
+        unet=materialize(lambda: UNet2DConditionModel(**SD14_UNET), where, dtype, 0),
+        vae=materialize(lambda: AutoencoderKL(**SD14_VAE), where, dtype, 1),
+        text_encoder=materialize(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)), where, dtype, 2),
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir), scheduler=PNDMScheduler(**SD14_SCHEDULER),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    return StableDiffusionGenerator(pipe, name="sd14-architecture-random-weights", **options)
+    placed = place_pipeline(pipe, device, cpu_offload=cpu_offload, vae_checkpointing=vae_checkpointing,
+                            vae_slicing=vae_slicing)
+    memory = memory_settings(cpu_offload, False, vae_slicing, vae_checkpointing)
+    return StableDiffusionGenerator(pipe, device=placed, memory=memory, name="sd14-architecture-random-weights",
+                                    **options)
 
 
 def build_clip_l_scorer(device, dtype) -> CLIPScorer:
@@ -254,6 +263,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
+    g.add_argument("--cpu_offload", action="store_true", help="the generators' model CPU offload (GPU only)")
+    g.add_argument("--vae_checkpointing", action="store_true",
+                   help="the generators' gradient checkpointing in the VAE decoder (less backward memory)")
+    g.add_argument("--vae_slicing", action="store_true", help="the generators' one-image-at-a-time decode")
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
                    help="auto: the process's CPU time on a CPU device (robust on a shared machine), wall time on a GPU")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -270,19 +283,21 @@ def build_models(args: argparse.Namespace):
     vqa_dtype = resolve_dtype(args.vqa_dtype, vqa_device, gpu_default="bfloat16")
     args.prompts = None  # the generic benchmark prompts, unless the models need their own
     options = dict(num_steps=args.num_steps, scheduler=args.scheduler, height=args.height, width=args.width)
+    memory = {k: True for k in ("cpu_offload", "vae_checkpointing", "vae_slicing") if getattr(args, k, False)}
     toy = toy_world_dir() if args.preset == "toy" else None
 
     if args.sd_version:
-        generator, gen_name = load_generator(args.sd_version, device, dtype, **options), args.sd_version
+        generator, gen_name = load_generator(args.sd_version, device, dtype, **options, **memory), args.sd_version
     elif args.preset == "tiny":
-        generator, gen_name = load_generator(tiny_sd_dir(), device, dtype, **options), "tiny SD1.x (random weights)"
+        generator = load_generator(tiny_sd_dir(), device, dtype, **options, **memory)
+        gen_name = "tiny SD1.x (random weights)"
     elif args.preset == "toy":
         folder = toy or _cached("toy_shaped_sd", build_toy_shaped_pipeline)
-        generator = load_generator(folder, device, dtype, **options)
+        generator = load_generator(folder, device, dtype, **options, **memory)
         gen_name = "toy world (trained)" if toy else "toy-world shapes (untrained)"
     else:
         sd_options = {k: v for k, v in options.items() if v is not None}
-        generator, gen_name = build_sd14(device, dtype, **sd_options), "SD1.4 architecture (random weights)"
+        generator, gen_name = build_sd14(device, dtype, **sd_options, **memory), "SD1.4 architecture (random weights)"
 
     if args.vqa_model:
         scorer, scorer_name = load_scorer(args.vqa_model, vqa_device, vqa_dtype), args.vqa_model

@@ -322,7 +322,8 @@ def main() -> int:
         "settings": (f"{settings['num_steps']} steps ({settings.get('scheduler_class', '?')}), guidance "
                      f"{settings['guidance_scale']}, {settings['height']}x{settings['width']}, dtype {settings['dtype']}, "
                      f"scorer dtype {str(next(scorer.parameters()).dtype).removeprefix('torch.')}, "
-                     f"N = {args.num_candidate_noises}, compile {args.compile}, CPU timesteps {args.cpu_timesteps}; "
+                     f"N = {args.num_candidate_noises}, compile {args.compile}, CPU timesteps {args.cpu_timesteps}, "
+                     f"memory options {[k for k in ('cpu_offload', 'vae_slicing', 'vae_checkpointing') if settings.get(k)]}; "
                      f"timed by {clock_name()}"),
         "parameters": {"generator": generator_parameters(generator), "scorer": count_parameters(scorer)},
         "results": [],

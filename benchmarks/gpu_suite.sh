@@ -3,7 +3,7 @@
 # issue's figures, step 6 the experiments: drop it when device time is short).
 #
 #   bash benchmarks/gpu_suite.sh [OUTDIR] [main|experiments|all]   (defaults: $OUT if set, else gpu_results; all)
-# "main" (steps 1-5, at most 10 min by the step limits) and "experiments" (step 6) fit one 10-minute device call each.
+# "main" (steps 1-5, at most 10 min by the step limits) and "experiments" (step 6, at most 7 min) fit one 10-minute device call each.
 #
 # Models are the real SD1.4 architecture and the CLIP-FlanT5-XL/XXL shapes with random weights (no download: a machine
 # without network can run it), plus the toy world when it is installed. Timings do not depend on the weights' values;
@@ -58,7 +58,10 @@ step toy 50 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --r
 step precision_toy 40 "$PY" $B/precision.py --preset toy --low_dtype float16 --batch_size 16 --json "$OUTDIR/precision_toy.json"
 fi
 if [ "$PARTS" != main ]; then
-# 6. experiments for the lead: timesteps on the CPU (no host sync per sampler step), torch.compile of the UNet
+# 6. experiments: VAE checkpointing at batch 4 (memory), timesteps on the CPU (no host sync per sampler step),
+#    torch.compile of the UNet
+step sd14_fp16_xl_vaeckpt 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+  --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --repeats 1 --vae_checkpointing --json "$OUTDIR/sd14_fp16_xl_vaeckpt.json"
 step sd14_sync_baseline 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_sync_baseline.json"
 step sd14_cpu_timesteps 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \

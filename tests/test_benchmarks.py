@@ -1,0 +1,81 @@
+"""The performance benchmarks measure the library without changing it: their instrumentation leaves results and global
+state untouched, the CPU-timesteps experiment gives identical runs, and ``epoch_cost.py`` runs end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from noise_diffusion import SearchConfig, optimize
+from noise_diffusion.generators import load_generator
+from noise_diffusion.methods import METHODS
+from noise_diffusion.scorers import load_scorer
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import epoch_cost  # noqa: E402
+
+PROMPTS, SEEDS = ["a cat", "a dog on a bench"], [4, 9]
+CONFIG = SearchConfig(max_epoch=3, num_candidates=8)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_clip_dir):
+    return load_scorer(tiny_clip_dir, mapping="affine")
+
+
+def run(generator, scorer):
+    return optimize(generator, scorer, PROMPTS, SEEDS, CONFIG, progress=False)
+
+
+def same_runs(a, b) -> bool:
+    return all(
+        [r["score"] for r in x.epochs] == [r["score"] for r in y.epochs]
+        and [r.get("candidate") for r in x.epochs] == [r.get("candidate") for r in y.epochs]
+        and torch.equal(x.best_image, y.best_image)
+        for x, y in zip(a, b)
+    )
+
+
+def test_instrumentation_changes_nothing(tiny_sd_dir, scorer):
+    generator = load_generator(tiny_sd_dir, num_steps=3)
+    grad, method, sample = torch.autograd.grad, METHODS["noise_diffusion"], generator.sample
+    plain = run(generator, scorer)
+    with epoch_cost.attributed(generator, scorer) as totals:
+        instrumented = run(generator, scorer)
+    assert same_runs(plain, instrumented)
+    # every piece was seen, and all were restored
+    assert set(totals) == set(epoch_cost.BREAKDOWN) and all(v > 0 for v in totals.values())
+    assert torch.autograd.grad is grad and METHODS["noise_diffusion"] is method
+    assert generator.sample == sample and "sample" not in vars(generator) and "forward" not in vars(scorer)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "default"])
+def test_cpu_timesteps_give_identical_runs(tiny_sd_dir, scorer, scheduler):
+    generator = load_generator(tiny_sd_dir, num_steps=3, scheduler=scheduler)
+    plain = run(generator, scorer)
+    epoch_cost.use_cpu_timesteps(generator)
+    assert generator._fresh_scheduler().timesteps.device.type == "cpu"
+    assert same_runs(plain, run(generator, scorer))
+
+
+def test_epoch_cost_runs_end_to_end(tiny_sd_dir, tiny_clip_dir, tmp_path):
+    out = tmp_path / "cost.json"
+    command = [sys.executable, str(BENCHMARKS / "epoch_cost.py"), "--sd_version", tiny_sd_dir, "--vqa_model",
+               tiny_clip_dir, "--num_steps", "2", "--batch_size", "1", "2", "--epochs", "3", "--repeats", "1",
+               "--num_candidate_noises", "4", "--threads", "1", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["batch_size"] for r in report["results"]] == [1, 2]
+    for row in report["results"]:
+        breakdown = row["breakdown_seconds"]
+        parts = sum(v for k, v in breakdown.items() if k != "epoch")
+        assert parts == pytest.approx(breakdown["epoch"], rel=1e-6)  # two epochs kept: medians are means, which add up
+        assert row["epoch_over_minimum_breakdown"] >= 1.0
+        assert len(row["epoch_intervals"]) == 2 and len(row["minimum_samples"]) == 2
+    assert "| batch | epoch (optimize) s |" in done.stdout

@@ -176,6 +176,8 @@ then judged by `toy-digits-heldout`, which the search never sees. "Held-out accu
 held-out verifier's most likely class is the required digit in both boxes of some arrangement the prompt allows.
 Methods with epochs all make the same number of generations (`generations` column), so the comparison is at equal
 sampling cost; Noise Diffusion additionally back-propagates through the scorer and the VAE decoder once per epoch.
+`seconds` is the wall time of the whole batch of {len(held_mask)} items on this machine (2 CPU cores shared with other
+jobs, so only a rough guide).
 
 {table(rows)}
 

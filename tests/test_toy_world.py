@@ -163,3 +163,11 @@ def test_training_script_runs_end_to_end(tmp_path):
         z = torch.randn(1, *generator.latent_shape)
         image = generator.decode(generator.sample(z, generator.encode_prompts(["a 1 above a 2"])).latents)
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_verifiers_reject_prompts_and_options_outside_the_world(verifiers):
+    guide, _ = verifiers
+    with pytest.raises(UserError, match="not a toy-world prompt"):
+        guide(torch.zeros(1, 3, 32, 32), ["a cat and a dog"])
+    with pytest.raises(UserError, match="takes no options"):
+        load_scorer("toy-digits-cnn", question="Is it {prompt}?")

@@ -15,14 +15,12 @@ Medians over ``--repeats``; on a shared CPU the numbers are noisy.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import dataclasses
 import functools
 import io
 import statistics
-import time
 
 import torch
 
@@ -36,7 +34,6 @@ from common import (
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.methods import METHODS
-from noise_diffusion.optimize import POOL_SEED_OFFSET
 from noise_diffusion.scorers.base import tensor_to_pil
 
 PROMPTS = ["a dog and a frog", "a red cube on top of a blue sphere", "a cat left of a clock", "two birds and a bench"]

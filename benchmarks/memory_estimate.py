@@ -14,7 +14,6 @@ probabilities in float32), so the attention terms are upper bounds for memory-ef
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 

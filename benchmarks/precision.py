@@ -11,7 +11,6 @@ the real models (``--sd_version``, ``--vqa_model``); on a CPU bfloat16 is the pr
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch

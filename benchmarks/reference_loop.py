@@ -15,11 +15,9 @@ Both are timed per epoch (median over the epochs that compute a gradient) and re
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import statistics
-import time
 
 import torch
 

@@ -100,11 +100,10 @@ def run(
     )
     scorer = build_scorer(vqa_model, vqa_device or device, vqa_dtype, **(scorer_options or {}))
 
-    on_epoch = None
-    if folder is not None and save_all_epochs:
-        def on_epoch(item: int, epoch: int, image: torch.Tensor, record: dict) -> None:
-            save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
+    def save_epoch_image(item: int, epoch: int, image: torch.Tensor, record: dict) -> None:
+        save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
 
+    on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
     (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch)
     if folder is not None:
         save_run(folder, result, run_config(generator, scorer, search, seed))

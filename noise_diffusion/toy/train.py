@@ -13,7 +13,6 @@ another (``--only verifiers`` / ``--only vae`` / ``--only unet``).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
@@ -233,19 +232,31 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tokenizer) -> Path:
 
 # -- orchestration ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="folder for components and timings (resumable)")
-    parser.add_argument("--only", choices=("verifiers", "vae", "unet", "all"), default="all")
-    parser.add_argument("--verifier_steps", type=int, default=1500)
-    parser.add_argument("--vae_steps", type=int, default=500)
-    parser.add_argument("--unet_steps", type=int, default=2000)
-    parser.add_argument("--unet_batch", type=int, default=64)
+    from ..cli import ArgumentParser, positive_int
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True,
+                        help="folder for the trained components and timings.json; a re-run resumes what is done")
+    parser.add_argument("--only", choices=("verifiers", "vae", "unet", "all"), default="all",
+                        help="train only this part (default: %(default)s)")
+    parser.add_argument("--verifier_steps", type=positive_int, default=1500,
+                        help="training steps of each digit verifier (default: %(default)s)")
+    parser.add_argument("--vae_steps", type=positive_int, default=500,
+                        help="training steps of the autoencoder (default: %(default)s)")
+    parser.add_argument("--unet_steps", type=positive_int, default=2000,
+                        help="first-stage steps of the text encoder + UNet (default: %(default)s)")
+    parser.add_argument("--unet_batch", type=positive_int, default=64,
+                        help="canvases per UNet training step (default: %(default)s)")
     parser.add_argument("--unet_more_steps", type=int, default=3000,
-                        help="a second UNet stage: continue from the first stage's weights for this many steps (0: none)")
-    parser.add_argument("--unet_dataset", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--install", action="store_true", help="copy the results into the package's assets")
+                        help="a second UNet stage: continue from the first stage's weights for this many steps "
+                             "(0: none; default: %(default)s)")
+    parser.add_argument("--unet_dataset", type=positive_int, default=20000,
+                        help="canvases drawn once for UNet training (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch threads; on a busy 2-core machine 1 is faster than 2 (default: %(default)s)")
+    parser.add_argument("--install", action="store_true",
+                        help="copy the results into the package's assets (noise_diffusion/toy/assets)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)

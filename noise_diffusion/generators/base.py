@@ -113,6 +113,21 @@ class DiffusersGenerator:
             **self.memory,
         }
 
+    def _configure(
+        self, *, height: int | None, width: int | None, sample_size: int, multiple: int = 1,
+        memory: dict | None, compile: bool, name: str,
+    ) -> None:
+        """The end of every subclass's ``__init__``: image size (default ``sample_size`` latents, a multiple of
+        ``multiple`` latent cells), memory record, optional ``torch.compile`` of the denoiser, name."""
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        default_size = sample_size * self.vae_scale
+        self.height, self.width = height or default_size, width or default_size
+        check_size(self.height, self.width, multiple * self.vae_scale)
+        self.memory = memory or {}
+        if compile:  # worth it on long GPU runs; the first generations pay the compilation
+            self.denoiser = torch.compile(self.denoiser)
+        self.name = name
+
     # -- hooks ----------------------------------------------------------------------------------------------------
     def _set_timesteps(self, scheduler) -> None:
         scheduler.set_timesteps(self.num_steps, device=self.device)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import DiffusersGenerator, Sampled, check_size
+from .base import DiffusersGenerator, Sampled
 from .placement import check_flow_scheduler_choice, memory_settings, place_pipeline
 
 #: recommended settings per variant (chosen by the transformer's ``guidance_embeds``) where the caller passes None:
@@ -81,15 +81,9 @@ class FluxGenerator(DiffusersGenerator):
         self.scheduler_config = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config).config
         if self.scheduler_config.get("stochastic_sampling"):
             raise ValueError("the checkpoint's scheduler samples stochastically; the replay needs a deterministic one")
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        default_size = 128 * self.vae_scale  # FluxPipeline.default_sample_size
-        self.height, self.width = height or default_size, width or default_size
-        multiple = 2 * self.vae_scale  # 2x2 packing of the latent
-        check_size(self.height, self.width, multiple)
-        self.memory = memory or {}
-        if compile:  # worth it on long GPU runs; the first generations pay the compilation
-            self.denoiser = torch.compile(self.denoiser)
-        self.name = name
+        # FluxPipeline.default_sample_size is 128 latent cells; the 2x2 packing needs even latent sizes
+        self._configure(height=height, width=width, sample_size=128, multiple=2, memory=memory, compile=compile,
+                        name=name)
 
     @classmethod
     def from_pretrained(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DiffusersGenerator, Sampled, check_size
+from .base import DiffusersGenerator, Sampled
 from .placement import check_flow_scheduler_choice, memory_settings, place_pipeline
 
 
@@ -62,15 +62,9 @@ class StableDiffusion3Generator(DiffusersGenerator):
         self.do_cfg = self.guidance_scale > 1.0
         self.negative_prompt = negative_prompt or ""
         self.max_sequence_length = int(max_sequence_length)
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        multiple = self.vae_scale * self.transformer.config.patch_size
-        default_size = self.transformer.config.sample_size * self.vae_scale
-        self.height, self.width = height or default_size, width or default_size
-        check_size(self.height, self.width, multiple)
-        self.memory = memory or {}
-        if compile:  # worth it on long GPU runs; the first generations pay the compilation
-            self.denoiser = torch.compile(self.denoiser)
-        self.name = name
+        config = self.denoiser.config
+        self._configure(height=height, width=width, sample_size=config.sample_size, multiple=config.patch_size,
+                        memory=memory, compile=compile, name=name)
 
     @classmethod
     def from_pretrained(

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import DiffusersGenerator, Sampled, check_size, unet_scheduler
+from .base import DiffusersGenerator, Sampled, unet_scheduler
 from .placement import memory_settings, place_pipeline, upcast_vae_if_needed
 
 
@@ -56,14 +56,8 @@ class StableDiffusionXLGenerator(DiffusersGenerator):
         self.guidance_scale = float(guidance_scale)
         self.do_cfg = self.guidance_scale > 1.0
         self.negative_prompt = negative_prompt or ""
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        default_size = self.denoiser.config.sample_size * self.vae_scale
-        self.height, self.width = height or default_size, width or default_size
-        check_size(self.height, self.width, self.vae_scale)
-        self.memory = memory or {}
-        if compile:  # worth it on long GPU runs; the first generations pay the compilation
-            self.denoiser = torch.compile(self.denoiser)
-        self.name = name
+        self._configure(height=height, width=width, sample_size=self.denoiser.config.sample_size, memory=memory,
+                        compile=compile, name=name)
 
     @classmethod
     def from_pretrained(

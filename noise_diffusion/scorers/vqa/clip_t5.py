@@ -132,11 +132,7 @@ def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_
     tower_name = vision_tower or config["mm_vision_tower"]
     t5_config = T5Config(**{k: v for k, v in config.items() if k not in ("model_type", "architectures")})
     original = read_state_dict(folder, dtype)
-    state = {}
-    for key, value in original.items():
-        mapped = map_original_key(key)
-        if mapped is not None:
-            state[mapped] = value
+    state = {new: value for key, value in original.items() if (new := map_original_key(key)) is not None}
     has_tower = any(k.startswith("vision_tower.") for k in state)
 
     vision_config = CLIPVisionConfig.from_pretrained(tower_name)

@@ -77,11 +77,7 @@ def load_original_llava(folder: Path, dtype: torch.dtype = torch.float32, vision
         vision_feature_select_strategy="default" if raw.get("mm_vision_select_feature", "patch") == "patch" else "full",
     )
     original = read_state_dict(folder, dtype)
-    state = {}
-    for key, value in original.items():
-        mapped = map_original_llava_key(key)
-        if mapped is not None:
-            state[mapped] = value
+    state = {new: value for key, value in original.items() if (new := map_original_llava_key(key)) is not None}
     if not any(k.startswith("model.vision_tower.") for k in state):  # the tower from its own repo
         tower = CLIPVisionModel.from_pretrained(tower_name, dtype=dtype).state_dict()
         state.update({"model.vision_tower." + k.removeprefix("vision_model."): v for k, v in tower.items()

@@ -16,7 +16,7 @@ from noise_diffusion.errors import UserError
 from noise_diffusion.generators import MODEL_ALIASES, PIPELINE_GENERATORS, load_generator, resolve_model
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.results import run_folder
-from noise_diffusion.testing_families import (
+from noise_diffusion.testing.families import (
     build_tiny_flux_pipeline,
     build_tiny_sd3_pipeline,
     build_tiny_sdxl_pipeline,

@@ -10,7 +10,7 @@ from PIL import Image
 from noise_diffusion.errors import UserError
 from noise_diffusion.scorers import load_scorer
 from noise_diffusion.scorers.vqa.clip_t5 import SYSTEM_MESSAGE
-from noise_diffusion.testing_vqa import build_tiny_clip_t5
+from noise_diffusion.testing.vqa import build_tiny_clip_t5
 
 
 @pytest.fixture(scope="module")

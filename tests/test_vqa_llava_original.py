@@ -10,7 +10,7 @@ from PIL import Image
 from noise_diffusion.errors import UserError
 from noise_diffusion.scorers import load_scorer
 from noise_diffusion.scorers.vqa.llava_original import OriginalLlavaScorer
-from noise_diffusion.testing_vqa import build_tiny_original_llava
+from noise_diffusion.testing.vqa import build_tiny_original_llava
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
           "detailed, and polite answers to the user's questions.")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from noise_diffusion import testing_vqa as tv
+from noise_diffusion.testing import vqa as tv
 from noise_diffusion.scorers import ARCHITECTURES, SCORERS, load_scorer
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'

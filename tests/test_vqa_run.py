@@ -9,7 +9,7 @@ from noise_diffusion import SearchConfig
 from noise_diffusion.api import run
 from noise_diffusion.errors import UserError
 from noise_diffusion.scorers import load_scorer
-from noise_diffusion.testing_vqa import build_tiny_clip_t5
+from noise_diffusion.testing.vqa import build_tiny_clip_t5
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_run_py_with_a_vqa_verifier_and_templates(tiny_sd_dir, tmp_path, capsys)
     """run.py --vqa_model FOLDER --vqa_question/--vqa_answer reach the verifier; a bad template is a one-line error."""
     import run as run_cli
     from noise_diffusion import cli
-    from noise_diffusion.testing_vqa import build_tiny_smolvlm
+    from noise_diffusion.testing.vqa import build_tiny_smolvlm
 
     verifier = str(build_tiny_smolvlm(tmp_path / "smolvlm"))
     argv = ["--prompt", "a cat", "--seed", "2", "--sd_version", tiny_sd_dir, "--vqa_model", verifier,

@@ -23,7 +23,7 @@ NUM_CLASSES = 11  # ten digits and "no digit" (blank, noise or clutter)
 
 def write_word_tokenizer(folder: str | Path) -> Path:
     """A CLIP tokenizer whose BPE merges turn each toy word into one token (any other text falls back to characters)."""
-    from ..testing import write_clip_tokenizer
+    from .tokenizer import write_clip_tokenizer
 
     folder = write_clip_tokenizer(folder, model_max_length=MAX_TOKENS)
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .testing import tiny_clip_text_config, write_clip_tokenizer
+from . import tiny_clip_text_config, write_clip_tokenizer
 
 #: published VAE latent normalisation of the real families (scaling, shift), reused so decode is tested with a shift
 SD3_VAE_FACTORS = (1.5305, 0.0609)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .scorers.vqa.preprocess import CLIP_MEAN, CLIP_STD
+from ..scorers.vqa.preprocess import CLIP_MEAN, CLIP_STD
 
 _CHARS = sorted(set(string.printable) - set(" \t\n\r\x0b\x0c"))
 
@@ -100,9 +100,9 @@ def write_byte_tokenizer(folder: str | os.PathLike, special_tokens: list[str], b
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from .testing import _bytes_to_unicode
+    from ..toy.tokenizer import bytes_to_unicode
 
-    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()

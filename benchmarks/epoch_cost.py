@@ -34,7 +34,7 @@ from common import (
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.methods import METHODS
-from noise_diffusion.scorers.base import tensor_to_pil
+from noise_diffusion.images import tensor_to_pil
 
 PROMPTS = ["a dog and a frog", "a red cube on top of a blue sphere", "a cat left of a clock", "two birds and a bench"]
 

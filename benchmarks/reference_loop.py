@@ -26,7 +26,7 @@ from noise_diffusion.cli import ArgumentParser  # noqa: E402
 from common import now, clock_name, add_model_args, build_models, machine, synchronize, user_error_exit, write_json
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
-from noise_diffusion.scorers.base import tensor_to_pil
+from noise_diffusion.images import tensor_to_pil
 from epoch_cost import batch_items
 
 

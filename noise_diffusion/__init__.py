@@ -8,6 +8,8 @@ from .optimize import RunResult, SearchConfig, optimize
 from .scorers import Scorer, load_scorer
 from .update import alignments, batched_alignments, diffuse, gamma_from_score, select_noise
 
+from . import toy  # noqa: E402,F401  isort: skip  (registers the toy world's model name and verifiers)
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -18,7 +18,7 @@ from .generators import generator_class, load_generator, pipeline_class_name, re
 from .optimize import RunResult, SearchConfig, optimize
 from .results import check_writable, is_finished, read_json, run_folder, save_image_atomic, save_run
 from .scorers import load_scorer, scorer_loader
-from .scorers.base import tensor_to_pil
+from .images import tensor_to_pil
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

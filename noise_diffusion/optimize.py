@@ -134,8 +134,7 @@ def optimize(
 
     def evaluate(active: list[int], z_active: Tensor, need_grad: bool):
         """Generate and score the active items; the gradient w.r.t. z when asked."""
-        cond = _select_conditioning(conditioning, active, batch)
-        sampled = generator.sample(z_active, cond)
+        sampled = generator.sample(z_active, conditioning.select(active))
         item_prompts = [prompts[i] for i in active]
         grad = None
         if need_grad:
@@ -227,28 +226,6 @@ def optimize(
         result.compute = compute[i]
         result.seconds = total / batch
     return results
-
-
-def _select_conditioning(conditioning, active: list[int], batch: int):
-    """Rows of the prompt conditioning for the active items.
-
-    Conditioning is a tensor ``[2B, ...]`` (unconditional half first) or a tuple/dict of such tensors; tensors whose
-    first dimension is ``B`` (e.g. pooled embeddings without CFG) are indexed directly.
-    """
-    if len(active) == batch:
-        return conditioning
-    if isinstance(conditioning, Tensor):
-        idx = torch.tensor(active, device=conditioning.device)
-        if conditioning.shape[0] == 2 * batch:
-            return torch.cat([conditioning[idx], conditioning[idx + batch]])
-        if conditioning.shape[0] == batch:
-            return conditioning[idx]
-        return conditioning
-    if isinstance(conditioning, dict):
-        return {k: _select_conditioning(v, active, batch) for k, v in conditioning.items()}
-    if isinstance(conditioning, (tuple, list)):
-        return type(conditioning)(_select_conditioning(v, active, batch) for v in conditioning)
-    return conditioning
 
 
 def _show(bar, results) -> None:

@@ -117,7 +117,7 @@ def save_run(folder: str | os.PathLike, result, config: dict, save_latent: bool 
     """Write one :class:`~noise_diffusion.optimize.RunResult`: images and latent first, ``result.json`` last."""
     from safetensors.torch import save_file
 
-    from .scorers.base import tensor_to_pil
+    from .images import tensor_to_pil
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import torch
 
 import run as run_cli
 from noise_diffusion.errors import UserError
-from noise_diffusion.generators import MODEL_ALIASES, PIPELINE_GENERATORS, load_generator, resolve_model
+from noise_diffusion.generators import GENERATORS, MODEL_ALIASES, load_generator, resolve_model
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.results import run_folder
 from noise_diffusion.testing.families import (
@@ -52,7 +52,7 @@ def test_generator_is_chosen_from_model_index(folders, family):
         assert json.load(handle)["_class_name"] == PIPELINES[family]
     generator = _load(folders, family)
     assert type(generator).__name__ == CLASSES[family]
-    assert PIPELINE_GENERATORS[PIPELINES[family]].__self__ is type(generator)
+    assert GENERATORS[PIPELINES[family]] is type(generator)
     # the folder's noise_diffusion.json (tiny sizes, 4 steps) overrides the family defaults
     settings = generator.settings()
     assert (settings["height"], settings["width"], settings["num_steps"]) == (32, 32, 4)
@@ -64,7 +64,7 @@ def test_short_names_and_family_defaults():
     assert resolve_model("sdxl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
     assert resolve_model("flux.1-schnell") == "black-forest-labs/FLUX.1-schnell"
     assert resolve_model("flux.1-dev") == "black-forest-labs/FLUX.1-dev"
-    sd3 = PIPELINE_GENERATORS["StableDiffusion3Pipeline"].__self__.DEFAULTS
+    sd3 = GENERATORS["StableDiffusion3Pipeline"].DEFAULTS
     assert sd3 == {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}  # the authors' SD3.5 settings
     assert "flux.1-dev" in MODEL_ALIASES
 
@@ -78,7 +78,8 @@ def _pipeline_images(generator, family, z):
                               **common).images
     if family == "sdxl":  # no negative prompt: diffusers' default (zeros, force_zeros_for_empty_prompt)
         return generator.pipe(latents=z.clone(), **common).images
-    return generator.pipe(latents=generator._pack(z.clone()), max_sequence_length=generator.max_sequence_length,
+    packed = type(generator.pipe)._pack_latents(z.clone(), *z.shape)  # diffusers' own packing
+    return generator.pipe(latents=packed, max_sequence_length=generator.max_sequence_length,
                           **common).images
 
 

@@ -49,7 +49,6 @@ def loss_score(model, labels_from, **inputs):
 
 
 def test_registered_names_and_architectures():
-    load_scorer.__globals__["_register_optional_scorers"]()
     for name in ("clip-flant5-xxl", "clip-flant5-xl", "llava-v1.5-7b", "llava-v1.5-13b", "instructblip-flant5-xl",
                  "instructblip-flant5-xxl", "qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m", "sharegpt4v-7b",
                  "sharegpt4v-13b"):

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
+
 
 def place_pipeline(
     pipe,
@@ -41,10 +43,10 @@ def place_pipeline(
     put ``t5`` on ``t5_device`` when both are given. Returns the device the denoiser runs on."""
     device = torch.device(device)
     if cpu_offload and t5_device is not None:
-        raise ValueError("choose either cpu_offload or t5_device, not both")
+        raise UserError("choose either cpu_offload or t5_device, not both")
     if cpu_offload:
         if device.type == "cpu":
-            raise ValueError("cpu_offload needs an accelerator device (e.g. cuda:0), got cpu")
+            raise UserError("cpu_offload needs an accelerator device (e.g. cuda:0), got cpu")
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
@@ -75,10 +77,3 @@ def memory_settings(cpu_offload: bool, vae_tiling: bool, vae_slicing: bool, vae_
     """The memory options for the result record."""
     return {"cpu_offload": cpu_offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing,
             "vae_checkpointing": vae_checkpointing, **extra}
-
-
-def check_flow_scheduler_choice(scheduler: str | None) -> None:
-    """Flow-matching checkpoints have one deterministic sampler (their flow-matching Euler scheduler); the loader's
-    ``scheduler`` values ``"ddim"`` (the command-line default) and ``"default"`` both select it."""
-    if scheduler not in (None, "ddim", "default"):
-        raise ValueError(f"unknown scheduler {scheduler!r}; flow-matching models use their own Euler scheduler")

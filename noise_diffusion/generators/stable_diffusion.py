@@ -7,12 +7,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import DiffusersGenerator, Sampled, unet_scheduler
-from .placement import memory_settings, place_pipeline
+from .base import Conditioning, DiffusersGenerator, register_generator, unet_scheduler
 
 SCHEDULERS = ("ddim", "default")
 
 
+@register_generator
 class StableDiffusionGenerator(DiffusersGenerator):
     """UNet + VAE + CLIP text encoder with classifier-free guidance.
 
@@ -22,10 +22,16 @@ class StableDiffusionGenerator(DiffusersGenerator):
     because PNDM keeps state between steps.
     """
 
+    pipeline = "StableDiffusionPipeline"
     family = "stable-diffusion"
-    #: the paper's settings, used where the caller passes None (see ``generators.sampling_defaults``)
+    aliases = {
+        "sd-v1-4": "CompVis/stable-diffusion-v1-4",
+        "sd-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "sd-v2-base": "stabilityai/stable-diffusion-2-base",
+        "sd-v2-1-base": "stabilityai/stable-diffusion-2-1-base",
+    }
+    #: the paper's settings
     DEFAULTS = {"num_steps": 50, "guidance_scale": 7.5}
-    #: half precision used by ``--dtype auto`` on a GPU
     PREFERRED_DTYPE = "float16"
 
     def __init__(
@@ -43,50 +49,22 @@ class StableDiffusionGenerator(DiffusersGenerator):
         compile: bool = False,
         name: str = "stable-diffusion",
     ) -> None:
-        self.pipe = pipe
-        self.denoiser, self.vae, self.text_encoder, self.tokenizer = (
-            pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-        )
-        for module in (self.denoiser, self.vae, self.text_encoder):
-            module.requires_grad_(False)
-            module.eval()
-        self._device = torch.device(device) if device is not None else self.denoiser.device
-        self.scheduler_class, self.scheduler_config = unet_scheduler(pipe.scheduler, scheduler)
+        self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
         self.scheduler_name = scheduler
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.do_cfg = True  # SD1.x/2.x always run both branches, as the paper does
-        self.negative_prompt = negative_prompt or ""
-        self._configure(height=height, width=width, sample_size=self.denoiser.config.sample_size, memory=memory,
-                        compile=compile, name=name)
-        self._model_evals: int | None = None
+        self._setup(
+            pipe, pipe.unet, schedulers=unet_scheduler(pipe.scheduler, scheduler), device=device, num_steps=num_steps,
+            guidance_scale=guidance_scale, do_cfg=True,  # SD1.x/2.x always run both branches, as the paper does
+            negative_prompt=negative_prompt, height=height, width=width, sample_size=pipe.unet.config.sample_size,
+            memory=memory, compile=compile, name=name,
+        )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        device="cpu",
-        dtype: torch.dtype = torch.float32,
-        *,
-        cpu_offload: bool = False,
-        vae_tiling: bool = False,
-        vae_slicing: bool = False,
-        vae_checkpointing: bool = False,
-        compile: bool = False,
-        **options,
-    ) -> "StableDiffusionGenerator":
-        """Load a ``StableDiffusionPipeline`` folder or Hub id. Memory options: see :mod:`.placement`."""
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype):
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(
+        return StableDiffusionPipeline.from_pretrained(
             name_or_path, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
-        device = place_pipeline(
-            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-            vae_checkpointing=vae_checkpointing,
-        )
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile)
-        return cls(pipe, device=device, memory=memory, compile=compile, name=str(name_or_path), **options)
 
     @property
     def unet(self):
@@ -96,34 +74,18 @@ class StableDiffusionGenerator(DiffusersGenerator):
     def unet(self, module) -> None:  # e.g. a compiled or patched UNet
         self.denoiser = module
 
-    @property
-    def model_evals_per_generation(self) -> int:
-        if self._model_evals is None:  # PNDM makes N + 1 calls for N steps: count the real timesteps once
-            self._model_evals = super().model_evals_per_generation
-        return self._model_evals
-
     def settings(self) -> dict:
         return {**super().settings(), "scheduler": self.scheduler_name, "negative_prompt": self.negative_prompt}
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Text embeddings ``[2B, L, D]``: the negative prompt's (unconditional) first, then the prompts'."""
         texts = [self.negative_prompt] * len(prompts) + list(prompts)
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        embeds = self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        return Conditioning({"embeds": embeds}, cfg=True)
 
-    @torch.no_grad()
-    def sample(self, z: Tensor, conditioning: Tensor) -> Sampled:
-        scheduler = self._fresh_scheduler()
-        latents = self._start(z, scheduler)
-        record = []
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            noise = self.denoiser(model_input, t, encoder_hidden_states=conditioning, return_dict=False)[0]
-            uncond, cond = noise.chunk(2)
-            guided = uncond + self.guidance_scale * (cond - uncond)
-            record.append(guided)
-            latents = scheduler.step(guided, t, latents, return_dict=False)[0]
-        return Sampled(latents=latents, record=record)
+    def model_output(self, model_input: Tensor, t: Tensor, conditioning: Conditioning) -> Tensor:
+        return self.denoiser(model_input, t, encoder_hidden_states=conditioning["embeds"], return_dict=False)[0]

@@ -2,7 +2,7 @@
 
 SD3 is a rectified-flow model: the transformer predicts a velocity ``v`` and the flow-matching Euler step is
 ``x <- x + (sigma_next - sigma) * v``. With ``v`` held fixed every step is affine in ``x`` with coefficient 1, so the
-replayed gradient w.r.t. ``z`` equals the gradient at the final latent exactly (DESIGN.md §1, step 2).
+replayed gradient w.r.t. ``z`` equals the gradient at the final latent exactly.
 The authors of Noise Diffusion released an SD3.5-medium variant with 28 steps, guidance 7.0, negative prompt "" and
 512x512 images; those are the defaults here.
 """
@@ -15,19 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DiffusersGenerator, Sampled
-from .placement import check_flow_scheduler_choice, memory_settings, place_pipeline
+from ..errors import UserError
+from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator
 
 
+@register_generator
 class StableDiffusion3Generator(DiffusersGenerator):
     """MMDiT transformer + VAE + two CLIP encoders (+ T5) with classifier-free guidance (off when guidance <= 1, as in
     diffusers, e.g. for SD3.5-large-turbo)."""
 
+    pipeline = "StableDiffusion3Pipeline"
     family = "stable-diffusion-3"
-    #: the Noise Diffusion authors' SD3.5 settings (filled in where the caller passes None)
+    aliases = {
+        "sd-3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+        "sd-3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
+        "sd-3.5-large": "stabilityai/stable-diffusion-3.5-large",
+    }
+    #: the Noise Diffusion authors' SD3.5 settings
     DEFAULTS = {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}
-    #: precision recommended on a GPU (the published weights are bf16; T5-XXL overflows in float16)
+    #: the published weights are bf16; T5-XXL overflows in float16
     PREFERRED_DTYPE = "bfloat16"
+    LOAD_OPTIONS = ("drop_t5", "t5_device")
 
     def __init__(
         self,
@@ -46,61 +54,37 @@ class StableDiffusion3Generator(DiffusersGenerator):
         compile: bool = False,
         name: str = "stable-diffusion-3",
     ) -> None:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        check_flow_scheduler_choice(scheduler)
-        self.pipe = pipe
-        self.denoiser, self.vae = pipe.transformer, pipe.vae
-        self.scheduler_class = FlowMatchEulerDiscreteScheduler
-        self._device = torch.device(device)
-        self.t5_device = torch.device(t5_device) if t5_device is not None else self._device
-        self.scheduler_config = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config).config
-        if self.scheduler_config.get("stochastic_sampling"):
-            raise ValueError("the checkpoint's scheduler samples stochastically; the replay needs a deterministic one")
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.do_cfg = self.guidance_scale > 1.0
-        self.negative_prompt = negative_prompt or ""
         self.max_sequence_length = int(max_sequence_length)
-        config = self.denoiser.config
-        self._configure(height=height, width=width, sample_size=config.sample_size, multiple=config.patch_size,
-                        memory=memory, compile=compile, name=name)
+        self._setup(
+            pipe, pipe.transformer, schedulers=flow_scheduler(pipe.scheduler, scheduler), device=device,
+            num_steps=num_steps, guidance_scale=guidance_scale, do_cfg=float(guidance_scale) > 1.0,
+            negative_prompt=negative_prompt, height=height, width=width,
+            sample_size=pipe.transformer.config.sample_size, multiple=pipe.transformer.config.patch_size,
+            memory=memory, compile=compile, name=name,
+        )
+        self.t5_device = torch.device(t5_device) if t5_device is not None else self._device
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        device="cpu",
-        dtype: torch.dtype = torch.float32,
-        *,
-        drop_t5: bool = False,
-        t5_device: str | None = None,
-        cpu_offload: bool = False,
-        vae_tiling: bool = False,
-        vae_slicing: bool = False,
-        vae_checkpointing: bool = False,
-        compile: bool = False,
-        **options,
-    ) -> "StableDiffusion3Generator":
-        """Load a ``StableDiffusion3Pipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, drop_t5: bool = False, t5_device=None):
         from diffusers import StableDiffusion3Pipeline
 
         if drop_t5 and t5_device is not None:
-            raise ValueError("drop_t5 and t5_device exclude each other")
+            raise UserError("drop_t5 and t5_device exclude each other")
         extra = {"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {}
-        pipe = StableDiffusion3Pipeline.from_pretrained(name_or_path, dtype=dtype, **extra)
-        place_pipeline(
-            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-            vae_checkpointing=vae_checkpointing,
-            t5=pipe.text_encoder_3, t5_device=t5_device,
-        )
-        memory = memory_settings(
-            cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile, drop_t5=drop_t5,
-            t5_device=None if t5_device is None else str(t5_device),
-        )
-        return cls(
-            pipe, device=device, compile=compile, t5_device=t5_device, memory=memory, name=str(name_or_path), **options
-        )
+        return StableDiffusion3Pipeline.from_pretrained(name_or_path, dtype=dtype, **extra)
+
+    @classmethod
+    def t5_encoder(cls, pipe):
+        return pipe.text_encoder_3
+
+    @classmethod
+    def memory_record(cls, load_options: dict) -> dict:
+        t5_device = load_options.get("t5_device")
+        return {"drop_t5": bool(load_options.get("drop_t5")), "t5_device": None if t5_device is None else str(t5_device)}
+
+    @classmethod
+    def init_options(cls, load_options: dict) -> dict:
+        return {"t5_device": load_options.get("t5_device")}
 
     @property
     def transformer(self):
@@ -116,10 +100,9 @@ class StableDiffusion3Generator(DiffusersGenerator):
             "t5": self.pipe.text_encoder_3 is not None,
         }
 
-    # -- the three stages -------------------------------------------------------------------------------------------
     def _set_timesteps(self, scheduler) -> None:
-        """The timesteps of the pipeline: default sigmas, static shift, or the resolution-dependent shift ``mu``
-        when the checkpoint asks for dynamic shifting (SD3's own constants)."""
+        """The pipeline's timesteps: default sigmas, static shift, or the resolution-dependent shift ``mu`` when the
+        checkpoint asks for dynamic shifting (SD3's own constants)."""
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
         kwargs = {}
@@ -140,50 +123,23 @@ class StableDiffusion3Generator(DiffusersGenerator):
         return z.to(self.device, self.dtype)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> dict:
-        """``{"embeds": [2B, 77 + L, D], "pooled": [2B, P]}`` (negative prompt's rows first; ``[B, ...]`` without
-        CFG): both CLIPs' penultimate hidden states side by side, zero-padded to the T5 width, followed by T5's
-        (zeros when T5 is dropped), as ``StableDiffusion3Pipeline.encode_prompt`` builds them."""
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """``embeds [2B, 77 + L, D]`` and ``pooled [2B, P]`` (negative rows first; ``B`` rows without CFG): both CLIPs'
+        penultimate hidden states side by side, zero-padded to the T5 width, followed by T5's (zeros when T5 is
+        dropped), as ``StableDiffusion3Pipeline.encode_prompt`` builds them."""
         texts = ([self.negative_prompt] * len(prompts) if self.do_cfg else []) + list(prompts)
         clip_1, pooled_1 = self.pipe._get_clip_prompt_embeds(texts, device=self.device, clip_model_index=0)
         clip_2, pooled_2 = self.pipe._get_clip_prompt_embeds(texts, device=self.device, clip_model_index=1)
         t5 = self.pipe._get_t5_prompt_embeds(
             texts, max_sequence_length=self.max_sequence_length, device=self.t5_device
         ).to(self.device)
-        clip = torch.cat([clip_1, clip_2], dim=-1)
-        clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        clip = F.pad(torch.cat([clip_1, clip_2], dim=-1), (0, t5.shape[-1] - clip_1.shape[-1] - clip_2.shape[-1]))
         embeds = torch.cat([clip, t5], dim=-2).to(self.dtype)
-        return {"embeds": embeds, "pooled": torch.cat([pooled_1, pooled_2], dim=-1).to(self.dtype)}
+        pooled = torch.cat([pooled_1, pooled_2], dim=-1).to(self.dtype)
+        return Conditioning({"embeds": embeds, "pooled": pooled}, cfg=self.do_cfg)
 
-    @torch.no_grad()
-    def sample(self, z: Tensor, conditioning: dict) -> Sampled:
-        scheduler = self._fresh_scheduler()
-        latents = self._start(z, scheduler)
-        record = []
-        for t in scheduler.timesteps:
-            model_input = torch.cat([latents, latents]) if self.do_cfg else latents
-            velocity = self.denoiser(
-                hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
-                encoder_hidden_states=conditioning["embeds"], pooled_projections=conditioning["pooled"],
-                return_dict=False,
-            )[0]
-            if self.do_cfg:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + self.guidance_scale * (cond - uncond)
-            record.append(velocity)
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return Sampled(latents=latents, record=record)
-
-
-def _register() -> None:
-    from . import MODEL_ALIASES, PIPELINE_GENERATORS
-
-    PIPELINE_GENERATORS["StableDiffusion3Pipeline"] = StableDiffusion3Generator.from_pretrained
-    MODEL_ALIASES.update({
-        "sd-3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
-        "sd-3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
-        "sd-3.5-large": "stabilityai/stable-diffusion-3.5-large",
-    })
-
-
-_register()
+    def model_output(self, model_input: Tensor, t: Tensor, conditioning: Conditioning) -> Tensor:
+        return self.denoiser(
+            hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
+            encoder_hidden_states=conditioning["embeds"], pooled_projections=conditioning["pooled"], return_dict=False,
+        )[0]

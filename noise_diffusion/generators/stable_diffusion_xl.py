@@ -7,8 +7,8 @@ target size (here: the image size, (0, 0), the image size, as diffusers does by 
 
 Schedulers: ``"ddim"`` (η = 0, ``clip_sample`` off, as for SD1.x) or ``"default"``, the checkpoint's own (Euler for
 SDXL base). Euler scales the initial noise by ``init_noise_sigma`` (about 13.16 with SDXL's betas and 50 steps): ``z``
-stays standard normal and the scale is applied inside ``sample`` and ``replay``, so the gradient w.r.t. ``z`` is that
-scale times the gradient at the final latent (an Euler step with the noise held fixed is affine with coefficient 1).
+stays standard normal and the scale is applied inside the denoising loop, so the gradient w.r.t. ``z`` is that scale
+times the gradient at the final latent (an Euler step with the noise held fixed is affine with coefficient 1).
 """
 
 from __future__ import annotations
@@ -18,19 +18,20 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import DiffusersGenerator, Sampled, unet_scheduler
-from .placement import memory_settings, place_pipeline, upcast_vae_if_needed
+from .base import Conditioning, DiffusersGenerator, register_generator, unet_scheduler
 
 
-
+@register_generator
 class StableDiffusionXLGenerator(DiffusersGenerator):
     """UNet + VAE + CLIP-L + CLIP-G with classifier-free guidance (off when guidance <= 1, e.g. for SDXL-Turbo)."""
 
+    pipeline = "StableDiffusionXLPipeline"
     family = "stable-diffusion-xl"
+    aliases = {"sdxl-base-1.0": "stabilityai/stable-diffusion-xl-base-1.0"}
     #: diffusers' SDXL defaults (guidance 5.0, 50 steps, 1024x1024; the model card shows the same size)
     DEFAULTS = {"num_steps": 50, "guidance_scale": 5.0, "height": 1024, "width": 1024}
-    #: precision recommended on a GPU (the VAE is kept in float32 where it would overflow, see ``upcast_vae_if_needed``)
     PREFERRED_DTYPE = "float16"
+    UPCAST_VAE = True  # SDXL's VAE overflows in float16
 
     def __init__(
         self,
@@ -47,43 +48,19 @@ class StableDiffusionXLGenerator(DiffusersGenerator):
         compile: bool = False,
         name: str = "stable-diffusion-xl",
     ) -> None:
-        self.pipe = pipe
-        self.denoiser, self.vae = pipe.unet, pipe.vae
-        self._device = torch.device(device)
-        self.scheduler_class, self.scheduler_config = unet_scheduler(pipe.scheduler, scheduler)
         self.scheduler_name = scheduler
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.do_cfg = self.guidance_scale > 1.0
-        self.negative_prompt = negative_prompt or ""
-        self._configure(height=height, width=width, sample_size=self.denoiser.config.sample_size, memory=memory,
-                        compile=compile, name=name)
+        self._setup(
+            pipe, pipe.unet, schedulers=unet_scheduler(pipe.scheduler, scheduler), device=device, num_steps=num_steps,
+            guidance_scale=guidance_scale, do_cfg=float(guidance_scale) > 1.0, negative_prompt=negative_prompt,
+            height=height, width=width, sample_size=pipe.unet.config.sample_size, memory=memory, compile=compile,
+            name=name,
+        )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        device="cpu",
-        dtype: torch.dtype = torch.float32,
-        *,
-        cpu_offload: bool = False,
-        vae_tiling: bool = False,
-        vae_slicing: bool = False,
-        vae_checkpointing: bool = False,
-        compile: bool = False,
-        **options,
-    ) -> "StableDiffusionXLGenerator":
-        """Load a ``StableDiffusionXLPipeline`` folder or Hub id; memory options: see :mod:`.placement`."""
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype):
         from diffusers import StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLPipeline.from_pretrained(name_or_path, dtype=dtype, add_watermarker=False)
-        place_pipeline(
-            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-            vae_checkpointing=vae_checkpointing,
-        )
-        upcast_vae_if_needed(pipe.vae)
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile)
-        return cls(pipe, device=device, compile=compile, memory=memory, name=str(name_or_path), **options)
+        return StableDiffusionXLPipeline.from_pretrained(name_or_path, dtype=dtype, add_watermarker=False)
 
     @property
     def unet(self):
@@ -92,10 +69,9 @@ class StableDiffusionXLGenerator(DiffusersGenerator):
     def settings(self) -> dict:
         return {**super().settings(), "scheduler": self.scheduler_name, "negative_prompt": self.negative_prompt}
 
-    # -- the three stages (replay and decode: see DiffusersGenerator) ---------------------------------------------
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> dict:
-        """``{"embeds": [2B, 77, D1 + D2], "pooled": [2B, P], "time_ids": [2B, 6]}``, negative rows first (``[B, ...]``
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """``embeds [2B, 77, D1 + D2]``, ``pooled [2B, P]``, ``time_ids [2B, 6]``, negative rows first (``B`` rows
         without CFG). An empty negative prompt means diffusers' default: zero embeddings when the checkpoint says
         ``force_zeros_for_empty_prompt`` (SDXL base does), else the encoded empty string."""
         embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
@@ -112,33 +88,11 @@ class StableDiffusionXLGenerator(DiffusersGenerator):
             text_encoder_projection_dim=projection_dim,
         )
         time_ids = time_ids.to(self.device).repeat(embeds.shape[0], 1)
-        return {"embeds": embeds.to(self.dtype), "pooled": pooled.to(self.dtype), "time_ids": time_ids.to(self.dtype)}
+        tensors = {"embeds": embeds, "pooled": pooled, "time_ids": time_ids}
+        return Conditioning({key: value.to(self.dtype) for key, value in tensors.items()}, cfg=self.do_cfg)
 
-    @torch.no_grad()
-    def sample(self, z: Tensor, conditioning: dict) -> Sampled:
-        scheduler = self._fresh_scheduler()
-        latents = self._start(z, scheduler)  # z standard normal; Euler's init_noise_sigma is applied here, not to z
+    def model_output(self, model_input: Tensor, t: Tensor, conditioning: Conditioning) -> Tensor:
         added = {"text_embeds": conditioning["pooled"], "time_ids": conditioning["time_ids"]}
-        record = []
-        for t in scheduler.timesteps:
-            model_input = torch.cat([latents, latents]) if self.do_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            noise = self.denoiser(
-                model_input, t, encoder_hidden_states=conditioning["embeds"], added_cond_kwargs=added, return_dict=False
-            )[0]
-            if self.do_cfg:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + self.guidance_scale * (cond - uncond)
-            record.append(noise)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-        return Sampled(latents=latents, record=record)
-
-
-def _register() -> None:
-    from . import MODEL_ALIASES, PIPELINE_GENERATORS
-
-    PIPELINE_GENERATORS["StableDiffusionXLPipeline"] = StableDiffusionXLGenerator.from_pretrained
-    MODEL_ALIASES.update({"sdxl-base-1.0": "stabilityai/stable-diffusion-xl-base-1.0"})
-
-
-_register()
+        return self.denoiser(
+            model_input, t, encoder_hidden_states=conditioning["embeds"], added_cond_kwargs=added, return_dict=False
+        )[0]

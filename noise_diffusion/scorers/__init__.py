@@ -1,8 +1,8 @@
 """Verifiers behind one protocol (see :class:`Scorer`), selectable by a short name, a Hub id or a local folder.
 
 ``load_scorer(name)`` looks the name up in :data:`SCORERS` (short registered names) and otherwise reads the model's
-``config.json`` and picks the scorer class from ``model_type`` (:data:`ARCHITECTURES`). Other modules register their
-scorers by adding to these two dictionaries.
+``config.json`` and picks the loader from its ``model_type`` (:data:`ARCHITECTURES`). A verifier family registers its
+loader with :func:`register_verifier` and is imported here (the toy world registers its own).
 """
 
 from __future__ import annotations
@@ -14,30 +14,20 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
-from .base import Scorer, pil_to_tensor, tensor_to_pil
+from ..images import pil_to_tensor, tensor_to_pil  # noqa: F401 (re-exported)
+from .base import Scorer
 from .clip import CLIPScorer
+from .registry import ARCHITECTURES, SCORERS, register_verifier
 
-#: short name -> loader(device, dtype) -> Scorer
-SCORERS: dict[str, Callable[..., Scorer]] = {
-    "clip-vit-large-patch14": lambda device, dtype, **kw: CLIPScorer.from_pretrained(
-        "openai/clip-vit-large-patch14", device, dtype, **_clip_options(kw)
-    ),
-    "clip-vit-base-patch32": lambda device, dtype, **kw: CLIPScorer.from_pretrained(
-        "openai/clip-vit-base-patch32", device, dtype, **_clip_options(kw)
-    ),
-}
-
-#: config.json ``model_type`` -> loader(name_or_path, device, dtype) -> Scorer
-ARCHITECTURES: dict[str, Callable[..., Scorer]] = {
-    "clip": lambda path, device, dtype, **kw: CLIPScorer.from_pretrained(path, device, dtype, **_clip_options(kw)),
-}
+# the verifier families (each registers its loaders); the toy world registers its own from noise_diffusion.toy
+from . import clip, vqa  # noqa: E402,F401  isort: skip
 
 
 def scorer_loader(name: str) -> Callable[..., Scorer]:
     """The loader for a registered name, folder or Hub id, without loading any weights; :class:`UserError` if none."""
-    _register_optional_scorers()
     if name in SCORERS:
-        return SCORERS[name]
+        loader, path = SCORERS[name]
+        return lambda **kw: loader(path, **kw)
     model_type = _model_type(name)
     if model_type not in ARCHITECTURES:
         known = ", ".join(sorted(SCORERS))
@@ -49,13 +39,6 @@ def scorer_loader(name: str) -> Callable[..., Scorer]:
     return lambda **kw: loader(name, **kw)
 
 
-def _clip_options(options: dict) -> dict:
-    unknown = sorted(set(options) - {"mapping"})
-    if unknown:
-        raise UserError(f"CLIPScore takes no {', '.join(unknown)} (it compares the image with the prompt directly)")
-    return options
-
-
 def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Scorer:
     """Load a scorer by registered short name, Hub id or local folder; raise :class:`UserError` when impossible."""
     loader = scorer_loader(name)
@@ -65,9 +48,9 @@ def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtyp
 def _load(name: str, loader: Callable[[], Scorer]) -> Scorer:
     try:
         scorer = loader()
-    except (OSError, ValueError) as error:
-        if isinstance(error, UserError):
-            raise
+    except UserError:
+        raise
+    except (OSError, ValueError) as error:  # missing, unreadable or mismatched checkpoint files
         raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
     scorer.name = name
     return scorer
@@ -99,23 +82,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-_optional_registered = False
-
-
-def _register_optional_scorers() -> None:
-    """Import the scorer modules that register themselves (VQA models, the toy world's verifiers)."""
-    global _optional_registered
-    if _optional_registered:
-        return
-    _optional_registered = True
-    import importlib
-
-    for module in ("vqa", "toy"):
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{module}":
-                raise
-
-
-__all__ = ["Scorer", "CLIPScorer", "SCORERS", "ARCHITECTURES", "load_scorer", "scorer_loader", "pil_to_tensor", "tensor_to_pil"]
+__all__ = [
+    "Scorer", "CLIPScorer", "SCORERS", "ARCHITECTURES", "register_verifier", "load_scorer", "scorer_loader",
+    "pil_to_tensor", "tensor_to_pil",
+]

@@ -7,7 +7,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from .base import Scorer, normalize, resize_center_crop
+from .registry import register_verifier
 
 
 class CLIPScorer(Scorer):
@@ -104,3 +106,18 @@ def _as_tensor(output) -> Tensor:
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+#: short name -> Hub id
+CLIP_HUB_IDS = {
+    "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
+    "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
+}
+
+
+@register_verifier(CLIP_HUB_IDS, model_types=("clip",))
+def load_clip_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> CLIPScorer:
+    unknown = sorted(set(options) - {"mapping"})
+    if unknown:
+        raise UserError(f"CLIPScore takes no {', '.join(unknown)} (it compares the image with the prompt directly)")
+    return CLIPScorer.from_pretrained(name_or_path, device, dtype, **options)

@@ -1,7 +1,7 @@
 """The toy world the project ships: a trained tiny Stable Diffusion pipeline for two-digit canvases and two verifiers.
 
-Importing this package registers the short name ``toy-digits`` (``--sd_version toy-digits``) for the committed
-pipeline folder; the verifiers ``toy-digits-cnn`` and ``toy-digits-heldout`` live in ``noise_diffusion.scorers.toy``.
+Importing this package registers the short model name ``toy-digits`` (``--sd_version toy-digits``) for the shipped
+pipeline folder, and the verifiers ``toy-digits-cnn`` and ``toy-digits-heldout`` (:mod:`.verifiers`).
 See ``docs/toy_world.md``.
 """
 
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..generators import MODEL_ALIASES
+from ..generators.base import MODEL_ALIASES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PIPELINE = ASSETS / "toy-digits"
 
-MODEL_ALIASES["toy-digits"] = str(PIPELINE)
+MODEL_ALIASES.add("toy-digits", str(PIPELINE))
+
+from . import verifiers  # noqa: E402,F401  (registers the toy verifiers)

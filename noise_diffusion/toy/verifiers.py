@@ -16,11 +16,11 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..toy import models, world
-from . import SCORERS
-from .base import Scorer
+from ..scorers.base import Scorer
+from ..scorers.registry import register_verifier
+from . import models, world
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "toy" / "assets" / "verifiers"
+WEIGHTS = Path(__file__).resolve().parent / "assets" / "verifiers"
 #: short name -> (architecture in toy.models.VERIFIERS, weights file); the held-out one saw the other half of the digits
 VERIFIERS = {"toy-digits-cnn": "cnn", "toy-digits-heldout": "mlp"}
 #: the four box positions in a fixed order: (layout, slot)
@@ -92,15 +92,9 @@ def _base(layout: str) -> int:
     return 0 if layout == "H" else 2
 
 
-def _loader(name: str):
-    def load(device="cpu", dtype=torch.float32, **options) -> ToyDigitScorer:
-        given = sorted(k for k, v in options.items() if v is not None)
-        if given:  # e.g. a VQA question: these verifiers read the prompt's digits and relation directly
-            raise UserError(f"verifier {name!r} takes no options (got {', '.join(given)})")
-        return ToyDigitScorer.load(name, device=device, dtype=dtype)
-
-    return load
-
-
-for _name in VERIFIERS:
-    SCORERS[_name] = _loader(_name)
+@register_verifier({name: name for name in VERIFIERS})
+def load_toy_verifier(name: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> ToyDigitScorer:
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:  # e.g. a VQA question: these verifiers read the prompt's digits and relation directly
+        raise UserError(f"verifier {name!r} takes no options (got {', '.join(given)})")
+    return ToyDigitScorer.load(name, device=device, dtype=dtype)

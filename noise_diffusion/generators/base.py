@@ -196,8 +196,14 @@ class DiffusersGenerator:
 
     @classmethod
     def memory_record(cls, load_options: dict) -> dict:
-        """Loader options recorded with the memory settings."""
-        return {}
+        """The T5 options (where the family takes them), recorded with the memory settings."""
+        record = {}
+        if "drop_t5" in cls.LOAD_OPTIONS:
+            record["drop_t5"] = bool(load_options.get("drop_t5"))
+        if "t5_device" in cls.LOAD_OPTIONS:
+            t5_device = load_options.get("t5_device")
+            record["t5_device"] = None if t5_device is None else str(t5_device)
+        return record
 
     @classmethod
     def init_options(cls, load_options: dict) -> dict:

@@ -87,11 +87,6 @@ class FluxGenerator(DiffusersGenerator):
     def t5_encoder(cls, pipe):
         return pipe.text_encoder_2
 
-    @classmethod
-    def memory_record(cls, load_options: dict) -> dict:
-        t5_device = load_options.get("t5_device")
-        return {"t5_device": None if t5_device is None else str(t5_device)}
-
     @property
     def transformer(self):
         return self.denoiser

@@ -78,11 +78,6 @@ class StableDiffusion3Generator(DiffusersGenerator):
         return pipe.text_encoder_3
 
     @classmethod
-    def memory_record(cls, load_options: dict) -> dict:
-        t5_device = load_options.get("t5_device")
-        return {"drop_t5": bool(load_options.get("drop_t5")), "t5_device": None if t5_device is None else str(t5_device)}
-
-    @classmethod
     def init_options(cls, load_options: dict) -> dict:
         return {"t5_device": load_options.get("t5_device")}
 

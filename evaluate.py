@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="only rebuild the report from the finished results in DIR (no generation)")
     g = parser.add_argument_group("prompts and seeds")
     g.add_argument("--dataset", default="simple",
-                   help="'simple' or 'complex' (the paper's sets in datasets/), or a file: the authors' JSON format, "
+                   help="'simple' or 'complex' (our construction of the paper's sets, shipped in noise_diffusion/data/), or a file: the authors' JSON format, "
                         "a JSON list of prompts, or a text file with one prompt per line (default: %(default)s)")
     g.add_argument("--categories", nargs="+", default=None, help="only these categories (default: all)")
     g.add_argument("--limit", type=cli.positive_int, default=None,

@@ -26,9 +26,14 @@ from typing import Any, Sequence
 
 from .errors import UserError
 
-#: Folder of the datasets shipped with the repository.
-DATASET_DIR = Path(__file__).resolve().parents[1] / "datasets"
-BUILTIN = {"simple": "simple_cases.json", "complex": "complex_cases.json"}
+#: Folder of the datasets shipped with the package.
+DATASET_DIR = Path(__file__).resolve().parent / "data"
+BUILTIN = {
+    "simple": "simple_cases.json",
+    "complex": "complex_cases.json",
+    "toy-simple": "toy_simple.json",
+    "toy-complex": "toy_complex.json",
+}
 
 # DESIGN.md §3: Attend-and-Excite's vocabulary.
 ANIMALS = ("bear", "bird", "cat", "dog", "elephant", "frog", "horse", "lion", "monkey", "mouse", "rabbit", "turtle")
@@ -129,7 +134,7 @@ def build_complex(seed: int = 0) -> list[dict]:
 # -------------------------------------------------------------------------------------------------------- loading
 
 def resolve(name_or_path: str) -> Path:
-    """A built-in name (``simple``, ``complex``) or a path to a dataset file."""
+    """A built-in name (``simple``, ``complex``, ``toy-simple``, ``toy-complex``) or a path to a dataset file."""
     if name_or_path in BUILTIN:
         path = DATASET_DIR / BUILTIN[name_or_path]
         if not path.is_file():
@@ -144,8 +149,8 @@ def resolve(name_or_path: str) -> Path:
 def dataset_kind(path: str | os.PathLike) -> str | None:
     """``simple`` / ``complex`` when the file is (a copy of) one of the paper's sets, judged by its file name."""
     name = Path(path).name
-    for kind, file_name in BUILTIN.items():
-        if name == file_name:
+    for kind in ("simple", "complex"):
+        if name == BUILTIN[kind]:
             return kind
     return None
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Write the paper's two prompt sets, datasets/simple_cases.json and datasets/complex_cases.json (DESIGN.md §3).
+"""Write the paper's two prompt sets, noise_diffusion/data/simple_cases.json and
+complex_cases.json.
 
 The construction lives in noise_diffusion.datasets (build_simple, build_complex); the seed fixes the random colours,
-pairs and relations, so the files are reproducible:  python scripts/make_datasets.py [--seed 0] [--out datasets]
+pairs and relations, so the files are reproducible:  python scripts/make_datasets.py [--seed 0] [--out noise_diffusion/data]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def dump(data) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the random choices (default: %(default)s)")
-    parser.add_argument("--out", default=str(DATASET_DIR), help="output folder (default: the repository's datasets/)")
+    parser.add_argument("--out", default=str(DATASET_DIR), help="output folder (default: the package's noise_diffusion/data/)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

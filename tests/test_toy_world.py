@@ -53,9 +53,9 @@ def test_prompts_and_held_out_configurations():
 def test_committed_datasets_match_the_world(tmp_path):
     world.write_datasets(tmp_path)
     for name in ("toy_simple.json", "toy_complex.json"):
-        assert (ROOT / "datasets" / name).read_text() == (tmp_path / name).read_text()
-    simple = json.loads((ROOT / "datasets" / "toy_simple.json").read_text())
-    complex_ = json.loads((ROOT / "datasets" / "toy_complex.json").read_text())
+        assert (ROOT / "noise_diffusion" / "data" / name).read_text() == (tmp_path / name).read_text()
+    simple = json.loads((ROOT / "noise_diffusion" / "data" / "toy_simple.json").read_text())
+    complex_ = json.loads((ROOT / "noise_diffusion" / "data" / "toy_complex.json").read_text())
     entries = [e for v in simple.values() for e in v] + complex_
     assert len(complex_) == 360 and len(entries) == 405
     for entry in entries:

@@ -210,7 +210,7 @@ def complex_dataset() -> list[dict]:
 
 
 def write_datasets(folder) -> list:
-    """Write ``toy_simple.json`` and ``toy_complex.json`` (the files committed under ``datasets/``)."""
+    """Write ``toy_simple.json`` and ``toy_complex.json`` (the files shipped in ``noise_diffusion/data/``)."""
     import json
     from pathlib import Path
 

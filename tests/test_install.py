@@ -1,0 +1,39 @@
+"""The package works when installed: built-in datasets and the toy world resolve from site-packages, not the tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECK = """
+import sys
+from pathlib import Path
+import noise_diffusion
+from noise_diffusion.datasets import load_dataset
+from noise_diffusion.generators import resolve_model
+assert Path(noise_diffusion.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), noise_diffusion.__file__
+counts = {name: len(load_dataset(name)) for name in ("simple", "complex", "toy-simple", "toy-complex")}
+assert counts == {"simple": 276, "complex": 100, "toy-simple": 45, "toy-complex": 360}, counts
+assert (Path(resolve_model("toy-digits")) / "model_index.json").is_file()
+print("ok")
+"""
+
+
+def test_installed_package_finds_its_data_from_any_directory(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile",
+         "--disable-pip-version-check", "--target", str(target), str(ROOT)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    done = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=elsewhere, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

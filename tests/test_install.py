@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,14 @@ print("ok")
 
 
 def test_installed_package_finds_its_data_from_any_directory(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info beside the sources
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", "results", ".pytest_cache"))
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile",
-         "--disable-pip-version-check", "--target", str(target), str(ROOT)],
+         "--disable-pip-version-check", "--target", str(target), str(source)],
         check=True, capture_output=True, cwd=tmp_path,
     )
     elsewhere = tmp_path / "elsewhere"

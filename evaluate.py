@@ -13,19 +13,25 @@ Results go to <result_root>/<method>/<prompt folder>/<seed>/ (the layout of run.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import torch
+try:  # the imports take seconds (torch, diffusers): Ctrl-C meanwhile is a clean exit too
+    import torch
 
-from noise_diffusion import api, cli
-from noise_diffusion.datasets import dataset_kind, load_dataset, resolve
-from noise_diffusion.evaluation import (
-    check_settings, held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs, shard,
-)
-from noise_diffusion.generators import pipeline_class_name, resolve_model
-from noise_diffusion.report import OVERALL, write_report
-from noise_diffusion.results import check_writable
-from noise_diffusion.scorers import scorer_loader
+    from noise_diffusion import api, cli
+    from noise_diffusion.datasets import dataset_kind, load_dataset, resolve
+    from noise_diffusion.evaluation import (
+        check_settings, held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs,
+        shard,
+    )
+    from noise_diffusion.generators import pipeline_class_name, resolve_model
+    from noise_diffusion.report import OVERALL, write_report
+    from noise_diffusion.results import check_writable, expected_settings as settings_of_runs
+    from noise_diffusion.scorers import scorer_loader
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -53,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--categories", nargs="+", default=None, help="only these categories (default: all)")
     g.add_argument("--limit", type=cli.positive_int, default=None,
                    help="only the first N prompts of each category (default: all)")
-    g.add_argument("--seeds", type=int, nargs="+", default=[33], help="seeds to run for every prompt (default: 33)")
+    g.add_argument("--seeds", type=cli.seed_int, nargs="+", default=[33],
+                   help="seeds to run for every prompt, 0 .. 2**64-1 (default: 33)")
     g = parser.add_argument_group("execution")
     g.add_argument("--result_root", default="results/evaluate", help="output folder (default: %(default)s)")
     g.add_argument("--batch_size", type=cli.positive_int, default=1,
@@ -61,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--shard", type=shard_spec, default=None, metavar="INDEX/COUNT",
                    help="run only shard INDEX of COUNT (e.g. separate jobs on a cluster); under accelerate launch the "
                         "shard comes from the process rank and this is not needed")
-    g.add_argument("--overwrite", action="store_true", help="redo finished runs (default: skip them)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="redo finished runs (default: skip them; damaged runs are always redone)")
     g.add_argument("--save_all_epochs", action="store_true", help="also save the image of every epoch")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--eval_vqa_model", default=None,
@@ -90,7 +98,12 @@ def main(argv=None) -> int:
 
     if not args.overwrite:
         check_settings(mine, root, search.method, expected_settings(args, search))
-    todo = pending_jobs(mine, root, search.method, args.overwrite)
+    states = {}
+    todo = pending_jobs(mine, root, search.method, args.overwrite, states=states)
+    damaged = [job for job in mine if states[job].status == "invalid"]
+    if damaged:
+        print(f"redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
+              f"{states[damaged[0]].reason}", file=sys.stderr)
     # cheap checks of every model name before any weights are loaded
     for name in [device, vqa_device]:
         api.resolve_device(name)
@@ -108,10 +121,13 @@ def main(argv=None) -> int:
             width=args.width, **cli.generator_options(args),
         )
         scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
-        run_jobs(todo, generator, scorer, search, root, batch_size=args.batch_size, overwrite=args.overwrite,
-                 progress=progress, dataset={"name": args.dataset, "kind": dataset_kind(resolve(args.dataset))},
-                 already_done=len(mine) - len(todo))
+        saved = run_jobs(todo, generator, scorer, search, root, batch_size=args.batch_size, overwrite=args.overwrite,
+                         progress=progress, dataset={"name": args.dataset, "kind": dataset_kind(resolve(args.dataset))},
+                         already_done=len(mine) - len(todo))
         del generator, scorer  # free the memory before the held-out verifier loads
+        elsewhere = len(pending_jobs(todo, root, search.method))
+        print(f"{search.method}: {saved} runs made here, {len(mine) - len(todo)} were already finished"
+              + (f", {elsewhere} left to another process running them" if elsewhere else ""))
 
     folders = [job_folder(root, search.method, job) for job in mine]
     if args.eval_vqa_model and held_out_todo(folders, args.eval_vqa_model, args.overwrite):
@@ -135,16 +151,9 @@ def main(argv=None) -> int:
 def expected_settings(args: argparse.Namespace, search) -> dict:
     """What finished runs must have been made with to be kept: the search, the verifier, the model, and the sampling
     settings given on the command line (those left to the model's defaults are not compared)."""
-    expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
-    expected["scorer.name"] = args.vqa_model
-    for key, value in cli.scorer_options(args).items():  # e.g. question_template, when given
-        expected[f"scorer.{key}"] = value
-    expected["generator.model"] = (args.sd_version, resolve_model(args.sd_version))
-    for key, value in (("num_steps", args.num_denoising_steps), ("guidance_scale", args.guidance_scale),
-                       ("height", args.height), ("width", args.width)):
-        if value is not None:
-            expected[f"generator.{key}"] = value
-    return expected
+    return settings_of_runs(search, args.vqa_model, cli.scorer_options(args), args.sd_version,
+                            resolve_model(args.sd_version), args.num_denoising_steps, args.guidance_scale,
+                            args.height, args.width)
 
 
 def print_overall(summary: dict, root) -> None:
@@ -152,6 +161,10 @@ def print_overall(summary: dict, root) -> None:
         s = info["categories"][OVERALL]
         print(f"{method}: {s['runs']} runs, mean score {s['mean_initial']:.4f} -> {s['mean_best']:.4f} "
               f"(gain {s['gain']:+.4f}), {s['unet_evals_per_run']:.0f} UNet evals/run")
+    skipped = summary.get("skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} damaged or misplaced folder{'s' if len(skipped) > 1 else ''} "
+              f"(listed in summary.md), e.g. {skipped[0]['reason']}", file=sys.stderr)
     print(f"report: {root}/summary.md")
 
 

@@ -9,7 +9,13 @@ Example (the paper's settings):
 
 from __future__ import annotations
 
-from noise_diffusion import api, cli
+import sys
+
+try:  # the imports take seconds (torch, diffusers): Ctrl-C meanwhile is a clean exit too
+    from noise_diffusion import api, cli
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def parse_args(argv=None):
@@ -18,13 +24,14 @@ def parse_args(argv=None):
         formatter_class=lambda prog: cli.argparse.HelpFormatter(prog, max_help_position=32, width=110),
     )
     parser.add_argument("--prompt", required=True, help="text prompt to render faithfully")
-    parser.add_argument("--seed", type=int, default=33, help="seed of the initial latent and the candidate noises "
-                        "(default: %(default)s)")
+    parser.add_argument("--seed", type=cli.seed_int, default=33, help="seed of the initial latent and the candidate noises "
+                        "(0 .. 2**64-1, default: %(default)s)")
     parser.add_argument("--result_root", default="results",
                         help="results go to <result_root>/<prompt folder>/<seed>/ (default: %(default)s)")
     parser.add_argument("--save_all_epochs", action="store_true", help="also save the image of every epoch")
     parser.add_argument("--overwrite", action="store_true",
-                        help="redo a run whose result.json already exists (default: keep it and report it)")
+                        help="redo a run whose result.json already exists (default: keep it and report it; a damaged "
+                             "run is always redone)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_model_and_search_args(parser)
     return parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """noise-diffusion: initial-noise optimisation for faithful text-to-image synthesis (Miao et al., CVPR 2025)."""
 
+from . import quiet as _quiet  # noqa: F401 (first: its log filter must be in place before transformers is imported)
 from .api import run
 from .errors import UserError
 from .generators import Generator, load_generator

@@ -9,14 +9,19 @@
 
 from __future__ import annotations
 
+import math
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 import torch
 
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
 from .generators import generator_class, load_generator, pipeline_class_name, resolve_model
 from .optimize import RunResult, SearchConfig, optimize
-from .results import check_writable, is_finished, read_json, run_folder, save_image_atomic, save_run
+from .results import (
+    check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock, run_folder,
+    save_image_atomic, save_run, setting_differences,
+)
 from .scorers import load_scorer, scorer_loader
 from .images import tensor_to_pil
 
@@ -78,10 +83,13 @@ def run(
 
     ``num_denoising_steps`` and ``guidance_scale`` default to the model's recommended settings (the paper's 50 steps
     and 7.5 for SD1.x/2.x). Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
-    the saved ``result.json`` record, untouched.
+    the saved ``result.json`` record, untouched. A finished run made with other settings is an error (unless
+    ``overwrite``); a damaged one is redone after a one-line note on stderr. The run holds its folder's lock, so a second
+    process asking for the same prompt and seed stops with an error instead of writing the same folder.
     """
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
+    check_seed(seed)
     search = (search or SearchConfig()).validate()
     # cheap checks of both model names before any weights are loaded
     resolve_device(device)
@@ -89,25 +97,52 @@ def run(
     pipeline_class_name(resolve_model(sd_version))
     scorer_loader(vqa_model)
     folder = None
-    if result_root is not None:
-        folder = run_folder(check_writable(result_root), prompt, seed)
-        if is_finished(folder) and not overwrite:
-            return read_json(Path(folder) / "result.json")
-    generator = build_generator(
-        sd_version, device, dtype, scheduler=scheduler, num_steps=num_denoising_steps,
-        guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height, width=width,
-        **(generator_options or {}),
-    )
-    scorer = build_scorer(vqa_model, vqa_device or device, vqa_dtype, **(scorer_options or {}))
+    with ExitStack() as lock:
+        if result_root is not None:
+            folder = run_folder(check_writable(result_root), prompt, seed)
+            if not lock.enter_context(job_lock(folder)):
+                raise UserError(f"another process is running {prompt!r} seed {seed} in {folder}")
+            saved = _saved_run(folder, prompt, seed, overwrite, expected_settings(
+                search, vqa_model, scorer_options or {}, sd_version, resolve_model(sd_version), num_denoising_steps,
+                guidance_scale, height, width))
+            if saved is not None:
+                return saved
+        generator = build_generator(
+            sd_version, device, dtype, scheduler=scheduler, num_steps=num_denoising_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height, width=width,
+            **(generator_options or {}),
+        )
+        scorer = build_scorer(vqa_model, vqa_device or device, vqa_dtype, **(scorer_options or {}))
 
-    def save_epoch_image(item: int, epoch: int, image: torch.Tensor, record: dict) -> None:
-        save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
+        def save_epoch_image(item: int, epoch: int, image: torch.Tensor, record: dict) -> None:
+            save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
 
-    on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
-    (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch)
-    if folder is not None:
-        save_run(folder, result, run_config(generator, scorer, search, seed))
+        on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
+        (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch)
+        if result.failure:
+            raise UserError(f"{prompt!r} seed {seed}: {result.failure}; the run is stopped and nothing is saved")
+        if folder is not None:
+            save_run(folder, result, run_config(generator, scorer, search, seed),
+                     epoch_files_written=on_epoch is not None)
     return result
+
+
+def _saved_run(folder: Path, prompt: str, seed: int, overwrite: bool, expected: dict) -> dict | None:
+    """The finished run in ``folder`` when it is this one and made with ``expected`` settings; None when the run is
+    to be made (missing, damaged: with a one-line note, or ``overwrite``); :class:`UserError` when the folder holds
+    another run or one made with other settings."""
+    state = inspect_run(folder, prompt, seed)
+    if state.status == "other":
+        raise UserError(f"{state.reason}; move it away or use another result root")
+    if state.status == "invalid":
+        print(f"note: redoing the damaged run in {folder}: {state.reason}", file=sys.stderr)
+    if not state.finished or overwrite:
+        return None
+    differing = setting_differences(state.record["config"], expected)
+    if differing:
+        raise UserError(f"{folder} holds a run made with other settings ({describe_differences(differing)}); "
+                        f"use --overwrite to redo it, or another result root")
+    return state.record
 
 
 def quiet_loading() -> None:
@@ -126,6 +161,8 @@ def build_generator(sd_version: str, device: str | None, dtype: str, **options):
         raise UserError(f"num_denoising_steps must be >= 1, got {options['num_steps']}")
     if options.get("scheduler") not in (None, "ddim", "default"):
         raise UserError(f"unknown scheduler {options['scheduler']!r}; choose from ddim, default")
+    if options.get("guidance_scale") is not None and not math.isfinite(options["guidance_scale"]):
+        raise UserError(f"guidance_scale must be a finite number, got {options['guidance_scale']}")
     for key in ("height", "width"):
         if options.get(key) is not None and options[key] <= 0:
             raise UserError(f"{key} must be positive, got {options[key]}")

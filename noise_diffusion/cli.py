@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -20,13 +21,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _bounded(kind, low, name_of_bound: str):
+def _bounded(kind, low, name_of_bound: str, high=None):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value < low:
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (low is not None and value < low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {name_of_bound}, got {text}")
         return value
 
@@ -36,6 +39,9 @@ def _bounded(kind, low, name_of_bound: str):
 non_negative_int = _bounded(int, 0, ">= 0")
 positive_int = _bounded(int, 1, ">= 1")
 positive_float = _bounded(float, 1e-300, "> 0")
+finite_float = _bounded(float, None, "finite")
+#: torch.Generator.manual_seed takes 0 .. 2**64-1 (negative seeds would alias large ones)
+seed_int = _bounded(int, 0, "an integer from 0 to 2**64-1", high=2**64 - 1)
 
 
 def unit_float(text: str) -> float:
@@ -55,7 +61,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim",
                    help="'ddim' (eta=0, the paper's experiments) or 'default' (the checkpoint's own, e.g. PNDM for "
                         "SD1.4, as the authors' release script) (default: %(default)s)")
-    g.add_argument("--guidance_scale", type=float, default=None,
+    g.add_argument("--guidance_scale", type=finite_float, default=None,
                    help="classifier-free guidance scale (default: the model's recommended setting: 7.5 for SD1.x/2.x "
                         "as in the paper, 7.0 for SD3)")
     g.add_argument("--negative_prompt", default="", help="negative prompt (default: empty)")

@@ -198,6 +198,8 @@ def read_entries(path: str | os.PathLike) -> list[PromptEntry]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from error
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply for a prompt dataset") from None
     return parse_entries(data, str(path), default_category)
 
 

@@ -2,9 +2,11 @@
 
 A job is one (prompt, seed) for one method; its result lives in ``<result_root>/<method>/<prompt folder>/<seed>/`` in
 the layout of ``run.py`` (:mod:`noise_diffusion.results`). ``result.json`` is written last and atomically, so a job
-counts as done exactly when that file parses: a re-run skips it, a run killed at any moment loses at most the batch in
-flight. Each process of ``accelerate launch`` takes every ``count``-th job (:func:`shard`) and writes only its own
-folders, so processes never touch the same file.
+counts as done exactly when that file is a complete record of this job whose files decode
+(:func:`~noise_diffusion.results.inspect_run`): a re-run skips it, redoes a damaged one, and a run killed at any moment
+loses at most the batch in flight. Each process of ``accelerate launch`` takes every ``count``-th job (:func:`shard`);
+every job is run under its folder's lock (:func:`~noise_diffusion.results.job_lock`), so two processes given the same
+jobs (two shells, a shard given twice) never run one job twice or write the same folder.
 
 Held-out re-scoring (:func:`rescore_held_out`) scores the saved ``initial.png`` and ``best.png`` with a verifier other
 than the one that guided the search, and stores the two scores in ``heldout_<verifier>.json`` next to ``result.json``
@@ -14,7 +16,9 @@ held-out gain shows how much of the improvement is not verifier hacking (DESIGN.
 
 from __future__ import annotations
 
+import math
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,9 +31,10 @@ from .api import run_config
 from .datasets import PromptEntry
 from .errors import UserError
 from .optimize import SearchConfig, optimize
-from .results import RESULT_FILE, is_finished, read_json, run_folder, safe_folder_name, save_run, write_json_atomic
-
-HELD_OUT_PREFIX = "heldout_"
+from .results import (
+    HELD_OUT_PREFIX, RESULT_FILE, RunState, check_seed, describe_differences, inspect_run, is_finished, job_lock,
+    read_json, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
+)
 BARRIER_TIMEOUT = timedelta(hours=72)
 
 
@@ -47,6 +52,7 @@ def make_jobs(entries: Iterable[PromptEntry], seeds: Sequence[int]) -> list[Job]
     if not seeds:
         raise UserError("give at least one seed")
     jobs, seen = [], set()
+    seeds = [check_seed(int(seed)) for seed in seeds]
     for entry in entries:
         for seed in seeds:
             key = (entry.prompt, int(seed))
@@ -71,11 +77,28 @@ def job_folder(result_root: str | os.PathLike, method: str, job: Job) -> Path:
     return run_folder(method_root(result_root, method), job.prompt, job.seed)
 
 
-def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: str, overwrite: bool = False) -> list[Job]:
-    """The jobs still to run (all of them with ``overwrite``)."""
-    if overwrite:
-        return list(jobs)
-    return [job for job in jobs if not is_finished(job_folder(result_root, method, job))]
+def job_state(result_root: str | os.PathLike, method: str, job: Job) -> RunState:
+    """What the folder of ``job`` holds (see :func:`~noise_diffusion.results.inspect_run`)."""
+    return inspect_run(job_folder(result_root, method, job), job.prompt, job.seed)
+
+
+def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: str, overwrite: bool = False,
+                 states: dict[Job, RunState] | None = None) -> list[Job]:
+    """The jobs still to run (all of them with ``overwrite``): those without an intact result of their own.
+
+    A folder holding another prompt's or seed's intact run is never taken as this job's result nor overwritten:
+    :class:`UserError` naming it. ``states``, when given, receives every job's :class:`RunState`.
+    """
+    todo = []
+    for job in jobs:
+        state = job_state(result_root, method, job)
+        if state.status == "other":
+            raise UserError(f"{state.reason}; move it away or use another --result_root")
+        if states is not None:
+            states[job] = state
+        if overwrite or not state.finished:
+            todo.append(job)
+    return todo
 
 
 def check_settings(
@@ -89,25 +112,16 @@ def check_settings(
     differing: dict[str, tuple] = {}
     count = 0
     for job in jobs:
-        path = job_folder(result_root, method, job) / RESULT_FILE
-        try:
-            config = read_json(path).get("config", {})
-        except (OSError, ValueError, AttributeError):
+        state = job_state(result_root, method, job)
+        if not state.finished:
             continue
-        found = False
-        for key, want in expected.items():
-            have = config
-            for part in key.split("."):
-                have = have.get(part) if isinstance(have, dict) else None
-            accepted = want if isinstance(want, tuple) else (want,)
-            if have not in accepted:
-                differing.setdefault(key, (have, accepted[0]))
-                found = True
-        count += found
+        found = setting_differences(state.record["config"], expected)
+        for key, pair in found.items():
+            differing.setdefault(key, pair)
+        count += bool(found)
     if differing:
-        what = ", ".join(f"{k.split('.')[-1]} {old!r} there, {new!r} now" for k, (old, new) in differing.items())
-        raise UserError(f"{count} finished runs in {Path(result_root) / method} were made with other settings ({what}); "
-                        f"use another --result_root, or --overwrite to redo them")
+        raise UserError(f"{count} finished runs in {Path(result_root) / method} were made with other settings "
+                        f"({describe_differences(differing)}); use another --result_root, or --overwrite to redo them")
 
 
 def run_jobs(
@@ -125,36 +139,73 @@ def run_jobs(
 ) -> int:
     """Optimise ``jobs`` (already filtered by :func:`pending_jobs`) ``batch_size`` at a time and save each result.
 
+    Every prompt is checked with the verifier before the first generation. Each job runs under its folder's lock: a job
+    another process holds is left to it, one another process finished meanwhile is skipped. A run whose score turns
+    non-finite is stopped and not saved; after the other jobs, :class:`UserError` lists such runs.
+
     ``dataset`` (e.g. ``{"name": ..., "kind": "simple"}``) is recorded in every result's configuration together with
     the job's category, so the report can group results without the dataset file. Returns the number of saved results.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    saved = 0
+    check_prompts(scorer, [job.prompt for job in jobs])
+    saved, failures = 0, []
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
     if already_done:
         bar.set_description(f"{search.method} ({already_done} already done)")
-    best_total, done = 0.0, 0
+    best_total, done, position = 0.0, 0, 0
     try:
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
-            results = optimize(generator, scorer, [j.prompt for j in batch], [j.seed for j in batch], search,
-                               progress=False)
-            for job, result in zip(batch, results):
-                config = run_config(generator, scorer, search, job.seed)
-                config["evaluation"] = {"category": job.category, **(dataset or {})}
-                folder = job_folder(result_root, search.method, job)
-                if overwrite or not is_finished(folder):  # another process may have finished it meanwhile
-                    for stale in folder.glob(f"{HELD_OUT_PREFIX}*.json"):  # scores of the image being replaced
-                        stale.unlink()
-                    save_run(folder, result, config)
+        while position < len(jobs):
+            with ExitStack() as locks:
+                batch = []
+                while position < len(jobs) and len(batch) < batch_size:
+                    job = jobs[position]
+                    position += 1
+                    if not locks.enter_context(job_lock(job_folder(result_root, search.method, job))):
+                        bar.update(1)  # another process runs it
+                        continue
+                    state = job_state(result_root, search.method, job)
+                    if state.status == "other":
+                        raise UserError(f"{state.reason}; move it away or use another --result_root")
+                    if state.finished and not overwrite:  # another process finished it meanwhile
+                        bar.update(1)
+                        continue
+                    batch.append(job)
+                if not batch:
+                    continue
+                results = optimize(generator, scorer, [j.prompt for j in batch], [j.seed for j in batch], search,
+                                   progress=False)
+                for job, result in zip(batch, results):
+                    bar.update(1)
+                    if result.failure:
+                        failures.append(f"{job.prompt!r} seed {job.seed} ({result.failure})")
+                        continue
+                    config = run_config(generator, scorer, search, job.seed)
+                    config["evaluation"] = {"category": job.category, **(dataset or {})}
+                    save_run(job_folder(result_root, search.method, job), result, config)
                     saved += 1
-                best_total, done = best_total + result.best_score, done + 1
-                bar.update(1)
-            bar.set_postfix(mean_best=f"{best_total / done:.3f}")
+                    best_total, done = best_total + result.best_score, done + 1
+                if done:
+                    bar.set_postfix(mean_best=f"{best_total / done:.3f}")
     finally:
         bar.close()
+    if failures:
+        raise UserError(f"{len(failures)} run{'s' if len(failures) > 1 else ''} stopped and not saved: "
+                        + "; ".join(failures[:3]) + ("; ..." if len(failures) > 3 else ""))
     return saved
+
+
+def check_prompts(scorer, prompts: Sequence[str]) -> None:
+    """Ask the verifier about every prompt before anything is generated (verifiers with a fixed language, such as the
+    toy world's, reject others); :class:`UserError` naming the first bad one."""
+    check = getattr(scorer, "check_prompt", None)
+    if check is None:
+        return
+    for prompt in dict.fromkeys(prompts):
+        try:
+            check(prompt)
+        except UserError as error:
+            raise UserError(f"prompt {prompt!r}: {error}") from None
 
 
 # ------------------------------------------------------------------------------------------------ held-out scores
@@ -176,9 +227,12 @@ def rescore_held_out(
     """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
 
     Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
-    Returns the number of folders scored.
+    A non-finite score is not saved; after the other folders, :class:`UserError` names such folders. Returns the number
+    of folders scored.
     """
     todo = held_out_todo(folders, verifier, overwrite)
+    check_prompts(scorer, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
+    failures = []
     bar = tqdm(total=len(todo), disable=not progress, desc=f"held-out {verifier}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
@@ -193,13 +247,18 @@ def rescore_held_out(
                     prompts.append(record["prompt"])
             scores = scorer.score_pil(images, prompts).tolist()
             for k, folder in enumerate(chunk):
-                write_json_atomic(held_out_file(folder, verifier), {
-                    "verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1],
-                })
+                scored = {"verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
+                if held_out_problem(scored):
+                    failures.append(str(folder))
+                    continue
+                write_json_atomic(held_out_file(folder, verifier), scored)
             bar.update(len(chunk))
     finally:
         bar.close()
-    return len(todo)
+    if failures:
+        raise UserError(f"held-out verifier {verifier!r} gave non-finite scores, not saved, for {len(failures)} "
+                        f"folder(s): {', '.join(failures[:3])}{', ...' if len(failures) > 3 else ''}")
+    return len(todo) - len(failures)
 
 
 def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False) -> list[Path]:
@@ -209,10 +268,20 @@ def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite
 
 def _has_held_out(folder: str | os.PathLike, verifier: str) -> bool:
     try:
-        read_json(held_out_file(folder, verifier))
-    except (OSError, ValueError):
+        return held_out_problem(read_json(held_out_file(folder, verifier))) is None
+    except (OSError, ValueError, RecursionError):
         return False
-    return True
+
+
+def held_out_problem(scores) -> str | None:
+    """What makes ``scores`` no valid ``heldout_<verifier>.json`` (None when it is one)."""
+    if not isinstance(scores, dict) or not isinstance(scores.get("verifier"), str):
+        return "expected an object with 'verifier', 'initial_score' and 'best_score'"
+    for key in ("initial_score", "best_score"):
+        value = scores.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{key!r} must be a finite number, got {value!r}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------ processes

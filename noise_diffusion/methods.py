@@ -42,15 +42,39 @@ def draw_pools(rngs: Sequence[torch.Generator], num: int, shape: Sequence[int], 
     return torch.stack([torch.randn((num, *shape), generator=rng, device=device, dtype=dtype) for rng in rngs])
 
 
+#: Most bytes of candidate noise held at once per item. A larger pool is drawn and searched in chunks of whole
+#: candidates (the same for every batch size), so memory stays bounded whatever the number of candidates; pools that
+#: fit (1024 candidates of an SD1.x latent) are drawn in one piece.
+POOL_CHUNK_BYTES = 64 * 2**20
+
+
+def pool_chunk(num: int, shape: Sequence[int]) -> int:
+    """How many candidates :func:`noise_diffusion_step` draws at once per item."""
+    per_candidate = 4 * max(1, int(torch.Size(shape).numel()))
+    return max(1, min(num, POOL_CHUNK_BYTES // per_candidate))
+
+
 def noise_diffusion_step(z: Tensor, grad: Tensor | None, scores: Tensor, rngs, options: dict):
     """The paper's update with gradient-selected candidate noise (one vectorised pass for the whole batch)."""
     gamma = gamma_from_score(scores).to(z.device)
-    pool = draw_pools(rngs, options["num_candidates"], z.shape[1:], z.device, z.dtype)
-    align = batched_alignments(z, grad, pool, gamma)  # [B, N]
-    best = align.argmax(dim=1)
+    num = options["num_candidates"]
+    chunk = pool_chunk(num, z.shape[1:])
     rows = torch.arange(z.shape[0], device=z.device)
-    z_next = diffuse(z, pool[rows, best], gamma)
-    gamma_l, best_l, align_l = gamma.tolist(), best.tolist(), align[rows, best].tolist()  # one host sync
+    best = best_align = chosen = None
+    for start in range(0, num, chunk):
+        pool = draw_pools(rngs, min(chunk, num - start), z.shape[1:], z.device, z.dtype)
+        align = batched_alignments(z, grad, pool, gamma)  # [B, n]
+        index = align.argmax(dim=1)
+        value, candidate = align[rows, index], pool[rows, index]
+        if best is None:
+            best, best_align, chosen = index, value, candidate
+        else:  # strictly better only, so that ties keep the first candidate as one argmax over the whole pool does
+            better = value > best_align
+            best = torch.where(better, index + start, best)
+            best_align = torch.where(better, value, best_align)
+            chosen = torch.where(better.view(-1, *([1] * (z.dim() - 1))), candidate, chosen)
+    z_next = diffuse(z, chosen, gamma)
+    gamma_l, best_l, align_l = gamma.tolist(), best.tolist(), best_align.tolist()  # one host sync
     infos = [{"gamma": g, "candidate": c, "alignment": a} for g, c, a in zip(gamma_l, best_l, align_l)]
     return z_next, infos
 

@@ -11,6 +11,7 @@ selection, best image and early stop, so an item's result does not depend on wha
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .generators.base import Generator, initial_latents
 from .methods import METHODS
+from .results import MAX_SEED, check_seed
 from .scorers.base import Scorer
 
 ACCEPT_RULES = ("always", "improved")
@@ -29,6 +31,11 @@ ACCEPT_RULES = ("always", "improved")
 #: Offset between an item's seed and the seed of its candidate-noise generator, so that the pools are not the same
 #: stream as the initial latent (which is drawn on the CPU from the seed itself).
 POOL_SEED_OFFSET = 1_000_003
+
+
+def pool_seed(seed: int) -> int:
+    """The seed of an item's candidate-noise generator (wrapping round at 2**64, the generators' seed range)."""
+    return (seed + POOL_SEED_OFFSET) % (MAX_SEED + 1)
 
 
 @dataclass
@@ -52,10 +59,10 @@ class SearchConfig:
             raise UserError(f"num_candidates must be >= 1, got {self.num_candidates}")
         if self.accept not in ACCEPT_RULES:
             raise UserError(f"accept must be one of {', '.join(ACCEPT_RULES)}, got {self.accept!r}")
-        if self.target_score is not None and not 0.0 <= self.target_score <= 1.0:
+        if self.target_score is not None and not 0.0 <= self.target_score <= 1.0:  # NaN fails too
             raise UserError(f"target_score must lie in [0, 1], got {self.target_score}")
-        if self.step_size <= 0:
-            raise UserError(f"step_size must be > 0, got {self.step_size}")
+        if not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise UserError(f"step_size must be a finite number > 0, got {self.step_size}")
         return self
 
     @property
@@ -79,6 +86,7 @@ class RunResult:
     compute: dict = field(default_factory=dict)
     epoch_images: list[Tensor] = field(default_factory=list)
     seconds: float = 0.0
+    failure: str | None = None  # why the run stopped unfinished (a non-finite score); such a run is never saved
 
     def record(self) -> dict:
         """JSON-ready summary (no tensors)."""
@@ -109,14 +117,18 @@ def optimize(
 
     ``initial`` overrides the seeded initial latents (``[B, *generator.latent_shape]``, standard normal).
     ``on_epoch(item, epoch, image, record)`` is called after every scored latent (e.g. to save per-epoch images).
+    An item whose score is not finite stops there with :attr:`RunResult.failure` set; the others go on.
     """
     config = (config or SearchConfig()).validate()
-    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    prompts, seeds = list(prompts), [check_seed(int(s)) for s in seeds]
     if len(prompts) != len(seeds) or not prompts:
         raise UserError("give one seed per prompt, and at least one prompt")
+    check = getattr(scorer, "check_prompt", None)
     for prompt in prompts:
         if not prompt.strip():
             raise UserError("the prompt is empty")
+        if check is not None:
+            check(prompt)
     method = METHODS[config.method]
     device = generator.device
     options = {"num_candidates": config.num_candidates, "step_size": config.step_size}
@@ -124,7 +136,7 @@ def optimize(
 
     z = initial_latents(generator.latent_shape, seeds) if initial is None else initial.detach().float().cpu()
     z = z.to(device)
-    rngs = [torch.Generator(device=device).manual_seed(s + POOL_SEED_OFFSET) for s in seeds]
+    rngs = [torch.Generator(device=device).manual_seed(pool_seed(s)) for s in seeds]
     conditioning = generator.encode_prompts(prompts)
     evals_per_generation = generator.model_evals_per_generation
     compute = [dict(generations=0, unet_evals=0, scorer_forward=0, scorer_backward=0) for _ in prompts]
@@ -161,13 +173,16 @@ def optimize(
     tick = time.perf_counter()
     scores, images, grad = evaluate(active, z, need_grad_after(0))
     seconds = (time.perf_counter() - tick) / batch
-    host_scores = scores.tolist()
+    host_scores, bad_grads = scores.tolist(), _bad_gradients(grad, batch)
     for i in range(batch):
         image = images[i].float().cpu()
         record = {"epoch": 0, "score": host_scores[i], "accepted": True, "seconds": seconds}
         results[i] = RunResult(
             prompts[i], seeds[i], image, host_scores[i], image, z[i].float().cpu(), host_scores[i], 0, [record]
         )
+        if not math.isfinite(host_scores[i]) or bad_grads[i]:
+            results[i].failure = _non_finite(host_scores[i], 0, bad_grads[i])
+            continue
         if config.keep_epoch_images:
             results[i].epoch_images.append(image)
         if on_epoch:
@@ -175,6 +190,8 @@ def optimize(
     current_z, current_scores, current_grad = z, scores, grad
 
     def finished(i: int) -> bool:
+        if results[i].failure:
+            return True
         return config.target_score is not None and results[i].best_score >= config.target_score
 
     active = [i for i in range(batch) if not finished(i)]
@@ -205,10 +222,14 @@ def optimize(
             current_grad[idx[accepted]] = grad[accepted]
         seconds = (time.perf_counter() - tick) / len(active)
         host_scores, host_accepted = scores.tolist(), accepted.tolist()
+        bad_grads = _bad_gradients(grad, len(active))
         for j, i in enumerate(active):
             record = {"epoch": epoch, "score": host_scores[j], **infos[j], "accepted": host_accepted[j], "seconds": seconds}
             result = results[i]
             result.epochs.append(record)
+            if not math.isfinite(host_scores[j]) or bad_grads[j]:
+                result.failure = _non_finite(host_scores[j], epoch, bad_grads[j])
+                continue
             image = images[j].float().cpu()
             if host_scores[j] > result.best_score:
                 result.best_score, result.best_epoch = host_scores[j], epoch
@@ -226,6 +247,19 @@ def optimize(
         result.compute = compute[i]
         result.seconds = total / batch
     return results
+
+
+def _bad_gradients(grad: Tensor | None, count: int) -> list[bool]:
+    """Per item: does its gradient hold a NaN or an infinity (which would poison the next latent)?"""
+    if grad is None:
+        return [False] * count
+    return (~torch.isfinite(grad).reshape(grad.shape[0], -1).all(dim=1)).tolist()
+
+
+def _non_finite(score: float, epoch: int, bad_gradient: bool = False) -> str:
+    if bad_gradient and math.isfinite(score):
+        return f"the gradient of the score is not finite at epoch {epoch}"
+    return f"the verifier's score is {score} at epoch {epoch}"
 
 
 def _show(bar, results) -> None:

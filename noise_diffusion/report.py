@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
-from .evaluation import HELD_OUT_PREFIX
+from .evaluation import held_out_problem
 from .methods import METHODS
-from .results import RESULT_FILE, read_json, write_bytes_atomic, write_json_atomic
+from .results import (
+    HELD_OUT_PREFIX, RESULT_FILE, inspect_run, read_json, remove_temp_files, write_bytes_atomic, write_json_atomic,
+)
 
 #: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
 PAPER = {
@@ -35,37 +37,58 @@ PAPER_NOTE = ("paper's numbers from a secondary summary (unverified); comparable
 THRESHOLDS = (0.5, 0.9)
 OVERALL = "overall"
 GRID_ROWS = 8
+#: A temporary file in the report's folder older than this was left by a killed writer (writes take milliseconds; the
+#: folder is shared by every process that builds the report, so younger files may be another writer's).
+STALE_SECONDS = 600
 
 
 # -------------------------------------------------------------------------------------------------------- collect
 
-def collect(result_root: str | os.PathLike) -> list[dict]:
-    """Every finished run under ``result_root``, with its method, category and held-out scores attached."""
+def collect(result_root: str | os.PathLike, skipped: list[dict] | None = None) -> list[dict]:
+    """Every finished run under ``result_root``, with its method, category and held-out scores attached.
+
+    A folder enters only when :func:`~noise_diffusion.results.inspect_run` finds it intact and in its own place (its
+    prompt's folder, its seed, its method's folder); ``skipped`` receives ``{"folder", "reason"}`` for every other
+    folder with a ``result.json``, and for unreadable held-out files.
+    """
     root = Path(result_root)
     if not root.is_dir():
         raise UserError(f"result folder {str(root)!r} does not exist")
+    skipped = [] if skipped is None else skipped
     runs = []
     for path in sorted(root.glob(f"*/*/*/{RESULT_FILE}")):
-        try:
-            record = read_json(path)
-        except (OSError, ValueError):
-            continue  # unreadable: not finished
         folder = path.parent
-        config = record.get("config", {})
-        evaluation = config.get("evaluation", {})
+        state = inspect_run(folder)
+        if not state.finished:
+            skipped.append({"folder": str(folder), "reason": state.reason})
+            continue
+        record = state.record
+        config = record["config"]
+        search = config.get("search") if isinstance(config.get("search"), dict) else {}
+        method = search.get("method", folder.parent.parent.name)
+        if method != folder.parent.parent.name:
+            skipped.append({"folder": str(folder), "reason": f"{folder} holds a run of method {method!r}, which "
+                                                             f"belongs in another folder"})
+            continue
+        evaluation = config.get("evaluation") if isinstance(config.get("evaluation"), dict) else {}
+        scorer = config.get("scorer") if isinstance(config.get("scorer"), dict) else {}
         held_out = {}
         for file in sorted(folder.glob(f"{HELD_OUT_PREFIX}*.json")):
             try:
                 scores = read_json(file)
-                held_out[scores["verifier"]] = scores
-            except (OSError, ValueError, KeyError, TypeError):
+                problem = held_out_problem(scores)
+            except (OSError, ValueError, RecursionError) as error:
+                problem = f"unreadable ({error})"
+            if problem is not None:
+                skipped.append({"folder": str(file), "reason": f"{file}: {problem}"})
                 continue
+            held_out[scores["verifier"]] = scores
         runs.append({
-            "method": config.get("search", {}).get("method", folder.parent.parent.name),
-            "category": evaluation.get("category", "all"),
+            "method": method,
+            "category": str(evaluation.get("category", "all")),
             "dataset": evaluation.get("name"),
             "dataset_kind": evaluation.get("kind"),
-            "verifier": config.get("scorer", {}).get("name"),
+            "verifier": scorer.get("name"),
             "folder": folder,
             "record": record,
             "held_out": held_out,
@@ -171,10 +194,15 @@ def _mean(values: Sequence[float]) -> float:
 def write_report(result_root: str | os.PathLike, grid_rows: int = GRID_ROWS) -> dict:
     """Build ``summary.json``, ``summary.md``, ``grid_<method>_<category>.png`` and ``curves.png`` in ``result_root``."""
     root = Path(result_root)
-    runs = collect(root)
+    skipped: list[dict] = []
+    runs = collect(root, skipped)
     if not runs:
-        raise UserError(f"no finished results under {str(root)!r} (expected <method>/<prompt>/<seed>/result.json)")
+        also = f"; skipped {len(skipped)} damaged folders, e.g. {skipped[0]['reason']}" if skipped else ""
+        raise UserError(f"no finished results under {str(root)!r} (expected <method>/<prompt>/<seed>/result.json)"
+                        + also)
+    remove_temp_files(root, older_than=STALE_SECONDS)
     summary = summarize(runs)
+    summary["skipped"] = skipped
     figures = {"curves": "curves.png", "grids": {}}
     plot_curves(summary, root / figures["curves"])
     for (method, category), group in _groups(runs).items():
@@ -249,6 +277,11 @@ def markdown(summary: dict, root: Path | None = None) -> str:
     if "figures" in summary:
         lines += ["## Best-so-far score", "", f"![mean best-so-far vs epochs and UNet evaluations]"
                   f"({summary['figures']['curves']})", ""]
+    if summary.get("skipped"):
+        lines += ["## Skipped folders", "", "Not counted above (an evaluate.py run of the same job redoes a damaged "
+                  "run):", ""]
+        lines += [f"- {item['reason']}" for item in summary["skipped"]]
+        lines.append("")
     return "\n".join(lines)
 
 

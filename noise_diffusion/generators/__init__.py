@@ -32,8 +32,8 @@ def pipeline_class_name(name_or_path: str) -> str:
         path = os.path.join(name_or_path, "model_index.json")
         if not os.path.isfile(path):
             raise UserError(f"diffusion model folder {name_or_path!r} has no model_index.json")
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle).get("_class_name", "")
+        index = _read_json_object(path)
+        return index.get("_class_name", "") if isinstance(index.get("_class_name", ""), str) else ""
     if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")) or os.path.exists(name_or_path):
         raise UserError(f"diffusion model {name_or_path!r} is neither a folder, a known short name nor a Hub id")
     try:
@@ -78,9 +78,20 @@ def sampling_defaults(path: str, cls: type) -> dict:
     defaults = dict(cls.DEFAULTS)
     file = os.path.join(path, SAMPLING_DEFAULTS_FILE)
     if os.path.isfile(file):
-        with open(file, encoding="utf-8") as handle:
-            defaults.update(json.load(handle))
+        defaults.update(_read_json_object(file))
     return defaults
+
+
+def _read_json_object(path: str) -> dict:
+    """A JSON object from a checkpoint file; :class:`UserError` naming the file when it is broken or not an object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path} is not valid JSON ({first_line(error)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _check_options(cls: type, options: dict) -> None:

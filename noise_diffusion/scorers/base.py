@@ -34,6 +34,10 @@ class Scorer(nn.Module):
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise :class:`~noise_diffusion.errors.UserError` for a prompt this verifier cannot score; called for every
+        job before the first generation. Open-vocabulary verifiers accept every prompt."""
+
     def freeze(self) -> "Scorer":
         """Freeze all weights and switch to eval mode; autograd through the inputs still works."""
         self.requires_grad_(False)

@@ -58,6 +58,11 @@ class ToyDigitScorer(Scorer):
         logits = self.classifier(torch.stack(crops, dim=1).flatten(0, 1))
         return logits.float().softmax(-1).view(len(images), len(_BOXES), -1)
 
+    @staticmethod
+    def check_prompt(prompt: str) -> None:
+        """:class:`UserError` for a prompt outside the toy world's language (checked before anything is generated)."""
+        world.parse_prompt(prompt)
+
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")

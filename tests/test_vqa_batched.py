@@ -141,3 +141,22 @@ def test_options_through_the_loader_and_settings(folders):
     assert load_scorer(str(folders["clip_t5"])).settings()["micro_batch"] is None
     with pytest.raises(UserError, match="micro_batch"):
         load_scorer(str(folders["qwen"]), micro_batch=0)
+
+
+def test_command_line_flags_reach_the_verifier(folders):
+    import argparse
+
+    from noise_diffusion import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_scorer_args(parser)
+    assert cli.scorer_options(parser.parse_args([])) == {}
+    args = parser.parse_args(["--vqa_micro_batch", "2", "--vqa_checkpointing"])
+    options = cli.scorer_options(args)
+    assert options == {"micro_batch": 2, "checkpointing": True}
+    scorer = load_scorer(str(folders["smolvlm"]), **options)
+    assert scorer.micro_batch == 2 and scorer.checkpointing
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--vqa_micro_batch", "0"])
+    help_text = parser.format_help()
+    assert "--vqa_micro_batch" in help_text and "--vqa_checkpointing" in help_text

@@ -160,3 +160,26 @@ def test_command_line_flags_reach_the_verifier(folders):
         parser.parse_args(["--vqa_micro_batch", "0"])
     help_text = parser.format_help()
     assert "--vqa_micro_batch" in help_text and "--vqa_checkpointing" in help_text
+
+
+def test_search_with_memory_options_equals_the_default(tiny_sd_dir, folders):
+    """Inside the loop (the gradient taken w.r.t. the initial latents, through decode and replay) the memory options
+    change neither the scores of any epoch nor the chosen candidates."""
+    from noise_diffusion import SearchConfig, optimize
+    from noise_diffusion.generators import load_generator
+
+    generator = load_generator(tiny_sd_dir, num_steps=3)
+    config = SearchConfig(max_epoch=3, num_candidates=8)
+    prompts, seeds = ["a cat", "a red dog sitting on a long wooden bench"], [1, 2]
+
+    def run(**options):
+        scorer = sharpen(load_scorer(str(folders["clip_t5"]), **options))
+        results = optimize(generator, scorer, prompts, seeds, config, progress=False)
+        return [[(r["score"], r.get("candidate")) for r in res.epochs] for res in results]
+
+    plain = run()
+    for options in ({"micro_batch": 1}, {"checkpointing": True}):
+        other = run(**options)
+        for item, ref in zip(other, plain):
+            assert [c for _, c in item] == [c for _, c in ref]
+            assert [s for s, _ in item] == pytest.approx([s for s, _ in ref], rel=1e-5)

@@ -125,7 +125,8 @@ class VQAScorer(Scorer):
     - ``micro_batch``: run the verifier on at most this many images at a time. With a gradient to compute, each
       micro-batch's forward *and* backward run inside ``forward`` and only its image gradients are kept, so the
       verifier's activations are held for one micro-batch at a time (the scores' gradient w.r.t. an image depends on
-      that image alone, so nothing is lost); default: the whole batch at once.
+      that image alone, so nothing is lost; first-order gradients only). Without a gradient to compute it is a plain
+      chunked forward. Default: the whole batch at once.
     - ``checkpointing``: activation checkpointing in every transformer layer of the vision tower and the language
       model: the layers are recomputed in the backward (about one more forward pass) and only their inputs are kept.
     """

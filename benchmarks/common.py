@@ -230,20 +230,29 @@ class _WordTokenizer:
         return argparse.Namespace(input_ids=ids)
 
 
-def build_clip_flant5_scorer(size: str, device, dtype):
+def build_clip_flant5_scorer(size: str, device, dtype, layers: int | None = None, **options):
     """The VQA module's CLIP-FlanT5 scorer (``CLIPT5Scorer``) with the published shapes and random weights: CLIP
     ViT-L/14-336 tower, mlp2x_gelu projector, FlanT5-``size``. Built on the meta device and materialised on ``device``
-    (no slow CPU initialisation of billions of weights)."""
+    (no slow CPU initialisation of billions of weights). ``layers`` keeps only that many layers in each of the vision
+    tower, the T5 encoder and the T5 decoder (24 each in XL and XXL) — the real widths at a fraction of the depth, for
+    measuring per-layer cost on a small machine (features still come from layer -2, as in the real model, so a cost
+    linear in ``layers`` extrapolates to 24); ``options`` go to the scorer (``micro_batch``, ``checkpointing``)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, T5Config
 
     from noise_diffusion.scorers.vqa.clip_t5 import CLIPT5, CLIPT5Scorer
 
-    t5 = T5Config(**FLAN_T5[size], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+    t5_shape, vision_shape = dict(FLAN_T5[size]), dict(CLIP_L336_VISION)
+    if layers is not None:
+        t5_shape.update(num_layers=layers, num_decoder_layers=layers)
+        vision_shape.update(num_hidden_layers=layers)
+    t5 = T5Config(**t5_shape, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
                   mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, mm_vision_select_feature="patch")
-    model = materialize(lambda: CLIPT5(t5, CLIPVisionModel(CLIPVisionConfig(**CLIP_L336_VISION))), device, dtype, 4)
+    model = materialize(lambda: CLIPT5(t5, CLIPVisionModel(CLIPVisionConfig(**vision_shape))), device, dtype, 4)
     model.tie()
     processor = {"size": 336, "crop": 336, "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}
-    scorer = CLIPT5Scorer(model, _WordTokenizer(), processor, name=f"clip-flant5-{size}-shapes-random-weights")
+    depth = "" if layers is None else f"-{layers}-layers"
+    scorer = CLIPT5Scorer(model, _WordTokenizer(), processor, name=f"clip-flant5-{size}{depth}-shapes-random-weights",
+                          **options)
     return scorer.to(device)
 
 
@@ -270,6 +279,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
                    help="auto: the process's CPU time on a CPU device (robust on a shared machine), wall time on a GPU")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--vqa_checkpointing", action="store_true",
+                   help="VQA verifiers: activation checkpointing in the vision tower and language model")
+    g.add_argument("--vqa_micro_batch", type=int, default=None,
+                   help="VQA verifiers: at most this many images per forward/backward (default: the whole batch)")
 
 
 def build_models(args: argparse.Namespace):
@@ -299,11 +312,13 @@ def build_models(args: argparse.Namespace):
         sd_options = {k: v for k, v in options.items() if v is not None}
         generator, gen_name = build_sd14(device, dtype, **sd_options, **memory), "SD1.4 architecture (random weights)"
 
+    vqa_options = {k: v for k, v in (("checkpointing", getattr(args, "vqa_checkpointing", False) or None),
+                                      ("micro_batch", getattr(args, "vqa_micro_batch", None))) if v is not None}
     if args.vqa_model:
-        scorer, scorer_name = load_scorer(args.vqa_model, vqa_device, vqa_dtype), args.vqa_model
+        scorer, scorer_name = load_scorer(args.vqa_model, vqa_device, vqa_dtype, **vqa_options), args.vqa_model
     elif args.scorer_shape and args.scorer_shape != "clip-l":
         size = args.scorer_shape.removeprefix("clip-flant5-")
-        scorer = build_clip_flant5_scorer(size, vqa_device, vqa_dtype)
+        scorer = build_clip_flant5_scorer(size, vqa_device, vqa_dtype, **vqa_options)
         scorer_name = f"CLIP-FlanT5-{size.upper()} shapes (random weights)"
     elif args.preset == "sd14" or args.scorer_shape == "clip-l":
         scorer, scorer_name = build_clip_l_scorer(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
@@ -315,6 +330,8 @@ def build_models(args: argparse.Namespace):
         if scorer is None:
             scorer = load_scorer(tiny_clip_dir(), vqa_device, vqa_dtype, mapping="affine")
             scorer_name = "tiny CLIP (random weights)"
+    if vqa_options and not hasattr(scorer, "set_checkpointing"):
+        raise UserError(f"--vqa_checkpointing / --vqa_micro_batch need a VQA verifier, not {scorer_name}")
     return generator, scorer, f"{gen_name} + {scorer_name}"
 
 

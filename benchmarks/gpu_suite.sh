@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The performance benchmarks on one GPU, as one prepared script (about 8-10 minutes on an H100/H200; steps 1-5 are the
-# issue's figures, step 6 the experiments: drop it when device time is short).
+# The performance benchmarks on one GPU, as one prepared script (about 8-10 minutes on an H100/H200 per part; steps 1-5
+# are the epoch figures, step 6 the experiments, step 7 the batched verifier: drop parts when device time is short).
 #
-#   bash benchmarks/gpu_suite.sh [OUTDIR] [main|experiments|all]   (defaults: $OUT if set, else gpu_results; all)
-# "main" (steps 1-5, at most 10 min by the step limits) and "experiments" (step 6, at most 7 min) fit one 10-minute device call each.
+#   bash benchmarks/gpu_suite.sh [OUTDIR] [main|experiments|verifier|all]   (defaults: $OUT if set, else gpu_results; all)
+# "main" (steps 1-5, at most 10 min by the step limits), "experiments" (step 6, at most 7 min) and "verifier" (step 7,
+# at most 10 min) fit one 10-minute device call each.
 #
 # Models are the real SD1.4 architecture and the CLIP-FlanT5-XL/XXL shapes with random weights (no download: a machine
 # without network can run it), plus the toy world when it is installed. Timings do not depend on the weights' values;
@@ -40,7 +41,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going on f
 }
 
 B=benchmarks
-if [ "$PARTS" != experiments ]; then
+if [ "$PARTS" = main ] || [ "$PARTS" = all ]; then
 # 1. SD1.4 (fp16) + CLIP-FlanT5-XL (bf16): parts vs physical minimum, batch 1 and 4, peak memory (target <= 24 GB)
 step sd14_fp16_xl 140 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 1 4 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp16_xl.json"
@@ -57,7 +58,7 @@ step reference_sd14 140 "$PY" $B/reference_loop.py --preset sd14 --dtype float16
 step toy 50 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --repeats 2 --json "$OUTDIR/toy.json"
 step precision_toy 40 "$PY" $B/precision.py --preset toy --low_dtype float16 --batch_size 16 --json "$OUTDIR/precision_toy.json"
 fi
-if [ "$PARTS" != main ]; then
+if [ "$PARTS" = experiments ] || [ "$PARTS" = all ]; then
 # 6. experiments: VAE checkpointing at batch 4 (memory), timesteps on the CPU (no host sync per sampler step),
 #    torch.compile of the UNet
 step sd14_fp16_xl_vaeckpt 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
@@ -68,5 +69,21 @@ step sd14_cpu_timesteps 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 
   --batch_size 1 --epochs 3 --repeats 2 --cpu_timesteps --json "$OUTDIR/sd14_cpu_timesteps.json"
 step sd14_compile 180 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --compile --json "$OUTDIR/sd14_compile.json"
+fi
+if [ "$PARTS" = verifier ] || [ "$PARTS" = all ]; then
+# 7. the batched verifier: time per image batched vs one at a time, full CLIP-FlanT5-XL/XXL shapes in bf16; the
+#    verifier's memory options inside an epoch at batch 4 (peak memory vs step 1); the epoch breakdown at full size
+#    with nothing reduced (50 steps, VAE at 512, verifier at 23 and 24 layers: the 24-layer row is the real model)
+step verifier_xl 120 "$PY" $B/verifier_cost.py --device cuda:0 --shape clip-flant5-xl --layers 24 --dtype bfloat16 \
+  --batch_size 1 4 8 --repeats 3 --json "$OUTDIR/verifier_xl.json"
+step verifier_xxl 120 "$PY" $B/verifier_cost.py --device cuda:0 --shape clip-flant5-xxl --layers 24 --dtype bfloat16 \
+  --batch_size 1 4 --repeats 2 --json "$OUTDIR/verifier_xxl.json"
+step sd14_fp16_xl_vqackpt 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+  --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --repeats 1 --vqa_checkpointing --json "$OUTDIR/sd14_fp16_xl_vqackpt.json"
+step sd14_fp16_xl_vqamicro 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+  --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --repeats 1 --vqa_micro_batch 1 --json "$OUTDIR/sd14_fp16_xl_vqamicro.json"
+step epoch_breakdown_full 150 "$PY" $B/epoch_breakdown.py --device cuda:0 --num_steps 50 --vae_size 512 \
+  --verifier_layers 23 24 --dtype float16 --vqa_dtype bfloat16 --batch_size 1 4 --repeats 2 \
+  --json "$OUTDIR/epoch_breakdown_full.json"
 fi
 echo "wrote $LOG"

@@ -113,6 +113,13 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vqa_dtype", choices=DTYPE_CHOICES, default="auto",
                    help="precision of the verifier; auto = bfloat16 on a GPU (as the original), float32 on the CPU "
                         "(default: %(default)s)")
+    g.add_argument("--vqa_micro_batch", type=positive_int, default=None,
+                   help="VQA verifiers: score at most this many images at a time, each micro-batch's backward run "
+                        "before the next, so the verifier's activations are held for one micro-batch only (same scores "
+                        "and gradients; independent of --batch_size) (default: the whole batch at once)")
+    g.add_argument("--vqa_checkpointing", action="store_true",
+                   help="VQA verifiers: activation checkpointing in every layer of the vision tower and the language "
+                        "model: less backward memory for about one more verifier forward pass (same results)")
 
 
 def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
@@ -136,7 +143,9 @@ def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -
 
 def scorer_options(args: argparse.Namespace) -> dict:
     """Verifier options set on the command line (only those given, so every verifier keeps its own defaults)."""
-    options = {"question_template": args.vqa_question, "answer_template": args.vqa_answer}
+    options = {"question_template": args.vqa_question, "answer_template": args.vqa_answer,
+               "micro_batch": getattr(args, "vqa_micro_batch", None),
+               "checkpointing": True if getattr(args, "vqa_checkpointing", False) else None}
     return {k: v for k, v in options.items() if v is not None}
 
 

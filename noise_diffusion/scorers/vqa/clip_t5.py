@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import VQAScorer, check_options, mean_answer_logprob
+from .core import VQAScorer, check_options, mean_answer_logprob, pad_sequences
 from .preprocess import clip_pixels, clip_processor_settings, read_json
 
 SYSTEM_MESSAGE = (
@@ -62,7 +63,7 @@ def build_projector(kind: str, in_features: int, out_features: int) -> nn.Module
 
 
 class CLIPT5(nn.Module):
-    """Vision tower + projector + T5; :meth:`answer_logits` runs one image with token ids on either side of it."""
+    """Vision tower + projector + T5; :meth:`answer_logits` runs a batch of images with token ids on either side."""
 
     def __init__(self, t5_config, vision_tower: nn.Module) -> None:
         super().__init__()
@@ -82,15 +83,23 @@ class CLIPT5(nn.Module):
             hidden = hidden[:, 1:]
         return self.mm_projector(hidden)
 
-    def answer_logits(self, pixels: Tensor, before: Tensor, after: Tensor, answer: Tensor) -> Tensor:
-        """Decoder logits [T, V] for teacher-forced ``answer`` ids [T]; ``before``/``after`` are ids [L] around the image."""
+    def answer_logits(self, pixels: Tensor, before: Sequence[Tensor], after: Sequence[Tensor], answers: Tensor,
+                      answer_mask: Tensor) -> Tensor:
+        """Decoder logits [B, T, V] for teacher-forced ``answers`` [B, T] (right-padded, ``answer_mask`` 1 on real
+        tokens); item i's encoder input is ``before[i]``, the features of ``pixels[i]``, ``after[i]`` (ids [L_i]),
+        right-padded to the longest with an attention mask (T5's positions are relative, so padding on the right
+        changes nothing for the real tokens)."""
         embed = self.language_model.get_input_embeddings()
-        image = self.image_features(pixels)[0].to(embed.weight.dtype)
-        inputs = torch.cat([embed(before), image, embed(after)])[None]
-        start = torch.tensor([self.language_model.config.decoder_start_token_id], device=answer.device)
-        decoder_ids = torch.cat([start, answer[:-1]])[None]
-        out = self.language_model(inputs_embeds=inputs, decoder_input_ids=decoder_ids, use_cache=False)
-        return out.logits[0]
+        image = self.image_features(pixels).to(embed.weight.dtype)
+        rows = [torch.cat([embed(b), image[i], embed(a)]) for i, (b, a) in enumerate(zip(before, after))]
+        length = max(len(r) for r in rows)
+        inputs = torch.stack([nn.functional.pad(r, (0, 0, 0, length - len(r))) for r in rows])
+        mask = torch.stack([(torch.arange(length, device=inputs.device) < len(r)).long() for r in rows])
+        start = torch.full_like(answers[:, :1], self.language_model.config.decoder_start_token_id)
+        decoder_ids = torch.cat([start, answers[:, :-1]], 1)
+        out = self.language_model(inputs_embeds=inputs, attention_mask=mask, decoder_input_ids=decoder_ids,
+                                  decoder_attention_mask=answer_mask, use_cache=False)
+        return out.logits
 
     def tie(self) -> None:
         lm = self.language_model
@@ -172,12 +181,13 @@ class CLIPT5Scorer(VQAScorer):
 
     def __init__(self, model: CLIPT5, tokenizer, processor: dict, question_template: str | None = None,
                  answer_template: str | None = None, system_message: str = SYSTEM_MESSAGE, pad: bool = True,
-                 name: str = "clip-t5") -> None:
-        super().__init__(question_template, answer_template)
+                 name: str = "clip-t5", micro_batch: int | None = None, checkpointing: bool = False) -> None:
+        super().__init__(question_template, answer_template, micro_batch=micro_batch)
         self.model, self.tokenizer, self.processor = model, tokenizer, processor
         self.system_message, self.pad, self.name = system_message, pad, name
         self.vocab_size = len(tokenizer)
         self.freeze()
+        self.set_checkpointing(checkpointing)
 
     def preprocess(self, images: Tensor) -> Tensor:
         p = self.processor
@@ -190,12 +200,15 @@ class CLIPT5Scorer(VQAScorer):
     def token_ids(self, text: str) -> Tensor:
         return torch.tensor(self.tokenizer(text).input_ids, dtype=torch.long, device=self.device)
 
-    def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
-        before, after = self.encoder_text(question)
-        answer_ids = self.token_ids(answer)
-        pixels = self.preprocess(image).to(self.model.language_model.dtype)
-        logits = self.model.answer_logits(pixels, self.token_ids(before), self.token_ids(after), answer_ids)
-        return mean_answer_logprob(logits[:, : self.vocab_size], answer_ids)
+    def answer_logprobs(self, images: Tensor, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
+        texts = [self.encoder_text(q) for q in questions]
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        answer_ids, answer_mask = pad_sequences([self.tokenizer(a).input_ids for a in answers], pad_id)
+        answer_ids, answer_mask = answer_ids.to(self.device), answer_mask.to(self.device)
+        pixels = self.preprocess(images).to(self.model.language_model.dtype)
+        logits = self.model.answer_logits(pixels, [self.token_ids(b) for b, _ in texts],
+                                          [self.token_ids(a) for _, a in texts], answer_ids, answer_mask)
+        return mean_answer_logprob(logits[..., : self.vocab_size], answer_ids, answer_mask)
 
     def settings(self) -> dict:
         return {**super().settings(), "system_message": self.system_message, "pad_to_square": self.pad}

@@ -16,11 +16,10 @@ import re
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import check_options, mean_answer_logprob
+from .core import check_options
 from .native import LLAVA_SYSTEM, LlavaScorer
 from .preprocess import clip_processor_settings, read_json
 
@@ -110,7 +109,7 @@ class OriginalLlavaScorer(LlavaScorer):
         super().__init__(*args, **kwargs)
         self.vocab_size = vocab_size
 
-    def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
+    def sequence(self, question: str, answer: str, image_inputs: dict) -> tuple[list[int], int]:
         before = f"{self.system_message} USER: "
         after = f"\n{question} ASSISTANT: "
         tok = self.tokenizer
@@ -120,11 +119,7 @@ class OriginalLlavaScorer(LlavaScorer):
         if full_after[: len(prompt_after)] != prompt_after or len(full_after) <= len(prompt_after):
             raise UserError(f"{self.name}: the answer {answer!r} does not tokenise apart from the prompt")
         ids = first + [self.model.config.image_token_id] * self.num_image_tokens + full_after
-        input_ids = torch.tensor([ids], device=self.device)
-        n_answer = len(full_after) - len(prompt_after)
-        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
-                         logits_to_keep=n_answer + 1, **self.image_inputs(image))
-        return mean_answer_logprob(out.logits[0, :-1, : self.vocab_size], input_ids[0, -n_answer:])
+        return ids, len(full_after) - len(prompt_after)
 
 
 def _drop_bos(tokenizer, ids: list[int]) -> list[int]:

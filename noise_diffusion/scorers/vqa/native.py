@@ -10,13 +10,15 @@ teacher-forced after the prompt.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ...errors import UserError
 from ..base import normalize
-from .core import DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, check_options, mean_answer_logprob
+from .core import (DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, check_options, mean_answer_logprob, pad_sequences,
+                   positions_from_mask)
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, clip_processor_settings, read_json, resize
 
 LLAVA_SYSTEM = (
@@ -26,45 +28,71 @@ LLAVA_SYSTEM = (
 
 
 class DecoderVQAScorer(VQAScorer):
-    """A decoder-only VLM: the prompt (with image tokens) then the answer, one forward pass, answer tokens scored."""
+    """A decoder-only VLM: the prompt (with image tokens) then the answer, one forward pass per batch, answer tokens
+    scored. Sequences of different lengths are padded on the left with an attention mask, so that every answer ends at
+    the last position; the position ids count from each item's first real token (:meth:`extra_inputs`)."""
 
     #: appended to the answer text (an end-of-turn token, where the original VQAScore counts it)
     answer_suffix = ""
     #: put before the answer (SmolVLM's assistant turn starts with a space)
     answer_prefix = ""
+    #: the softmax runs over the first ``vocab_size`` logits (None: all of them)
+    vocab_size: int | None = None
 
     def __init__(self, model, tokenizer, image_config: dict, name: str, question_template: str | None = None,
-                 answer_template: str | None = None) -> None:
-        super().__init__(question_template or DEFAULT_QUESTION, answer_template or DEFAULT_ANSWER)
+                 answer_template: str | None = None, micro_batch: int | None = None,
+                 checkpointing: bool = False) -> None:
+        super().__init__(question_template or DEFAULT_QUESTION, answer_template or DEFAULT_ANSWER,
+                         micro_batch=micro_batch)
         self.model, self.tokenizer, self.image_config, self.name = model, tokenizer, image_config, name
         self.freeze()
+        self.set_checkpointing(checkpointing)
 
     def prompt(self, question: str, image_inputs: dict) -> str:
         raise NotImplementedError
 
-    def image_inputs(self, image: Tensor) -> dict:
-        """Model keyword arguments for one image [1, 3, H, W] in [0, 1] (differentiable), plus private "_" keys."""
+    def image_inputs(self, images: Tensor) -> dict:
+        """Model keyword arguments for images [B, 3, H, W] in [0, 1] (differentiable), plus private "_" keys."""
         raise NotImplementedError
 
-    def extra_inputs(self, input_ids: Tensor) -> dict:
-        return {}
+    def extra_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> dict:
+        # positions as the unpadded sequence has them (RoPE only sees differences of positions, so a shift would change
+        # only the rounding; positions from the mask are what generation with left padding uses)
+        return {"position_ids": positions_from_mask(attention_mask)}
 
     def token(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
 
-    def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
-        inputs = self.image_inputs(image)
-        prompt = self.prompt(question, inputs)
+    @property
+    def pad_id(self) -> int:
+        """Padding id (masked out; any id but the image token's)."""
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return 0 if pad is None or pad == self.model.config.image_token_id else pad
+
+    def sequence(self, question: str, answer: str, image_inputs: dict) -> tuple[list[int], int]:
+        """One item's token ids (prompt with image tokens, then the answer) and the number of answer tokens."""
+        prompt = self.prompt(question, image_inputs)
         prompt_ids = self.tokenizer(prompt.rstrip(" ")).input_ids
         ids = self.tokenizer(prompt + self.answer_prefix + answer + self.answer_suffix).input_ids
         if ids[: len(prompt_ids)] != prompt_ids or len(ids) <= len(prompt_ids):
             raise UserError(f"{self.name}: the answer {answer!r} does not tokenise apart from the prompt")
-        input_ids = torch.tensor([ids], device=self.device)
-        n_answer = len(ids) - len(prompt_ids)
+        return ids, len(ids) - len(prompt_ids)
+
+    def answer_logprobs(self, images: Tensor, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
+        inputs = self.image_inputs(images)
+        items = [self.sequence(q, a, inputs) for q, a in zip(questions, answers)]
+        input_ids, mask = (t.to(self.device) for t in pad_sequences([ids for ids, _ in items], self.pad_id, "left"))
+        n_answer = torch.tensor([n for _, n in items], device=self.device)
+        n_max = int(n_answer.max())
         model_inputs = {k: v for k, v in inputs.items() if not k.startswith("_")}
-        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
-                         logits_to_keep=n_answer + 1, **model_inputs, **self.extra_inputs(input_ids))
-        return mean_answer_logprob(out.logits[0, :-1], input_ids[0, -n_answer:])
+        out = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False, logits_to_keep=n_max + 1,
+                         **model_inputs, **self.extra_inputs(input_ids, mask))
+        logits = out.logits[:, :-1]
+        if self.vocab_size is not None:
+            logits = logits[..., : self.vocab_size]
+        answer_mask = torch.arange(n_max, device=self.device) >= (n_max - n_answer)[:, None]
+        return mean_answer_logprob(logits, input_ids[:, -n_max:], answer_mask)
 
 
 class LlavaScorer(DecoderVQAScorer):
@@ -88,8 +116,8 @@ class LlavaScorer(DecoderVQAScorer):
         c = self.image_config
         return clip_pixels(images, c["size"], c["crop"], c["mean"], c["std"], pad=self.pad)
 
-    def image_inputs(self, image: Tensor) -> dict:
-        return {"pixel_values": self.preprocess(image).to(self.model.dtype)}
+    def image_inputs(self, images: Tensor) -> dict:
+        return {"pixel_values": self.preprocess(images).to(self.model.dtype)}
 
     def prompt(self, question: str, image_inputs: dict) -> str:
         image = self.token(self.model.config.image_token_id) * self.num_image_tokens
@@ -99,7 +127,8 @@ class LlavaScorer(DecoderVQAScorer):
 def qwen_pixels(images: Tensor, config: dict) -> tuple[Tensor, list[int]]:
     """Qwen2-VL's image processor in torch: resize to multiples of patch*merge (``smart_resize``), normalise, and
     flatten into patches ordered (merge block row, merge block col, row in block, col in block), each patch repeated
-    ``temporal_patch_size`` times. Returns ``pixel_values`` [N, C*T*P*P] and the grid (t, h, w)."""
+    ``temporal_patch_size`` times. Returns ``pixel_values`` [B*N, C*T*P*P] (image after image) and one image's grid
+    (t, h, w)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     p, m, t = config["patch_size"], config["merge_size"], config["temporal_patch_size"]
@@ -107,9 +136,9 @@ def qwen_pixels(images: Tensor, config: dict) -> tuple[Tensor, list[int]]:
     new_h, new_w = smart_resize(h, w, factor=p * m, min_pixels=config["min_pixels"], max_pixels=config["max_pixels"])
     images = normalize(resize(images, new_h, new_w), config["mean"], config["std"])
     gh, gw = new_h // p, new_w // p
-    patches = images[0].reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
-    patches = patches[:, :, :, :, :, None].expand(*patches.shape[:5], t, p, p)
-    return patches.reshape(gh * gw, c * t * p * p), [1, gh, gw]
+    patches = images.reshape(b, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+    patches = patches[:, :, :, :, :, :, None].expand(*patches.shape[:6], t, p, p)
+    return patches.reshape(b * gh * gw, c * t * p * p), [1, gh, gw]
 
 
 def qwen_image_config(processor: dict) -> dict:
@@ -129,9 +158,9 @@ class QwenVLScorer(DecoderVQAScorer):
 
     system_message = "You are a helpful assistant."
 
-    def image_inputs(self, image: Tensor) -> dict:
-        pixels, grid = qwen_pixels(image, self.image_config)
-        grid_t = torch.tensor([grid], device=self.device)
+    def image_inputs(self, images: Tensor) -> dict:
+        pixels, grid = qwen_pixels(images, self.image_config)
+        grid_t = torch.tensor([grid] * images.shape[0], device=self.device)
         return {"pixel_values": pixels.to(self.model.dtype), "image_grid_thw": grid_t,
                 "_tokens": math.prod(grid) // self.image_config["merge_size"] ** 2}
 
@@ -142,8 +171,9 @@ class QwenVLScorer(DecoderVQAScorer):
         return (f"<|im_start|>system\n{self.system_message}<|im_end|>\n<|im_start|>user\n{image}{question}<|im_end|>\n"
                 "<|im_start|>assistant\n")
 
-    def extra_inputs(self, input_ids: Tensor) -> dict:
-        # transformers 5 needs the token types (1 = image) to compute multimodal RoPE positions
+    def extra_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> dict:
+        # transformers 5 needs the token types (1 = image) to compute multimodal RoPE positions; it computes them from
+        # the attention mask, skipping the padding
         return {"mm_token_type_ids": (input_ids == self.model.config.image_token_id).int()}
 
 
@@ -170,8 +200,8 @@ class SmolVLMScorer(DecoderVQAScorer):
         # the processor's LANCZOS resize is approximated by antialiased bicubic
         return normalize(resize(images, size, size), self.image_config["mean"], self.image_config["std"])
 
-    def image_inputs(self, image: Tensor) -> dict:
-        return {"pixel_values": self.preprocess(image)[:, None].to(self.model.dtype)}
+    def image_inputs(self, images: Tensor) -> dict:
+        return {"pixel_values": self.preprocess(images)[:, None].to(self.model.dtype)}
 
     def prompt(self, question: str, image_inputs: dict) -> str:
         image = (f"<fake_token_around_image><global-img>{self.token(self.model.config.image_token_id) * self.num_image_tokens}"
@@ -189,30 +219,37 @@ class InstructBlipScorer(VQAScorer):
     Pixels: bicubic resize to the processor's square size (no crop), CLIP normalisation."""
 
     def __init__(self, model, tokenizer, qformer_tokenizer, image_config: dict, name: str,
-                 question_template: str | None = None, answer_template: str | None = None) -> None:
-        super().__init__(question_template or INSTRUCTBLIP_QUESTION, answer_template or INSTRUCTBLIP_ANSWER)
+                 question_template: str | None = None, answer_template: str | None = None,
+                 micro_batch: int | None = None, checkpointing: bool = False) -> None:
+        super().__init__(question_template or INSTRUCTBLIP_QUESTION, answer_template or INSTRUCTBLIP_ANSWER,
+                         micro_batch=micro_batch)
         self.model, self.tokenizer, self.qformer_tokenizer = model, tokenizer, qformer_tokenizer
         self.image_config, self.name = image_config, name
         if getattr(model.config, "image_token_id", None) is None:
             raise UserError(f"{name}: config has no image_token_id (an old revision); use a current checkpoint")
         self.freeze()
+        self.set_checkpointing(checkpointing)
 
     def preprocess(self, images: Tensor) -> Tensor:
         size = self.image_config["size"]
         return normalize(resize(images, size, size), self.image_config["mean"], self.image_config["std"])
 
-    def answer_logprob(self, image: Tensor, question: str, answer: str) -> Tensor:
-        cfg = self.model.config
-        ids = [cfg.image_token_id] * cfg.num_query_tokens + self.tokenizer(question).input_ids
-        input_ids = torch.tensor([ids], device=self.device)
-        qformer = self.qformer_tokenizer(question, return_tensors="pt").to(self.device)
-        labels = torch.tensor([self.tokenizer(answer).input_ids], device=self.device)
+    def answer_logprobs(self, images: Tensor, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
+        # every sequence is right-padded: T5's encoder positions are relative, the Q-Former's start at each item's
+        # first token, and the decoder is causal
+        cfg, tok, qtok = self.model.config, self.tokenizer, self.qformer_tokenizer
+        prefix = [cfg.image_token_id] * cfg.num_query_tokens
+        input_ids, mask = pad_sequences([prefix + tok(q).input_ids for q in questions], tok.pad_token_id or 0)
+        qformer_ids, qformer_mask = pad_sequences([qtok(q).input_ids for q in questions], qtok.pad_token_id or 0)
+        labels, label_mask = pad_sequences([tok(a).input_ids for a in answers], tok.pad_token_id or 0)
+        input_ids, mask, qformer_ids, qformer_mask, labels, label_mask = (
+            t.to(self.device) for t in (input_ids, mask, qformer_ids, qformer_mask, labels, label_mask))
         start = torch.full_like(labels[:, :1], cfg.text_config.decoder_start_token_id)
-        out = self.model(pixel_values=self.preprocess(image).to(self.model.dtype), input_ids=input_ids,
-                         attention_mask=torch.ones_like(input_ids), qformer_input_ids=qformer.input_ids,
-                         qformer_attention_mask=qformer.attention_mask,
-                         decoder_input_ids=torch.cat([start, labels[:, :-1]], 1), use_cache=False)
-        return mean_answer_logprob(out.logits[0], labels[0])
+        out = self.model(pixel_values=self.preprocess(images).to(self.model.dtype), input_ids=input_ids,
+                         attention_mask=mask, qformer_input_ids=qformer_ids, qformer_attention_mask=qformer_mask,
+                         decoder_input_ids=torch.cat([start, labels[:, :-1]], 1), decoder_attention_mask=label_mask,
+                         use_cache=False)
+        return mean_answer_logprob(out.logits, labels, label_mask)
 
 
 def _image_size(config: dict, default: int) -> int:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import VQAScorer, check_options, mean_answer_logprob
+from .core import VQAScorer, check_options, mean_answer_logprob, take_resize_option
 from .preprocess import clip_pixels, clip_processor_settings, read_json
 
 SYSTEM_MESSAGE = (
@@ -200,7 +200,7 @@ class CLIPT5Scorer(VQAScorer):
 
     def preprocess(self, images: Tensor) -> Tensor:
         p = self.processor
-        return clip_pixels(images, p["size"], p["crop"], p["mean"], p["std"], pad=self.pad)
+        return clip_pixels(images, p["size"], p["crop"], p["mean"], p["std"], pad=self.pad, antialias=self.antialias)
 
     def encoder_text(self, question: str) -> tuple[str, str]:
         """The text before and after the image placeholder (LLaVA-1.5's chat format with its system message)."""
@@ -225,7 +225,8 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
     """Load a CLIP-T5 checkpoint (short name, Hub id or folder) as a scorer; ``options`` go to :class:`CLIPT5Scorer`."""
     from transformers import AutoTokenizer
 
-    check_options(options, {"question_template", "answer_template", "system_message", "pad"}, "CLIP-T5")
+    check_options(options, {"question_template", "answer_template", "system_message", "pad", "resize"}, "CLIP-T5")
+    resize_mode = take_resize_option(options)
     hub_id = HUB_IDS.get(name_or_path, name_or_path)
     tokenizer = tokenizer or CHECKPOINT_TOKENIZERS.get(hub_id)
     folder = resolve_folder(hub_id)
@@ -239,4 +240,5 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
     processor = clip_processor_settings(read_json(tower_name, "preprocessor_config.json"),
                                         model.vision_tower.config.image_size)
     scorer = CLIPT5Scorer(model, AutoTokenizer.from_pretrained(tokenizer), processor, name=str(name_or_path), **options)
+    scorer.resize_mode = resize_mode
     return scorer.to(device)

@@ -110,6 +110,11 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
                    help='VQA question template, {prompt} stands for the prompt (default: \'Does this figure show '
                         '"{prompt}"? Please answer yes or no.\')')
     g.add_argument("--vqa_answer", default=None, help="answer whose probability is the score (default: 'Yes')")
+    g.add_argument("--vqa_resize", choices=("antialias", "authors"), default=None,
+                   help="how a VQA verifier resizes images to its input size: 'antialias' (default) as the image "
+                        "processors' PIL resize, so the score is the image's true VQAScore; 'authors' = bicubic "
+                        "without antialiasing, as the paper authors' in-loop torchvision 0.16 Resize(336) "
+                        "(reproduces their in-loop scores and gradients; no effect when no resize is needed)")
     g.add_argument("--vqa_dtype", choices=DTYPE_CHOICES, default="auto",
                    help="precision of the verifier; auto = bfloat16 on a GPU (as the original), float32 on the CPU "
                         "(default: %(default)s)")
@@ -145,7 +150,8 @@ def scorer_options(args: argparse.Namespace) -> dict:
     """Verifier options set on the command line (only those given, so every verifier keeps its own defaults)."""
     options = {"question_template": args.vqa_question, "answer_template": args.vqa_answer,
                "micro_batch": getattr(args, "vqa_micro_batch", None),
-               "checkpointing": True if getattr(args, "vqa_checkpointing", False) else None}
+               "checkpointing": True if getattr(args, "vqa_checkpointing", False) else None,
+               "resize": getattr(args, "vqa_resize", None)}
     return {k: v for k, v in options.items() if v is not None}
 
 

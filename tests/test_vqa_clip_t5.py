@@ -38,6 +38,8 @@ def independent_score(folder, pixels, prompt):
     config = json.loads((folder / "config.json").read_text())
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     t5 = T5ForConditionalGeneration(T5Config(**{k: v for k, v in config.items() if k != "model_type"})).eval()
+    assert config["tie_word_embeddings"] is False  # FlanT5: its own output layer, which transformers 5 ties anyway
+    t5.lm_head.weight = torch.nn.Parameter(torch.empty_like(t5.lm_head.weight))  # untie before loading
     t5.load_state_dict({k: v for k, v in state.items() if not k.startswith(("vision_tower.", "mm_projector.", "embed_tokens"))})
     tower = CLIPVisionModel.from_pretrained(config["mm_vision_tower"]).eval()
     patches = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
@@ -139,3 +141,93 @@ def test_missing_language_model_key_is_named_as_in_the_checkpoint(tmp_path):
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(UserError, match=r"missing keys: encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight\)"):
         load_scorer(str(folder))
+
+
+def transformers4_tower_keys(state: dict) -> dict:
+    """The tower keys as transformers 4 writes them (``CLIPVisionModel`` had a ``vision_model.`` submodule)."""
+    prefix = "vision_tower.vision_tower."
+    return {prefix + "vision_model." + k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def write_sharded(folder, state: dict, shards: int = 3) -> None:
+    """Replace ``pytorch_model.bin`` by ``shards`` files and a ``pytorch_model.bin.index.json``, as save_pretrained does."""
+    (folder / "pytorch_model.bin").unlink()
+    keys = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = keys[i::shards]
+        torch.save({k: state[k] for k in part}, folder / name)
+        weight_map.update({k: name for k in part})
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single_bin", "sharded_bin"])
+def test_transformers4_tower_keys_load(tmp_path, scorer, sharded):
+    """``vision_tower.vision_tower.vision_model.*`` (transformers 4's spelling) loads, as one file or sharded."""
+    folder = build_tiny_clip_t5(tmp_path / "t4")
+    state = transformers4_tower_keys(torch.load(folder / "pytorch_model.bin", weights_only=True))
+    assert any(k.startswith("vision_tower.vision_tower.vision_model.embeddings.") for k in state)
+    if sharded:
+        write_sharded(folder, state)
+    else:
+        torch.save(state, folder / "pytorch_model.bin")
+    other = load_scorer(str(folder))
+    loaded = other.model.vision_tower.state_dict()
+    for key, value in state.items():
+        if key.startswith("vision_tower.vision_tower.vision_model."):
+            assert torch.equal(loaded[key[len("vision_tower.vision_tower.vision_model."):]], value), key
+    images, _ = random_images((1, 3, 16, 16), seed=6)
+    assert torch.allclose(other(images, ["a cat"]), scorer(images, ["a cat"]), rtol=1e-5)
+
+
+def test_sharded_checkpoint_without_tower_keys_loads(tmp_path, scorer):
+    folder = build_tiny_clip_t5(tmp_path / "sharded_no_tower", tower_in_checkpoint=False)
+    write_sharded(folder, torch.load(folder / "pytorch_model.bin", weights_only=True), shards=2)
+    images, _ = random_images((1, 3, 16, 16), seed=7)
+    assert torch.allclose(load_scorer(str(folder))(images, ["a dog"]), scorer(images, ["a dog"]), rtol=1e-5)
+
+
+def test_missing_tower_key_named_in_the_checkpoints_spelling(tmp_path):
+    folder = build_tiny_clip_t5(tmp_path / "t4_partial")
+    state = transformers4_tower_keys(torch.load(folder / "pytorch_model.bin", weights_only=True))
+    del state["vision_tower.vision_tower.vision_model.post_layernorm.weight"]
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"missing keys: vision_tower\.vision_tower\.vision_model\.post_layernorm\.weight"):
+        load_scorer(str(folder))
+
+
+def test_untied_output_layer_comes_from_the_checkpoint(clip_t5_dir, scorer):
+    """config.json says tie_word_embeddings: false (FlanT5), so lm_head is the checkpoint's, not the embeddings."""
+    state = torch.load(clip_t5_dir / "pytorch_model.bin", weights_only=True)
+    lm = scorer.model.language_model
+    assert torch.equal(lm.lm_head.weight, state["lm_head.weight"])
+    assert not torch.equal(state["lm_head.weight"], state["shared.weight"])
+    assert lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()
+    assert lm.config.scale_decoder_outputs is False  # T5 v1.1: logits not rescaled by d_model ** -0.5
+
+
+def test_missing_untied_output_layer_is_an_error(tmp_path):
+    folder = build_tiny_clip_t5(tmp_path / "no_head")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    del state["lm_head.weight"]
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(UserError) as error:
+        load_scorer(str(folder))
+    assert "lm_head.weight" in str(error.value) and "tie_word_embeddings" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_tied_checkpoint_uses_the_embeddings_as_output_layer(tmp_path):
+    """A T5 config without tie_word_embeddings (transformers 4's default: tied) needs no lm_head.weight; logits are
+    then scaled by d_model ** -0.5 as the original T5 does."""
+    folder = build_tiny_clip_t5(tmp_path / "tied")
+    config = json.loads((folder / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    (folder / "config.json").write_text(json.dumps(config))
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    del state["lm_head.weight"]
+    torch.save(state, folder / "pytorch_model.bin")
+    lm = load_scorer(str(folder)).model.language_model
+    assert lm.lm_head.weight is lm.shared.weight and lm.config.scale_decoder_outputs is True

@@ -74,18 +74,21 @@ def build_tiny_clip_t5(folder: str | os.PathLike, seed: int = 0, tower_in_checkp
     tower_dir = build_tiny_clip_vision(folder / "vision_tower", seed=seed, image_size=image_size)
     torch.manual_seed(seed + 1)
     t5 = T5ForConditionalGeneration(T5Config(**tiny_t5_config()))
-    with torch.no_grad():  # small output weights: answer probabilities away from 0, as a trained model's would be
-        t5.lm_head.weight.mul_(0.02)
     tower = CLIPVisionModel.from_pretrained(tower_dir)
     d_vision, d_model = tower.config.hidden_size, t5.config.d_model
     state = {k: v.clone() for k, v in t5.state_dict().items()}
+    # FlanT5's output layer is its own (transformers 5 ties it at construction): independent small weights, so that
+    # answer probabilities stay away from 0 and a loader that used the embeddings instead would score differently
+    state["lm_head.weight"] = torch.randn_like(state["shared.weight"]) * 0.02
     state["embed_tokens.weight"] = state["shared.weight"].clone()  # the original class's alias of the embeddings
     projector = torch.nn.Sequential(torch.nn.Linear(d_vision, d_model), torch.nn.GELU(), torch.nn.Linear(d_model, d_model))
     state.update({f"mm_projector.{k}": v.clone() for k, v in projector.state_dict().items()})
     if tower_in_checkpoint:
         state.update({f"vision_tower.vision_tower.{k}": v.clone() for k, v in tower.state_dict().items()})
     torch.save(state, folder / "pytorch_model.bin")
-    config = {**t5.config.to_dict(), "model_type": "clip_t5", "architectures": ["CLIPT5ForConditionalGeneration"],
+    t5_fields = {k: v for k, v in t5.config.to_dict().items() if k != "scale_decoder_outputs"}
+    config = {**t5_fields, "tie_word_embeddings": False,  # as FlanT5's config.json (transformers 5 writes True)
+              "model_type": "clip_t5", "architectures": ["CLIPT5ForConditionalGeneration"],
               "mm_vision_tower": str(tower_dir), "mm_hidden_size": d_vision, "mm_projector_type": "mlp2x_gelu",
               "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "use_mm_proj": True}
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")

@@ -12,8 +12,13 @@ resizes the embeddings to ``len(tokenizer)``). Images are padded to a square wit
 and centre-cropped to 336 and normalised, as the original's ``image_aspect_ratio = "pad"``.
 
 Checkpoint keys (original layout): ``vision_tower.vision_tower.<CLIPVisionModel key>`` (optional: otherwise the tower
-comes from ``mm_vision_tower``), ``mm_projector.{0,2}.{weight,bias}``, and T5's own keys (``shared.weight``,
-``encoder.block...``, ``lm_head.weight``; the alias ``embed_tokens.weight`` is accepted).
+comes from ``mm_vision_tower``; transformers 4 writes the tower keys with a ``vision_model.`` part that transformers 5's
+``CLIPVisionModel`` no longer has, and both spellings load), ``mm_projector.{0,2}.{weight,bias}``, and T5's own keys
+(``shared.weight``, ``encoder.block...``, ``lm_head.weight``; the alias ``embed_tokens.weight`` is accepted).
+
+FlanT5 (T5 v1.1) has its own output layer: its ``config.json`` says ``tie_word_embeddings: false``. transformers 5's
+``T5Config`` always reports ``tie_word_embeddings = True`` (keeping the file's ``false`` only as
+``scale_decoder_outputs = False``), so whether ``lm_head.weight`` is tied is read from the file itself.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import VQAScorer, check_options, mean_answer_logprob, pad_sequences
+from .core import VQAScorer, check_options, mean_answer_logprob, pad_sequences, take_resize_option
 from .preprocess import clip_pixels, clip_processor_settings, read_json
 
 SYSTEM_MESSAGE = (
@@ -47,6 +52,7 @@ TOKENIZERS = {4096: "google/flan-t5-xxl", 2048: "google/flan-t5-xl", 1024: "goog
 IGNORED_KEYS = (re.compile(r".*position_ids$"), re.compile(r".*decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"))
 # T5's tied aliases of ``shared.weight`` (``embed_tokens.weight`` is the original class's alias of the encoder's).
 TIED_ALIASES = ("embed_tokens.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+TOWER_PREFIX = "vision_tower.vision_tower."
 
 
 def build_projector(kind: str, in_features: int, out_features: int) -> nn.Module:
@@ -101,11 +107,12 @@ class CLIPT5(nn.Module):
                                   decoder_attention_mask=answer_mask, use_cache=False)
         return out.logits
 
-    def tie(self) -> None:
+    def tie(self, tied_head: bool) -> None:
+        """Share the input embeddings; the output layer too only when the checkpoint's own config ties it."""
         lm = self.language_model
         lm.encoder.embed_tokens.weight = lm.shared.weight
         lm.decoder.embed_tokens.weight = lm.shared.weight
-        if getattr(lm.config, "tie_word_embeddings", False):
+        if tied_head:
             lm.lm_head.weight = lm.shared.weight
 
 
@@ -113,20 +120,27 @@ def map_original_key(key: str) -> str | None:
     """Original checkpoint key -> key of :class:`CLIPT5` (None: an alias or a key with nothing to load)."""
     if any(p.fullmatch(key) for p in IGNORED_KEYS) or key == "embed_tokens.weight":
         return None
-    if key.startswith("vision_tower.vision_tower."):
-        return "vision_tower." + key[len("vision_tower.vision_tower.") :]
+    if key.startswith(TOWER_PREFIX):
+        return "vision_tower." + key[len(TOWER_PREFIX) :].removeprefix("vision_model.")
     if key.startswith("mm_projector."):
         return key
     return "language_model." + key
 
 
-def original_key(key: str) -> str:
-    """The inverse of :func:`map_original_key` (to name missing keys as the checkpoint would)."""
+def original_key(key: str, tower_prefix: str = TOWER_PREFIX) -> str:
+    """The inverse of :func:`map_original_key` (to name missing keys as the checkpoint would); ``tower_prefix`` is
+    the checkpoint's own spelling of the tower keys (with or without ``vision_model.``)."""
     if key.startswith("language_model."):
         return key[len("language_model.") :]
     if key.startswith("vision_tower."):
-        return "vision_tower." + key
+        return tower_prefix + key[len("vision_tower.") :]
     return key
+
+
+def ties_output_layer(config: dict) -> bool:
+    """Whether a checkpoint's ``config.json`` (as written) ties T5's ``lm_head`` to the embeddings: transformers 4's
+    default is to tie, FlanT5's file says ``false``."""
+    return config.get("tie_word_embeddings", True) is not False
 
 
 def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_tower: str | None = None) -> CLIPT5:
@@ -143,26 +157,31 @@ def load_clip_t5(folder: str | Path, dtype: torch.dtype = torch.float32, vision_
     original = read_state_dict(folder, dtype)
     state = {new: value for key, value in original.items() if (new := map_original_key(key)) is not None}
     has_tower = any(k.startswith("vision_tower.") for k in state)
+    tied_head = ties_output_layer(config)
+    if not tied_head and "language_model.lm_head.weight" not in state:
+        raise UserError(f"checkpoint {str(folder)!r} has no lm_head.weight, which its config.json "
+                        "(tie_word_embeddings: false) says is the model's own output layer")
 
     vision_config = CLIPVisionConfig.from_pretrained(tower_name)
     with init_empty_weights(include_buffers=False):  # no random init of 11B weights; buffers computed as usual
         model = CLIPT5(t5_config, CLIPVisionModel(vision_config) if has_tower else _ConfigOnly(vision_config))
     expected = set(model.state_dict())
     optional = {"language_model." + k for k in TIED_ALIASES}
-    if getattr(t5_config, "tie_word_embeddings", False):
+    if tied_head:
         optional.add("language_model.lm_head.weight")
     missing = sorted(expected - set(state) - optional)
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
         back = {map_original_key(k): k for k in original}
+        prefix = TOWER_PREFIX + ("vision_model." if any(k.startswith(TOWER_PREFIX + "vision_model.") for k in original) else "")
         parts = []
         if missing:
-            parts.append(f"missing keys: {describe_keys(original_key(k) for k in missing)}")
+            parts.append(f"missing keys: {describe_keys(original_key(k, prefix) for k in missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {describe_keys(back.get(k, k) for k in unexpected)}")
         raise UserError(f"checkpoint {str(folder)!r} does not match CLIP-T5 ({'; '.join(parts)})")
     model.load_state_dict(state, strict=False, assign=True)
-    model.tie()
+    model.tie(tied_head)
     if not has_tower:  # the checkpoint leaves the vision tower to its own repo, as the original code loads it
         model.vision_tower = CLIPVisionModel.from_pretrained(tower_name, dtype=dtype)
     return model.to(dtype)
@@ -191,7 +210,7 @@ class CLIPT5Scorer(VQAScorer):
 
     def preprocess(self, images: Tensor) -> Tensor:
         p = self.processor
-        return clip_pixels(images, p["size"], p["crop"], p["mean"], p["std"], pad=self.pad)
+        return clip_pixels(images, p["size"], p["crop"], p["mean"], p["std"], pad=self.pad, antialias=self.antialias)
 
     def encoder_text(self, question: str) -> tuple[str, str]:
         """The text before and after the image placeholder (LLaVA-1.5's chat format with its system message)."""
@@ -219,7 +238,8 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
     """Load a CLIP-T5 checkpoint (short name, Hub id or folder) as a scorer; ``options`` go to :class:`CLIPT5Scorer`."""
     from transformers import AutoTokenizer
 
-    check_options(options, {"question_template", "answer_template", "system_message", "pad"}, "CLIP-T5")
+    check_options(options, {"question_template", "answer_template", "system_message", "pad", "resize"}, "CLIP-T5")
+    resize_mode = take_resize_option(options)
     hub_id = HUB_IDS.get(name_or_path, name_or_path)
     tokenizer = tokenizer or CHECKPOINT_TOKENIZERS.get(hub_id)
     folder = resolve_folder(hub_id)
@@ -233,4 +253,5 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
     processor = clip_processor_settings(read_json(tower_name, "preprocessor_config.json"),
                                         model.vision_tower.config.image_size)
     scorer = CLIPT5Scorer(model, AutoTokenizer.from_pretrained(tokenizer), processor, name=str(name_or_path), **options)
+    scorer.resize_mode = resize_mode
     return scorer.to(device)

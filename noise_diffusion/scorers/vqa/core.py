@@ -17,6 +17,18 @@ from ..base import Scorer
 
 DEFAULT_QUESTION = 'Does this figure show "{prompt}"? Please answer yes or no.'
 DEFAULT_ANSWER = "Yes"
+#: how images are resized to the verifier's input: "antialias" (default; as the PIL image processors, so the score is
+#: the image's VQAScore) or "authors" (bicubic without antialiasing, as the Noise Diffusion authors' in-loop
+#: torchvision 0.16 tensor ``Resize(336)``)
+RESIZE_MODES = ("antialias", "authors")
+
+
+def take_resize_option(options: dict) -> str:
+    """Remove and check the loaders' ``resize`` option (one of :data:`RESIZE_MODES`)."""
+    mode = options.pop("resize", None) or "antialias"
+    if mode not in RESIZE_MODES:
+        raise UserError(f"resize {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    return mode
 
 
 def check_template(template: str, what: str) -> str:
@@ -131,6 +143,9 @@ class VQAScorer(Scorer):
       model: the layers are recomputed in the backward (about one more forward pass) and only their inputs are kept.
     """
 
+    #: one of :data:`RESIZE_MODES`; the loaders set it from their ``resize`` option
+    resize_mode = "antialias"
+
     def __init__(self, question_template: str | None = None, answer_template: str | None = None,
                  micro_batch: int | None = None, checkpointing: bool = False) -> None:
         super().__init__()
@@ -178,4 +193,8 @@ class VQAScorer(Scorer):
 
     def settings(self) -> dict:
         return {"question_template": self.question_template, "answer_template": self.answer_template,
-                "micro_batch": self.micro_batch, "checkpointing": self.checkpointing}
+                "micro_batch": self.micro_batch, "checkpointing": self.checkpointing, "resize": self.resize_mode}
+
+    @property
+    def antialias(self) -> bool:
+        return self.resize_mode == "antialias"

@@ -19,7 +19,7 @@ import torch
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import check_options
+from .core import check_options, take_resize_option
 from .native import LLAVA_SYSTEM, LlavaScorer
 from .preprocess import clip_processor_settings, read_json
 
@@ -136,7 +136,9 @@ def load_original_llava_scorer(name_or_path: str, device="cpu", dtype: torch.dty
     to a square as the original LLaVA-1.5 does (``image_aspect_ratio = "pad"``)."""
     from transformers import AutoTokenizer
 
-    check_options(options, {"question_template", "answer_template", "pad_to_square", "system_message"}, "LLaVA-1.5")
+    check_options(options, {"question_template", "answer_template", "pad_to_square", "system_message", "resize"},
+                  "LLaVA-1.5")
+    resize_mode = take_resize_option(options)
     folder = resolve_folder(name_or_path)
     model, vocab = load_original_llava(folder, dtype=dtype, vision_tower=vision_tower)
     tower = vision_tower or json.loads((folder / "config.json").read_text(encoding="utf-8"))["mm_vision_tower"]
@@ -145,4 +147,5 @@ def load_original_llava_scorer(name_or_path: str, device="cpu", dtype: torch.dty
     options.setdefault("system_message", LLAVA_SYSTEM)
     scorer = OriginalLlavaScorer(model, AutoTokenizer.from_pretrained(folder), image_config, str(name_or_path),
                                  vocab_size=vocab, **options)
+    scorer.resize_mode = resize_mode
     return scorer.to(device)

@@ -18,7 +18,7 @@ from torch import Tensor
 from ...errors import UserError
 from ..base import normalize
 from .core import (DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, check_options, mean_answer_logprob, pad_sequences,
-                   positions_from_mask)
+                   positions_from_mask, take_resize_option)
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, clip_processor_settings, read_json, resize
 
 LLAVA_SYSTEM = (
@@ -114,7 +114,7 @@ class LlavaScorer(DecoderVQAScorer):
 
     def preprocess(self, images: Tensor) -> Tensor:
         c = self.image_config
-        return clip_pixels(images, c["size"], c["crop"], c["mean"], c["std"], pad=self.pad)
+        return clip_pixels(images, c["size"], c["crop"], c["mean"], c["std"], pad=self.pad, antialias=self.antialias)
 
     def image_inputs(self, images: Tensor) -> dict:
         return {"pixel_values": self.preprocess(images).to(self.model.dtype)}
@@ -124,7 +124,7 @@ class LlavaScorer(DecoderVQAScorer):
         return f"{self.system_message} USER: {image}\n{question} ASSISTANT: "
 
 
-def qwen_pixels(images: Tensor, config: dict) -> tuple[Tensor, list[int]]:
+def qwen_pixels(images: Tensor, config: dict, antialias: bool = True) -> tuple[Tensor, list[int]]:
     """Qwen2-VL's image processor in torch: resize to multiples of patch*merge (``smart_resize``), normalise, and
     flatten into patches ordered (merge block row, merge block col, row in block, col in block), each patch repeated
     ``temporal_patch_size`` times. Returns ``pixel_values`` [B*N, C*T*P*P] (image after image) and one image's grid
@@ -134,7 +134,7 @@ def qwen_pixels(images: Tensor, config: dict) -> tuple[Tensor, list[int]]:
     p, m, t = config["patch_size"], config["merge_size"], config["temporal_patch_size"]
     b, c, h, w = images.shape
     new_h, new_w = smart_resize(h, w, factor=p * m, min_pixels=config["min_pixels"], max_pixels=config["max_pixels"])
-    images = normalize(resize(images, new_h, new_w), config["mean"], config["std"])
+    images = normalize(resize(images, new_h, new_w, antialias), config["mean"], config["std"])
     gh, gw = new_h // p, new_w // p
     patches = images.reshape(b, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
     patches = patches[:, :, :, :, :, :, None].expand(*patches.shape[:6], t, p, p)
@@ -159,7 +159,7 @@ class QwenVLScorer(DecoderVQAScorer):
     system_message = "You are a helpful assistant."
 
     def image_inputs(self, images: Tensor) -> dict:
-        pixels, grid = qwen_pixels(images, self.image_config)
+        pixels, grid = qwen_pixels(images, self.image_config, self.antialias)
         grid_t = torch.tensor([grid] * images.shape[0], device=self.device)
         return {"pixel_values": pixels.to(self.model.dtype), "image_grid_thw": grid_t,
                 "_tokens": math.prod(grid) // self.image_config["merge_size"] ** 2}
@@ -198,7 +198,7 @@ class SmolVLMScorer(DecoderVQAScorer):
     def preprocess(self, images: Tensor) -> Tensor:
         size = self.image_config["size"]
         # the processor's LANCZOS resize is approximated by antialiased bicubic
-        return normalize(resize(images, size, size), self.image_config["mean"], self.image_config["std"])
+        return normalize(resize(images, size, size, self.antialias), self.image_config["mean"], self.image_config["std"])
 
     def image_inputs(self, images: Tensor) -> dict:
         return {"pixel_values": self.preprocess(images)[:, None].to(self.model.dtype)}
@@ -232,7 +232,7 @@ class InstructBlipScorer(VQAScorer):
 
     def preprocess(self, images: Tensor) -> Tensor:
         size = self.image_config["size"]
-        return normalize(resize(images, size, size), self.image_config["mean"], self.image_config["std"])
+        return normalize(resize(images, size, size, self.antialias), self.image_config["mean"], self.image_config["std"])
 
     def answer_logprobs(self, images: Tensor, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
         # every sequence is right-padded: T5's encoder positions are relative, the Q-Former's start at each item's
@@ -264,10 +264,11 @@ def load_native_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = tor
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     config = AutoConfig.from_pretrained(name_or_path)
-    allowed = {"question_template", "answer_template"}
+    allowed = {"question_template", "answer_template", "resize"}
     if config.model_type == "llava":
         allowed |= {"pad_to_square", "system_message"}
     check_options(options, allowed, config.model_type)
+    resize_mode = take_resize_option(options)
     processor = read_json(name_or_path, "preprocessor_config.json")
     kind = config.model_type
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
@@ -288,6 +289,7 @@ def load_native_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = tor
         scorer = InstructBlipScorer(model, tokenizer, qformer_tokenizer, image_config, str(name_or_path), **options)
     else:
         raise UserError(f"{name_or_path!r}: model_type {kind!r} is not a supported VQA family")
+    scorer.resize_mode = resize_mode
     return scorer.to(device)
 
 

@@ -60,21 +60,44 @@ def mean_colour(mean: Sequence[float]) -> list[float]:
     return [int(m * 255) / 255 for m in mean]
 
 
-def resize(images: Tensor, height: int, width: int) -> Tensor:
-    """Bicubic resize to exactly (height, width), as the processors' PIL resize: antialiased, and clipped to [0, 1] as
-    PIL's 8-bit output is (bicubic overshoots on sharp edges)."""
+def resize(images: Tensor, height: int, width: int, antialias: bool = True) -> Tensor:
+    """Bicubic resize to exactly (height, width). ``antialias``: as the processors' PIL resize (antialiased, and
+    clipped to [0, 1] as PIL's 8-bit output is: bicubic overshoots on sharp edges); otherwise plain bicubic
+    interpolation of a float tensor, unclipped, as torchvision 0.16's tensor ``Resize`` computes it."""
     if tuple(images.shape[-2:]) == (height, width):
         return images
-    out = nn.functional.interpolate(images, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    return out.clamp(0.0, 1.0)
+    out = nn.functional.interpolate(images, size=(height, width), mode="bicubic", align_corners=False,
+                                    antialias=antialias)
+    return out.clamp(0.0, 1.0) if antialias else out
+
+
+def shortest_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision's ``Resize(size)`` output size: the short side becomes ``size``, the long side is scaled and
+    truncated."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def center_crop(images: Tensor, crop: int) -> Tensor:
+    h, w = images.shape[-2:]
+    top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    return images[..., top : top + crop, left : left + crop]
 
 
 def clip_pixels(images: Tensor, size: int, crop: int, mean: Sequence[float], std: Sequence[float],
-                pad: bool = False) -> Tensor:
-    """``CLIPImageProcessor`` in torch: (optional square padding), bicubic shortest-side resize, centre crop, normalise."""
+                pad: bool = False, antialias: bool = True) -> Tensor:
+    """``CLIPImageProcessor`` in torch: (optional square padding), bicubic shortest-side resize, centre crop, normalise.
+
+    ``antialias=False`` resizes as the Noise Diffusion authors' in-loop preprocessing (torchvision 0.16's tensor
+    ``Resize(size, BICUBIC)``, which does not antialias float tensors, nor clip them) before the same crop."""
     if pad:
         images = pad_to_square(images, mean_colour(mean))
-    if min(images.shape[-2:]) != size:
+    if not antialias:
+        if min(images.shape[-2:]) != size:
+            images = resize(images, *shortest_side_size(*images.shape[-2:], size), antialias=False)
+        images = center_crop(images, crop)
+    elif min(images.shape[-2:]) != size:
         images = resize_center_crop(images, size, crop).clamp(0.0, 1.0)  # clipped as PIL's 8-bit output
     else:
         images = resize_center_crop(images, size, crop)

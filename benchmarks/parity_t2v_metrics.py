@@ -1,0 +1,115 @@
+"""Measured differences between this package's verifiers and the original VQAScore code (t2v-metrics 3.0), per
+family and checkpoint layout: the figures behind docs/verifiers.md ("What was verified, and against what").
+
+    OMP_NUM_THREADS=1 python benchmarks/parity_t2v_metrics.py [--python .venv-t2v/bin/python] [--reference DIR]
+
+Runs tests/parity/t2v_reference.py in the reference environment (unless --reference names a folder it already
+wrote), scores the same checkpoints, images and prompts with ``load_scorer`` and prints one markdown row per
+checkpoint: token ids equal, the largest relative score difference on saved PNGs, and on [0, 1] tensors at 336 px the
+largest relative score and gradient differences and the smallest gradient cosine. tests/test_parity_t2v_metrics.py
+asserts the tolerances; this script only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from noise_diffusion.scorers import load_scorer  # noqa: E402
+
+FAMILIES = ("clip_t5", "llava", "sharegpt4v")
+VARIANTS = ("bin", "bin_no_tower", "sharded", "sharded_no_tower")
+
+
+def checkpoint_scorer(reference: Path, family: str, variant: str):
+    if family == "clip_t5":
+        return load_scorer(str(reference / family / variant), tokenizer=str(reference / "clip_t5" / "tokenizer"))
+    return load_scorer(str(reference / family / "checkpoints" / variant))
+
+
+def token_ids_equal(scorer, family: str, ref: dict, prompts: list[str], images: torch.Tensor) -> bool:
+    if family == "clip_t5":
+        for prompt, ref_ids, ref_labels in zip(prompts, ref["input_ids"], ref["labels"]):
+            before, after = scorer.encoder_text(scorer.question_template.format(prompt, prompt=prompt))
+            ids = scorer.token_ids(before).tolist() + [-200] + scorer.token_ids(after).tolist()
+            labels = scorer.token_ids(scorer.answer_template.format(prompt, prompt=prompt)).tolist()
+            if ids != ref_ids or labels != ref_labels:
+                return False
+        return True
+    seen = []
+    hook = scorer.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            scorer(images[i : i + 1], [prompt])
+    hook.remove()
+    image_id = scorer.model.config.image_token_id
+    for kwargs, ref_ids, ref_labels in zip(seen, ref["input_ids"], ref["labels"]):
+        n_image = int((kwargs["input_ids"] == image_id).sum())
+        expanded = [t for i in ref_ids for t in ([image_id] * n_image if i == -200 else [i])]
+        ids = kwargs["input_ids"][0].tolist()
+        if ids != expanded or ids[-(kwargs["logits_to_keep"] - 1):] != ref_labels:
+            return False
+    return True
+
+
+def measure(reference: Path, family: str, variant: str) -> dict:
+    data = json.loads((reference / "inputs" / "inputs.json").read_text(encoding="utf-8"))
+    ref = torch.load(reference / family / "reference.pt", weights_only=True)["variants"][variant]
+    images = torch.load(reference / "inputs" / "tensors.pt", weights_only=True)
+    scorer = checkpoint_scorer(reference, family, variant)
+    png = torch.stack([scorer.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
+    png_ref = torch.tensor(ref["png_scores"])
+    score_rel, grad_rel, cosines = [], [], []
+    for i, prompt in enumerate(data["prompts"]):
+        image = images[i : i + 1].clone().requires_grad_(True)
+        score = scorer(image, [prompt])[0]
+        score.backward()
+        g, g_ref = image.grad[0].double().flatten(), ref["grads"][i].double().flatten()
+        score_rel.append(abs(score.item() - ref["tensor_scores"][i]) / ref["tensor_scores"][i])
+        grad_rel.append(((g - g_ref).norm() / g_ref.norm()).item())
+        cosines.append((g @ g_ref / (g.norm() * g_ref.norm())).item())
+    return {"ids": token_ids_equal(scorer, family, ref, data["prompts"], images),
+            "png": ((png - png_ref).abs() / png_ref).max().item(), "score": max(score_rel), "grad": max(grad_rel),
+            "cosine": min(cosines), "score_range": (min(ref["tensor_scores"]), max(ref["tensor_scores"]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python", default=str(REPO / ".venv-t2v" / "bin" / "python"),
+                        help="Python of the reference environment (default: %(default)s)")
+    parser.add_argument("--reference", default=None, help="a folder t2v_reference.py already wrote (default: run it)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.reference:
+        reference = Path(args.reference)
+    else:
+        reference = Path(tempfile.mkdtemp(prefix="t2v_reference_"))
+        start = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+        subprocess.run([args.python, str(REPO / "tests" / "parity" / "t2v_reference.py"), str(reference)], env=env,
+                       check=True, capture_output=True)
+        print(f"reference side (t2v-metrics 3.0): {time.perf_counter() - start:.0f} s, in {reference}")
+    print("| family | checkpoint | token ids | PNG score rel. diff (max) | tensor score rel. diff (max) | "
+          "gradient rel. diff (max) | gradient cosine (min) |")
+    print("|---|---|---|---|---|---|---|")
+    for family in FAMILIES:
+        for variant in VARIANTS:
+            m = measure(reference, family, variant)
+            print(f"| {family} | {variant} | {'identical' if m['ids'] else 'DIFFER'} | {m['png']:.2e} | "
+                  f"{m['score']:.2e} | {m['grad']:.2e} | {m['cosine']:.8f} |")
+
+
+if __name__ == "__main__":
+    main()

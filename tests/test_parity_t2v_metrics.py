@@ -1,0 +1,177 @@
+"""Parity with the original VQAScore code (t2v-metrics 3.0): checkpoints built and saved by t2v_metrics' own classes,
+scored by t2v_metrics (in its own environment, transformers 4.49) and by this package's ``load_scorer``.
+
+The reference side is ``tests/parity/t2v_reference.py``, run with the reference environment's Python (``.venv-t2v``,
+built by ``.ci/run`` from ``tests/parity/requirements-t2v.txt``; ``NOISE_DIFFUSION_T2V_PYTHON`` names another). Without
+that environment these tests skip, unless ``NOISE_DIFFUSION_PARITY_REQUIRED=1`` (set by CI), where they fail.
+
+Tolerances (float32): token ids and scored answer tokens identical; scores of saved PNGs (t2v_metrics' PIL path against
+``score_pil``, which resizes in torch) within 2 % relative; on [0, 1] tensors at 336 px (no resize) scores and image
+gradients within 1e-4 relative, gradient cosine >= 0.9999.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from noise_diffusion.scorers import load_scorer
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_SCRIPT = REPO / "tests" / "parity" / "t2v_reference.py"
+FAMILIES = ("clip_t5", "llava", "sharegpt4v")
+VARIANTS = ("bin", "bin_no_tower", "sharded", "sharded_no_tower")
+PNG_RTOL = 0.02
+TENSOR_RTOL = 1e-4
+MIN_COSINE = 0.9999
+
+
+def reference_python() -> Path | None:
+    path = Path(os.environ.get("NOISE_DIFFUSION_T2V_PYTHON", REPO / ".venv-t2v" / "bin" / "python"))
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    python = reference_python()
+    if python is None:
+        reason = ("reference environment absent (.venv-t2v with t2v-metrics 3.0): `bash .ci/run` builds it, or set "
+                  "NOISE_DIFFUSION_T2V_PYTHON")
+        if os.environ.get("NOISE_DIFFUSION_PARITY_REQUIRED") == "1":
+            pytest.fail(reason + "; NOISE_DIFFUSION_PARITY_REQUIRED=1 says it should be there")
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("t2v_reference")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.run([str(python), str(REFERENCE_SCRIPT), str(out)], env=env, capture_output=True, text=True,
+                         timeout=1800, cwd=out)
+    if run.returncode != 0 or not (out / "COMPLETE").is_file():
+        pytest.fail(f"the reference script failed ({run.returncode}):\n{run.stderr[-4000:]}")
+    return out
+
+
+_scorers: dict = {}
+
+
+def project_scorer(reference: Path, family: str, variant: str):
+    """This package's scorer of one saved checkpoint, through the public ``load_scorer``."""
+    key = (family, variant)
+    if key not in _scorers:
+        if family == "clip_t5":
+            tokenizer = str(reference / "clip_t5" / "tokenizer")  # published checkpoints pair with google/flan-t5-*
+            _scorers[key] = load_scorer(str(reference / family / variant), tokenizer=tokenizer)
+        else:
+            _scorers[key] = load_scorer(str(reference / family / "checkpoints" / variant))
+    return _scorers[key]
+
+
+def expected(reference: Path, family: str, variant: str) -> dict:
+    return torch.load(reference / family / "reference.pt", weights_only=True)["variants"][variant]
+
+
+def inputs(reference: Path) -> dict:
+    import json
+
+    return json.loads((reference / "inputs" / "inputs.json").read_text(encoding="utf-8"))
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """In float64 on the flattened tensors (gradients of small scores are small: no epsilon clamping)."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+cases = pytest.mark.parametrize("family,variant", [(f, v) for f in FAMILIES for v in VARIANTS])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_clip_t5_token_ids(reference, variant):
+    """Encoder ids either side of ``<image>`` (the original puts -200 there) and answer labels, from the scorer's own
+    tokenisation of the question."""
+    scorer = project_scorer(reference, "clip_t5", variant)
+    ref = expected(reference, "clip_t5", variant)
+    for prompt, ref_ids, ref_labels in zip(inputs(reference)["prompts"], ref["input_ids"], ref["labels"]):
+        question = scorer.question_template.format(prompt, prompt=prompt)
+        before, after = scorer.encoder_text(question)
+        ids = scorer.token_ids(before).tolist() + [-200] + scorer.token_ids(after).tolist()
+        assert ids == ref_ids
+        assert scorer.token_ids(scorer.answer_template.format(prompt, prompt=prompt)).tolist() == ref_labels
+
+
+@pytest.mark.parametrize("family", ["llava", "sharegpt4v"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_llava_token_ids(reference, family, variant):
+    """The ids the model sees (the original's -200 expanded to the image tokens) and the answer tokens scored, caught
+    on their way into the model; the LLaMA-style sentencepiece tokenizer shows the "▁" handling around <image>."""
+    scorer = project_scorer(reference, family, variant)
+    ref = expected(reference, family, variant)
+    seen = []
+    hook = scorer.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        images = torch.load(reference / "inputs" / "tensors.pt", weights_only=True)
+        with torch.no_grad():
+            for i, prompt in enumerate(inputs(reference)["prompts"]):
+                scorer(images[i : i + 1], [prompt])
+    finally:
+        hook.remove()
+    image_id = scorer.model.config.image_token_id
+    for kwargs, ref_ids, ref_labels in zip(seen, ref["input_ids"], ref["labels"]):
+        n_image = int((kwargs["input_ids"] == image_id).sum())
+        expanded = [t for i in ref_ids for t in ([image_id] * n_image if i == -200 else [i])]
+        assert kwargs["input_ids"][0].tolist() == expanded
+        scored = kwargs["input_ids"][0, -(kwargs["logits_to_keep"] - 1):].tolist()
+        assert scored == ref_labels
+
+
+@cases
+def test_png_scores(reference, family, variant):
+    """Saved PNGs that need square padding and resizing: t2v_metrics' PIL pipeline vs ``score_pil``."""
+    scorer = project_scorer(reference, family, variant)
+    ref = torch.tensor(expected(reference, family, variant)["png_scores"])
+    data = inputs(reference)
+    ours = torch.stack([scorer.score_pil([Image.open(png)] * len(data["prompts"]), data["prompts"]) for png in data["pngs"]])
+    rel = ((ours - ref).abs() / ref).max().item()
+    assert rel <= PNG_RTOL, (rel, ours, ref)
+
+
+@cases
+def test_tensor_scores_and_gradients(reference, family, variant):
+    """[0, 1] tensors at 336 px: scores and d score / d image as the original computes them."""
+    scorer = project_scorer(reference, family, variant)
+    ref = expected(reference, family, variant)
+    images = torch.load(reference / "inputs" / "tensors.pt", weights_only=True)
+    for i, prompt in enumerate(inputs(reference)["prompts"]):
+        image = images[i : i + 1].clone().requires_grad_(True)
+        score = scorer(image, [prompt])[0]
+        score.backward()
+        ref_score, ref_grad = torch.tensor(ref["tensor_scores"][i]), ref["grads"][i]
+        assert abs(score.item() - ref_score.item()) / ref_score.item() <= TENSOR_RTOL, (score.item(), ref_score.item())
+        assert relative(image.grad[0], ref_grad) <= TENSOR_RTOL, relative(image.grad[0], ref_grad)
+        assert ref_grad.abs().max() > 0
+        assert cosine(image.grad[0], ref_grad) >= MIN_COSINE, cosine(image.grad[0], ref_grad)
+
+
+def test_reference_environment_is_the_original():
+    """The reference environment runs t2v-metrics 3.0 under transformers 4.49 (not this package's versions)."""
+    python = reference_python()
+    if python is None:
+        if os.environ.get("NOISE_DIFFUSION_PARITY_REQUIRED") == "1":
+            pytest.fail("reference environment absent but NOISE_DIFFUSION_PARITY_REQUIRED=1")
+        pytest.skip("reference environment absent (.venv-t2v): `bash .ci/run` builds it")
+    code = ("import importlib.metadata as m; print(m.version('t2v_metrics'), m.version('transformers'));"
+            "import importlib.util as u; print(u.find_spec('noise_diffusion') is None)")
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, cwd="/",
+                         env={**os.environ, "PYTHONPATH": ""}).stdout.split()
+    assert out == ["3.0", "4.49.0", "True"], out
+    assert sys.executable != str(python)

@@ -104,11 +104,14 @@ def optimize(
     initial: Tensor | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, int, Tensor, dict], None] | None = None,
+    token_indices: Sequence | None = None,
 ) -> list[RunResult]:
     """Optimise the initial latents of ``len(prompts)`` items at once; returns one :class:`RunResult` per item.
 
     ``initial`` overrides the seeded initial latents (``[B, *generator.latent_shape]``, standard normal).
     ``on_epoch(item, epoch, image, record)`` is called after every scored latent (e.g. to save per-epoch images).
+    ``token_indices`` (one list per prompt, or None to compute them) are the subject tokens of the attention
+    baselines (:mod:`noise_diffusion.baselines`), which the other methods ignore.
     """
     config = (config or SearchConfig()).validate()
     prompts, seeds = list(prompts), [int(s) for s in seeds]
@@ -118,6 +121,11 @@ def optimize(
         if not prompt.strip():
             raise UserError("the prompt is empty")
     method = METHODS[config.method]
+    if method.baseline:
+        from .baselines import run_baseline
+
+        return run_baseline(config.method, generator, scorer, prompts, seeds, token_indices, initial=initial,
+                            progress=progress, on_epoch=on_epoch)
     device = generator.device
     options = {"num_candidates": config.num_candidates, "step_size": config.step_size}
     batch = len(prompts)
@@ -127,7 +135,9 @@ def optimize(
     rngs = [torch.Generator(device=device).manual_seed(s + POOL_SEED_OFFSET) for s in seeds]
     conditioning = generator.encode_prompts(prompts)
     evals_per_generation = generator.model_evals_per_generation
-    compute = [dict(generations=0, unet_evals=0, scorer_forward=0, scorer_backward=0) for _ in prompts]
+    # model_backwards stays 0: the replay differentiates the scheduler steps and the VAE, never the denoiser
+    compute = [dict(generations=0, model_evals=0, model_backwards=0, scorer_forward=0, scorer_backward=0)
+               for _ in prompts]
     results: list[RunResult | None] = [None] * batch
     epochs = config.epochs
     started = time.perf_counter()
@@ -150,7 +160,7 @@ def optimize(
                 scores = scorer(images, item_prompts)
         for i in active:
             compute[i]["generations"] += 1
-            compute[i]["unet_evals"] += evals_per_generation
+            compute[i]["model_evals"] += evals_per_generation
             compute[i]["scorer_forward"] += 1
             compute[i]["scorer_backward"] += int(need_grad)
         return scores.detach().float().to(device), images.detach(), grad
@@ -224,7 +234,7 @@ def optimize(
 
     total = time.perf_counter() - started
     for i, result in enumerate(results):
-        result.compute = compute[i]
+        result.compute = {**compute[i], "seconds": total / batch}
         result.seconds = total / batch
     return results
 

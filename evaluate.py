@@ -151,7 +151,7 @@ def print_overall(summary: dict, root) -> None:
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         print(f"{method}: {s['runs']} runs, mean score {s['mean_initial']:.4f} -> {s['mean_best']:.4f} "
-              f"(gain {s['gain']:+.4f}), {s['unet_evals_per_run']:.0f} UNet evals/run")
+              f"(gain {s['gain']:+.4f}), {s['model_evals_per_run']:.0f} model evals/run")
     print(f"report: {root}/summary.md")
 
 

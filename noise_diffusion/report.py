@@ -6,8 +6,9 @@ results and ``evaluate.py --report DIR`` can redo it at any time.
 
 Statistics, per method and category and over all runs (a run = one prompt and seed):
 mean initial score, mean best score, gain = mean best - mean initial, share of runs whose best (and initial) score is
-above 0.5 and 0.9, median epoch of the best image, mean UNet evaluations, generations and seconds per run; the same
-score statistics for every held-out verifier.
+above 0.5 and 0.9, median epoch of the best image, mean model (UNet/transformer) forward and backward evaluations,
+generations and seconds per run; the same score statistics for every held-out verifier. Results written before the
+compute field was renamed (``unet_evals``, now ``model_evals``) read the same.
 """
 
 from __future__ import annotations
@@ -92,10 +93,24 @@ def run_stats(runs: Sequence[dict]) -> dict:
     stats = score_stats([r["initial_score"] for r in records], [r["best_score"] for r in records])
     stats["prompts"] = len({r["prompt"] for r in records})
     stats["median_best_epoch"] = statistics.median(r["best_epoch"] for r in records) if records else math.nan
-    for key in ("unet_evals", "generations", "scorer_forward", "scorer_backward"):
-        stats[f"{key}_per_run"] = _mean([r.get("compute", {}).get(key, math.nan) for r in records])
+    for key in ("model_evals", "model_backwards", "generations", "scorer_forward", "scorer_backward"):
+        stats[f"{key}_per_run"] = _mean([compute_value(r.get("compute", {}), key) for r in records])
     stats["seconds_per_run"] = _mean([r.get("seconds", math.nan) for r in records])
     return stats
+
+
+#: compute fields under their earlier names
+COMPUTE_ALIASES = {"model_evals": "unet_evals"}
+
+
+def compute_value(compute: dict, key: str) -> float:
+    """A compute field of a result record, read under its earlier name too; ``model_backwards`` is 0 in records made
+    before it existed (no method then differentiated the diffusion model)."""
+    if key in compute:
+        return compute[key]
+    if COMPUTE_ALIASES.get(key) in compute:
+        return compute[COMPUTE_ALIASES[key]]
+    return 0 if key == "model_backwards" and compute else math.nan
 
 
 def held_out_stats(runs: Sequence[dict]) -> dict[str, dict]:
@@ -119,14 +134,15 @@ def best_so_far(record: dict) -> list[float]:
 
 def mean_curve(records: Sequence[dict]) -> dict:
     """Mean best-so-far score per epoch over runs (a run that stopped early keeps its last value), with the mean
-    UNet evaluations spent up to each epoch."""
+    model evaluations spent up to each epoch."""
     curves = [best_so_far(r) for r in records]
     length = max(map(len, curves))
     padded = [c + [c[-1]] * (length - len(c)) for c in curves]
-    per_generation = _mean([r["compute"]["unet_evals"] / max(1, r["compute"]["generations"]) for r in records])
+    per_generation = _mean([compute_value(r["compute"], "model_evals") / max(1, r["compute"]["generations"])
+                            for r in records])
     return {
         "epoch": list(range(length)),
-        "unet_evals": [per_generation * (k + 1) for k in range(length)],
+        "model_evals": [per_generation * (k + 1) for k in range(length)],
         "mean_best_so_far": [sum(col) / len(col) for col in zip(*padded)],
     }
 
@@ -206,14 +222,14 @@ def _fmt(value, digits: int = 3, signed: bool = False) -> str:
 def markdown(summary: dict, root: Path | None = None) -> str:
     """The readable report."""
     lines = [f"# Evaluation summary{f': `{root}`' if root else ''}", ""]
-    lines += ["| method | runs | initial | best | gain | best > 0.9 | UNet evals / run | s / run | held-out initial → best |",
+    lines += ["| method | runs | initial | best | gain | best > 0.9 | model evals / run | s / run | held-out initial → best |",
               "|---|---|---|---|---|---|---|---|---|"]
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         held = "; ".join(f"{v}: {_fmt(h['mean_initial'])} → {_fmt(h['mean_best'])}"
                         for v, h in info["held_out"][OVERALL].items()) or "–"
         lines.append(f"| {method} | {s['runs']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
-                     f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['unet_evals_per_run'], 1)} | "
+                     f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['model_evals_per_run'], 1)} | "
                      f"{_fmt(s['seconds_per_run'], 2)} | {held} |")
     kinds = dict.fromkeys(info["dataset_kind"] for info in summary["methods"].values() if info["paper"])
     for kind in kinds:
@@ -224,13 +240,13 @@ def markdown(summary: dict, root: Path | None = None) -> str:
         lines += [f"## {method}", "",
                   f"Guided by {', '.join(info['verifiers'])}; dataset {', '.join(info['datasets'])}.", ""]
         lines += ["| category | runs | prompts | initial | best | gain | best > 0.5 | best > 0.9 | median best epoch | "
-                  "UNet evals / run | s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "model evals / run | s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for category, s in info["categories"].items():
             name = f"**{category}**" if category == OVERALL else category
             lines.append(
                 f"| {name} | {s['runs']} | {s['prompts']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
                 f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.5'])} | {_fmt(s['best_above_0.9'])} | "
-                f"{_fmt(s['median_best_epoch'], 1)} | {_fmt(s['unet_evals_per_run'], 1)} | "
+                f"{_fmt(s['median_best_epoch'], 1)} | {_fmt(s['model_evals_per_run'], 1)} | "
                 f"{_fmt(s['seconds_per_run'], 2)} |")
         verifiers = sorted({v for groups in info["held_out"].values() for v in groups})
         for verifier in verifiers:
@@ -247,22 +263,22 @@ def markdown(summary: dict, root: Path | None = None) -> str:
             lines += ["", "Initial (left) vs best (right): " + ", ".join(f"[{c}]({f})" for c, f in grids.items())]
         lines.append("")
     if "figures" in summary:
-        lines += ["## Best-so-far score", "", f"![mean best-so-far vs epochs and UNet evaluations]"
+        lines += ["## Best-so-far score", "", f"![mean best-so-far vs epochs and model evaluations]"
                   f"({summary['figures']['curves']})", ""]
     return "\n".join(lines)
 
 
 def plot_curves(summary: dict, path: Path) -> None:
-    """Mean best-so-far score per method against epochs and against UNet evaluations (equal compute)."""
+    """Mean best-so-far score per method against epochs and against model evaluations (equal compute)."""
     plt = _pyplot()
     fig, (by_epoch, by_unet) = plt.subplots(1, 2, figsize=(10, 4))
     for method, info in summary["methods"].items():
         curve = info["curve"]
         marker = "o" if len(curve["epoch"]) == 1 else None
         by_epoch.plot(curve["epoch"], curve["mean_best_so_far"], label=method, marker=marker)
-        by_unet.plot(curve["unet_evals"], curve["mean_best_so_far"], label=method, marker=marker)
+        by_unet.plot(curve["model_evals"], curve["mean_best_so_far"], label=method, marker=marker)
     by_epoch.set_xlabel("epoch (0 = initial image)")
-    by_unet.set_xlabel("UNet evaluations per run")
+    by_unet.set_xlabel("model evaluations per run")
     for axis in (by_epoch, by_unet):
         axis.set_ylabel("mean best-so-far score")
         axis.grid(alpha=0.3)

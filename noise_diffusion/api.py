@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
+
 import torch
 
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
@@ -73,11 +75,14 @@ def run(
     save_all_epochs: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    token_indices: Sequence[int] | None = None,
 ) -> RunResult | dict:
     """Run Noise Diffusion for one prompt and seed; save the run under ``result_root`` unless it is ``None``.
 
     ``num_denoising_steps`` and ``guidance_scale`` default to the model's recommended settings (the paper's 50 steps
-    and 7.5 for SD1.x/2.x). Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
+    and 7.5 for SD1.x/2.x). ``token_indices`` are the subject tokens for the attention baselines (``initno``,
+    ``attend_and_excite``; start token = 0); by default they are found from the prompt's words. Returns the
+    :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
     the saved ``result.json`` record, untouched.
     """
     if not prompt or not prompt.strip():
@@ -104,7 +109,8 @@ def run(
         save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
 
     on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
-    (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch)
+    (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch,
+                         token_indices=[list(token_indices)] if token_indices else None)
     if folder is not None:
         save_run(folder, result, run_config(generator, scorer, search, seed))
     return result

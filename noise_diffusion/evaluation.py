@@ -15,7 +15,7 @@ held-out gain shows how much of the improvement is not verifier hacking (DESIGN.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -40,6 +40,7 @@ class Job:
     prompt: str
     category: str
     seed: int
+    indices: tuple[int, ...] | None = field(default=None, compare=False)  # subject tokens, for the attention baselines
 
 
 def make_jobs(entries: Iterable[PromptEntry], seeds: Sequence[int]) -> list[Job]:
@@ -52,7 +53,7 @@ def make_jobs(entries: Iterable[PromptEntry], seeds: Sequence[int]) -> list[Job]
             key = (entry.prompt, int(seed))
             if key not in seen:
                 seen.add(key)
-                jobs.append(Job(entry.prompt, entry.category, int(seed)))
+                jobs.append(Job(entry.prompt, entry.category, int(seed), entry.indices))
     return jobs
 
 
@@ -139,7 +140,7 @@ def run_jobs(
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start + batch_size]
             results = optimize(generator, scorer, [j.prompt for j in batch], [j.seed for j in batch], search,
-                               progress=False)
+                               progress=False, token_indices=[list(j.indices) if j.indices else None for j in batch])
             for job, result in zip(batch, results):
                 config = run_config(generator, scorer, search, job.seed)
                 config["evaluation"] = {"category": job.category, **(dataset or {})}

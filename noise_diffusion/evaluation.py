@@ -30,6 +30,9 @@ from .optimize import SearchConfig, optimize
 from .results import RESULT_FILE, is_finished, read_json, run_folder, safe_folder_name, save_run, write_json_atomic
 
 HELD_OUT_PREFIX = "heldout_"
+#: scores of the saved PNGs by the *guiding* verifier (the same path as a held-out verifier's), so that every method's
+#: row is scored alike: from its image file, through PIL
+PNG_PREFIX = "png_"
 BARRIER_TIMEOUT = timedelta(hours=72)
 
 
@@ -146,8 +149,9 @@ def run_jobs(
                 config["evaluation"] = {"category": job.category, **(dataset or {})}
                 folder = job_folder(result_root, search.method, job)
                 if overwrite or not is_finished(folder):  # another process may have finished it meanwhile
-                    for stale in folder.glob(f"{HELD_OUT_PREFIX}*.json"):  # scores of the image being replaced
-                        stale.unlink()
+                    for prefix in (HELD_OUT_PREFIX, PNG_PREFIX):  # scores of the image being replaced
+                        for stale in folder.glob(f"{prefix}*.json"):
+                            stale.unlink()
                     save_run(folder, result, config)
                     saved += 1
                 best_total, done = best_total + result.best_score, done + 1
@@ -160,9 +164,10 @@ def run_jobs(
 
 # ------------------------------------------------------------------------------------------------ held-out scores
 
-def held_out_file(folder: str | os.PathLike, verifier: str) -> Path:
-    """Where the held-out scores of ``verifier`` for one run folder are stored."""
-    return Path(folder) / f"{HELD_OUT_PREFIX}{safe_folder_name(verifier)}.json"
+def held_out_file(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> Path:
+    """Where the held-out scores of ``verifier`` for one run folder are stored (``prefix`` :data:`PNG_PREFIX`: the
+    guiding verifier's scores of the saved images)."""
+    return Path(folder) / f"{prefix}{safe_folder_name(verifier)}.json"
 
 
 def rescore_held_out(
@@ -173,14 +178,16 @@ def rescore_held_out(
     batch_size: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    prefix: str = HELD_OUT_PREFIX,
 ) -> int:
     """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
 
     Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
-    Returns the number of folders scored.
+    Returns the number of folders scored. ``prefix`` names the score files (see :func:`held_out_file`).
     """
-    todo = held_out_todo(folders, verifier, overwrite)
-    bar = tqdm(total=len(todo), disable=not progress, desc=f"held-out {verifier}", unit="run", dynamic_ncols=True)
+    todo = held_out_todo(folders, verifier, overwrite, prefix)
+    what = "PNG re-score" if prefix == PNG_PREFIX else "held-out"
+    bar = tqdm(total=len(todo), disable=not progress, desc=f"{what} {verifier}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
             chunk = todo[start:start + max(1, batch_size)]
@@ -194,7 +201,7 @@ def rescore_held_out(
                     prompts.append(record["prompt"])
             scores = scorer.score_pil(images, prompts).tolist()
             for k, folder in enumerate(chunk):
-                write_json_atomic(held_out_file(folder, verifier), {
+                write_json_atomic(held_out_file(folder, verifier, prefix), {
                     "verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1],
                 })
             bar.update(len(chunk))
@@ -203,14 +210,16 @@ def rescore_held_out(
     return len(todo)
 
 
-def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False) -> list[Path]:
+def held_out_todo(
+    folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False, prefix: str = HELD_OUT_PREFIX
+) -> list[Path]:
     """The finished folders that still lack (or, with ``overwrite``, have) held-out scores by ``verifier``."""
-    return [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier))]
+    return [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier, prefix))]
 
 
-def _has_held_out(folder: str | os.PathLike, verifier: str) -> bool:
+def _has_held_out(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> bool:
     try:
-        read_json(held_out_file(folder, verifier))
+        read_json(held_out_file(folder, verifier, prefix))
     except (OSError, ValueError):
         return False
     return True

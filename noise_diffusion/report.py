@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
-from .evaluation import HELD_OUT_PREFIX
+from .evaluation import HELD_OUT_PREFIX, PNG_PREFIX
 from .methods import METHODS
+from .paper_table import paper_table
 from .results import RESULT_FILE, read_json, write_bytes_atomic, write_json_atomic
 
 #: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
@@ -54,13 +55,7 @@ def collect(result_root: str | os.PathLike) -> list[dict]:
         folder = path.parent
         config = record.get("config", {})
         evaluation = config.get("evaluation", {})
-        held_out = {}
-        for file in sorted(folder.glob(f"{HELD_OUT_PREFIX}*.json")):
-            try:
-                scores = read_json(file)
-                held_out[scores["verifier"]] = scores
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+        held_out, png = _scores(folder, HELD_OUT_PREFIX), _scores(folder, PNG_PREFIX)
         runs.append({
             "method": config.get("search", {}).get("method", folder.parent.parent.name),
             "category": evaluation.get("category", "all"),
@@ -70,8 +65,21 @@ def collect(result_root: str | os.PathLike) -> list[dict]:
             "folder": folder,
             "record": record,
             "held_out": held_out,
+            "png": png,
         })
     return runs
+
+
+def _scores(folder: Path, prefix: str) -> dict[str, dict]:
+    """verifier -> its scores of the saved images, from the ``<prefix>*.json`` files of a run folder."""
+    found = {}
+    for file in sorted(folder.glob(f"{prefix}*.json")):
+        try:
+            scores = read_json(file)
+            found[scores["verifier"]] = scores
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
@@ -113,12 +121,13 @@ def compute_value(compute: dict, key: str) -> float:
     return 0 if key == "model_backwards" and compute else math.nan
 
 
-def held_out_stats(runs: Sequence[dict]) -> dict[str, dict]:
-    """Per held-out verifier: the score statistics of the runs it scored."""
-    verifiers = sorted({v for r in runs for v in r["held_out"]})
+def held_out_stats(runs: Sequence[dict], key: str = "held_out") -> dict[str, dict]:
+    """Per held-out verifier: the score statistics of the runs it scored (``key="png"``: the guiding verifier's
+    scores of the saved PNGs)."""
+    verifiers = sorted({v for r in runs for v in r.get(key, {})})
     out = {}
     for verifier in verifiers:
-        scored = [r["held_out"][verifier] for r in runs if verifier in r["held_out"]]
+        scored = [r[key][verifier] for r in runs if verifier in r.get(key, {})]
         out[verifier] = score_stats([s["initial_score"] for s in scored], [s["best_score"] for s in scored])
     return out
 
@@ -168,6 +177,7 @@ def summarize(runs: Sequence[dict]) -> dict:
             "paper": PAPER.get(kind),
             "categories": {name: run_stats(group) for name, group in groups.items()},
             "held_out": {name: held_out_stats(group) for name, group in groups.items()},
+            "png": {name: held_out_stats(group, "png") for name, group in groups.items()},
             "curve": mean_curve([r["record"] for r in method_runs]),
         }
     return summary
@@ -236,6 +246,7 @@ def markdown(summary: dict, root: Path | None = None) -> str:
         paper = " · ".join(f"{k} {v:.3f}" for k, v in PAPER[kind].items())
         lines += ["", f"Paper, {kind} set, mean score: {paper}. Note: {summary['paper_note']}."]
     lines.append("")
+    lines += paper_table(summary)
     for method, info in summary["methods"].items():
         lines += [f"## {method}", "",
                   f"Guided by {', '.join(info['verifiers'])}; dataset {', '.join(info['datasets'])}.", ""]

@@ -15,8 +15,10 @@ from typing import Sequence
 
 import torch
 
+from .baselines.tokens import subject_words
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
 from .generators import generator_class, load_generator, pipeline_class_name, resolve_model
+from .methods import METHODS
 from .optimize import RunResult, SearchConfig, optimize
 from .results import check_writable, is_finished, read_json, run_folder, save_image_atomic, save_run
 from .scorers import load_scorer, scorer_loader
@@ -93,6 +95,8 @@ def run(
     resolve_device(vqa_device or device)
     pipeline_class_name(resolve_model(sd_version))
     scorer_loader(vqa_model)
+    if METHODS[search.method].baseline and not token_indices:
+        subject_words(prompt)  # a prompt whose subjects cannot be found fails before any weights are loaded
     folder = None
     if result_root is not None:
         folder = run_folder(check_writable(result_root), prompt, seed)

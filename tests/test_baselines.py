@@ -374,3 +374,22 @@ def test_subject_words_and_token_positions(generator):
         subject_words("a cat")
     with pytest.raises(UserError, match="outside the prompt"):
         run_baseline("initno", generator, RednessScorer(), [PROMPT], [0], [[4, 40]])
+
+
+def test_unsupported_models_and_prompts_are_one_line_errors(tiny_sd_dir, tiny_clip_dir, capsys):
+    from noise_diffusion.baselines import check_generator
+
+    class FluxLike:
+        family, name = "flux", "tiny-flux"
+
+    with pytest.raises(UserError, match="need a Stable Diffusion 1.x/2.x-style model"):
+        check_generator(FluxLike())
+    import run as run_cli
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli.cli.main_guard(lambda: run_cli.main([
+            "--prompt", "a cat", "--method", "initno", "--sd_version", tiny_sd_dir, "--vqa_model", tiny_clip_dir,
+            "--device", "cpu", "--result_root", "unused"]))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot find two subjects in 'a cat'") and err.count("\n") == 1

@@ -393,3 +393,24 @@ def test_unsupported_models_and_prompts_are_one_line_errors(tiny_sd_dir, tiny_cl
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot find two subjects in 'a cat'") and err.count("\n") == 1
+
+
+def test_the_toy_world_reads_its_attention_at_8x8_and_is_guided():
+    from noise_diffusion.baselines.tokens import subject_token_indices as positions
+
+    toy = load_generator("toy-digits", num_steps=4)
+    # cross-attention at 8x8 (outer blocks) and 4x4 (inner blocks and mid) on 8x8 latents: the finer level is read
+    assert attention_resolutions(toy.unet, 8) == [4, 8] and default_resolution(toy.unet, 8) == 8
+    prompt = "a 2 left of a 3"
+    indices = positions(toy.tokenizer, prompt)
+    assert indices == [2, 6]  # the toy datasets' indices: one token per word
+    sched = toy.scheduler_class.from_config(toy.scheduler_config)
+    sched.set_timesteps(4)
+    store, counter = AttentionStore(8, ("cross",)), Counter()
+    z = torch.randn((1, *toy.latent_shape), generator=torch.Generator().manual_seed(33))
+    with attach_store(toy.unet, store):
+        out, info = guided_sample(toy.unet, sched, z, toy.encode_prompts([prompt]), toy.guidance_scale, store,
+                                  attend_and_excite_guidance(indices, thresholds={}), counter)
+    assert store.aggregate("cross").shape == (8, 8, toy.tokenizer.model_max_length)
+    assert info.guided_steps == 4 and counter.forwards == 4 + 2 * 4
+    assert not torch.allclose(out, toy.sample(z, toy.encode_prompts([prompt])).latents)

@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Run a search method over a prompt dataset and several seeds, then report scores, compute, image grids and curves.
+"""Run search methods over a prompt dataset and several seeds, then report scores, compute, image grids and curves.
 
 Examples:
     python evaluate.py --dataset simple --seeds 33 --method noise_diffusion --result_root results/simple
-    python evaluate.py --dataset paper-complex --methods none initno noise_diffusion --seeds paper \
-        --result_root results/complex                                      # the paper's table, models loaded once
+    python evaluate.py --dataset paper-complex --methods none initno noise_diffusion --seeds paper  # the paper's table
     python evaluate.py --dataset complex --method best_of_n --result_root results/complex     # same generations
     accelerate launch evaluate.py --dataset simple --result_root results/simple               # one shard per GPU
     python evaluate.py --report results/simple                                                # report only

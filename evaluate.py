@@ -25,6 +25,7 @@ from noise_diffusion.evaluation import (
     run_jobs, shard,
 )
 from noise_diffusion.methods import METHODS
+from noise_diffusion.paper_table import paper_table
 from noise_diffusion.generators import pipeline_class_name, resolve_model
 from noise_diffusion.report import OVERALL, write_report
 from noise_diffusion.results import check_writable
@@ -179,6 +180,9 @@ def print_overall(summary: dict, root) -> None:
         s = info["categories"][OVERALL]
         print(f"{method}: {s['runs']} runs, mean score {s['mean_initial']:.4f} -> {s['mean_best']:.4f} "
               f"(gain {s['gain']:+.4f}), {s['model_evals_per_run']:.0f} model evals/run")
+    table = paper_table(summary)
+    if table:
+        print("\n".join(table[2:]).rstrip())  # the paper-shaped table (without its heading)
     print(f"report: {root}/summary.md")
 
 

@@ -234,7 +234,7 @@ def optimize(
 
     total = time.perf_counter() - started
     for i, result in enumerate(results):
-        result.compute = {**compute[i], "seconds": total / batch}
+        result.compute = compute[i]
         result.seconds = total / batch
     return results
 

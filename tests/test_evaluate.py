@@ -74,10 +74,8 @@ def test_each_method_runs_and_records_its_compute(tmp_path, generator, scorer, m
         record = json.loads((job_folder(tmp_path, method, job) / "result.json").read_text())
         generations = 1 if method == "none" else EPOCHS + 1
         grads = EPOCHS if METHODS[method].needs_grad else 0  # a gradient after every epoch but the last
-        compute = dict(record["compute"])
-        assert compute.pop("seconds") == pytest.approx(record["seconds"])
-        assert compute == {"generations": generations, "model_evals": generations * 2 * STEPS,  # CFG: 2/step
-                           "model_backwards": 0, "scorer_forward": generations, "scorer_backward": grads}
+        assert record["compute"] == {"generations": generations, "model_evals": generations * 2 * STEPS,  # CFG: 2/step
+                                     "model_backwards": 0, "scorer_forward": generations, "scorer_backward": grads}
         assert len(record["epochs"]) == generations
         assert record["best_score"] == max(e["score"] for e in record["epochs"])
         assert record["config"]["search"]["method"] == method

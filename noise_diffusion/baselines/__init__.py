@@ -9,7 +9,8 @@ Each makes one image per (prompt, seed) from the seed's initial latent, scored o
 single epoch (initial = best). They need a Stable Diffusion 1.x/2.x-style generator (a UNet with cross-attention and a
 CLIP tokenizer: SD checkpoints and the toy world) and the subject tokens of each prompt
 (:mod:`~noise_diffusion.baselines.tokens`). Compute records count UNet forwards per image (both halves of
-classifier-free guidance) in ``model_evals`` and backwards through the UNet in ``model_backwards``.
+classifier-free guidance) in ``model_evals`` and backwards through the UNet in ``model_backwards``; the record's
+``seconds`` is the run's wall time.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def run_baseline(
         record = {"epoch": 0, "score": score, "accepted": True, "seconds": seconds, method: info}
         result = RunResult(prompt, int(seed), image, score, image, latent[0].float().cpu(), score, 0, [record])
         result.compute = {"generations": 1, "model_evals": counter.forwards, "model_backwards": counter.backwards,
-                          "scorer_forward": 1, "scorer_backward": 0, "seconds": seconds}
+                          "scorer_forward": 1, "scorer_backward": 0}
         result.seconds = seconds
         if on_epoch:
             on_epoch(item, 0, image, record)

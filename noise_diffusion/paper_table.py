@@ -38,7 +38,9 @@ def paper_rows(summary: dict) -> list[dict]:
         kind = info.get("dataset_kind")
         paper = (summary.get("paper", {}).get(kind) or {}).get(paper_name) if paper_name else None
         overall = info["categories"][OVERALL]
+        held_out = {v: h["mean_best"] for v, h in info.get("held_out", {}).get(OVERALL, {}).items()}
         rows.append({"method": method, "label": label, "verifier": verifier, "cells": cells, "paper": paper,
+                     "held_out": held_out,
                      "kind": kind, "model_evals": overall.get("model_evals_per_run", math.nan),
                      "model_backwards": overall.get("model_backwards_per_run", math.nan),
                      "seconds": overall.get("seconds_per_run", math.nan)})
@@ -53,17 +55,21 @@ def paper_table(summary: dict) -> list[str]:
     categories = list(dict.fromkeys(c for row in rows for c in row["cells"] if c != OVERALL)) + [OVERALL]
     verifiers = sorted({str(r["verifier"]) for r in rows})
     kinds = sorted({str(r["kind"]) for r in rows if r["kind"]})
+    judges = sorted({v for r in rows for v in r["held_out"]})
     header = ["method"] + [f"{c} (in-loop / PNG)" for c in categories] + [
-        f"paper ({', '.join(kinds) or 'no paper set'})", "model evals / run", "model backwards / run", "s / run"]
+        f"paper ({', '.join(kinds) or 'no paper set'})"] + [f"held-out {v}" for v in judges] + [
+        "model evals / run", "model backwards / run", "s / run"]
     lines = ["## The paper's table", "",
              f"Mean best score by the guiding verifier ({', '.join(verifiers)}): *in-loop* = computed on the image "
-             f"tensor during the run, *PNG* = the same verifier on the saved best.png through PIL. The paper column "
-             f"is {summary.get('paper_note', 'the paper')}.", "",
+             f"tensor during the run, *PNG* = the same verifier on the saved best.png through PIL"
+             + (f"; held-out = {', '.join(judges)} on the same best.png, overall" if judges else "")
+             + f". The paper column: {summary.get('paper_note', 'the paper')}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [_cell(row["cells"].get(c)) for c in categories]
         paper = f"{row['paper']:.3f}" if row["paper"] is not None else "–"
-        lines.append("| " + " | ".join([row["label"], *cells, paper, _num(row["model_evals"], 0),
+        held = [_num(row["held_out"].get(v, math.nan)) for v in judges]
+        lines.append("| " + " | ".join([row["label"], *cells, paper, *held, _num(row["model_evals"], 0),
                                         _num(row["model_backwards"], 0), _num(row["seconds"], 2)]) + " |")
     return lines + [""]
 

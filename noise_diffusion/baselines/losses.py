@@ -142,7 +142,8 @@ def initno_guidance_loss(cross_maps: Tensor, self_maps: Tensor, indices: Sequenc
     cross = cross_response_loss(found)
     clean = clean_loss(found)
     prepared = text_softmax(cross_maps)
-    cache[:] = [prepared.detach().clone() if not cache else cache[0] * 0.9 + prepared.detach().clone() * 0.1]
+    new = prepared.detach().clone()
+    cache[:] = [new if not cache else cache[0] * 0.9 + new * (1 - 0.9)]  # (1 - 0.9) = 0.09999999999999998, as written
     alignment = found.maps[0].new_zeros(())
     for i, m in zip(indices, found.maps):
         alignment = alignment + (m - smooth(cache[0][:, :, i - 1])).abs().mean()

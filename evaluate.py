@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Run a search method over a prompt dataset and several seeds, then report scores, compute, image grids and curves.
+"""Run search methods over a prompt dataset and several seeds, then report scores, compute, image grids and curves.
 
 Examples:
     python evaluate.py --dataset simple --seeds 33 --method noise_diffusion --result_root results/simple
+    python evaluate.py --dataset paper-complex --methods none initno noise_diffusion --seeds paper  # the paper's table
     python evaluate.py --dataset complex --method best_of_n --result_root results/complex     # same generations
     accelerate launch evaluate.py --dataset simple --result_root results/simple               # one shard per GPU
     python evaluate.py --report results/simple                                                # report only
@@ -22,10 +23,12 @@ try:  # the imports take seconds (torch, diffusers): Ctrl-C meanwhile is a clean
     from noise_diffusion import api, cli
     from noise_diffusion.datasets import dataset_kind, load_dataset, resolve
     from noise_diffusion.evaluation import (
-        check_settings, held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out, run_jobs,
-        shard,
+        PNG_PREFIX, check_settings, held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out,
+        run_jobs, shard,
     )
     from noise_diffusion.generators import pipeline_class_name, resolve_model
+    from noise_diffusion.methods import METHODS
+    from noise_diffusion.paper_table import paper_table
     from noise_diffusion.report import OVERALL, write_report
     from noise_diffusion.results import check_writable, expected_settings as settings_of_runs
     from noise_diffusion.scorers import scorer_loader
@@ -54,13 +57,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="only rebuild the report from the finished results in DIR (no generation)")
     g = parser.add_argument_group("prompts and seeds")
     g.add_argument("--dataset", default="simple",
-                   help="'simple' or 'complex' (our construction of the paper's sets, shipped in noise_diffusion/data/), or a file: the authors' JSON format, "
-                        "a JSON list of prompts, or a text file with one prompt per line (default: %(default)s)")
+                   help="'simple' or 'complex' (our construction of the paper's sets, shipped in the package), "
+                        "'paper-simple' or 'paper-complex' (the authors' own files, downloaded once and cached), "
+                        "'toy-simple' or 'toy-complex' (the toy world's), or a file: the authors' JSON format, a JSON "
+                        "list of prompts, or a text file with one prompt per line (default: %(default)s)")
     g.add_argument("--categories", nargs="+", default=None, help="only these categories (default: all)")
     g.add_argument("--limit", type=cli.positive_int, default=None,
                    help="only the first N prompts of each category (default: all)")
-    g.add_argument("--seeds", type=cli.seed_int, nargs="+", default=[33],
-                   help="seeds to run for every prompt, 0 .. 2**64-1 (default: 33)")
+    g.add_argument("--seeds", nargs="+", default=["33"], metavar="SEED",
+                   help="seeds to run for every prompt, 0 .. 2**64-1; 'paper' = the authors' research-code seeds "
+                        f"{' '.join(map(str, cli.PAPER_SEEDS))} (default: 33)")
     g = parser.add_argument_group("execution")
     g.add_argument("--result_root", default="results/evaluate", help="output folder (default: %(default)s)")
     g.add_argument("--batch_size", type=cli.positive_int, default=1,
@@ -74,7 +80,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--eval_vqa_model", default=None,
                    help="held-out verifier that re-scores every saved initial and best image (default: none)")
+    g.add_argument("--no_png_rescore", action="store_true",
+                   help="do not re-score the saved images with the guiding verifier (by default every method's "
+                        "initial and best PNG is scored again through PIL, so all rows are scored the same way)")
     cli.add_model_and_search_args(parser)
+    g = parser.add_argument_group("several methods")
+    g.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=None, metavar="METHOD",
+                   help="run these methods one after another with the models loaded once (replaces --method), e.g. "
+                        "none initno noise_diffusion for the paper's table")
     return parser.parse_args(argv)
 
 
@@ -86,8 +99,9 @@ def main(argv=None) -> int:
         return 0
 
     entries = load_dataset(args.dataset, args.categories, args.limit)
-    search = cli.search_config(args, keep_epoch_images=args.save_all_epochs)
-    jobs = make_jobs(entries, args.seeds)
+    methods = list(dict.fromkeys(args.methods or [args.method]))
+    searches = [cli.search_config(args, keep_epoch_images=args.save_all_epochs, method=m) for m in methods]
+    jobs = make_jobs(entries, cli.seed_list(args.seeds))
     on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
     procs = processes(args.shard, cpu=on_cpu)
     mine = shard(jobs, procs.index, procs.count)
@@ -97,50 +111,66 @@ def main(argv=None) -> int:
     progress = not args.quiet and (procs.is_main or procs.barrier is None)
 
     if not args.overwrite:
-        check_settings(mine, root, search.method, expected_settings(args, search))
-    states = {}
-    todo = pending_jobs(mine, root, search.method, args.overwrite, states=states)
-    damaged = [job for job in mine if states[job].status == "invalid"]
-    if damaged:
-        print(f"redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
-              f"{states[damaged[0]].reason}", file=sys.stderr)
+        for search in searches:
+            check_settings(mine, root, search.method, expected_settings(args, search))
+    todo = {}
+    for search in searches:
+        states = {}
+        todo[search.method] = pending_jobs(mine, root, search.method, args.overwrite, states=states)
+        damaged = [job for job in mine if states[job].status == "invalid"]
+        if damaged:
+            print(f"{search.method}: redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
+                  f"{states[damaged[0]].reason}", file=sys.stderr)
     # cheap checks of every model name before any weights are loaded
     for name in [device, vqa_device]:
         api.resolve_device(name)
-    if todo:
+    if any(todo.values()):
         pipeline_class_name(resolve_model(args.sd_version))
-        scorer_loader(args.vqa_model)
+    scorer_loader(args.vqa_model)
     if args.eval_vqa_model:
         scorer_loader(args.eval_vqa_model)
     check_writable(root)
+    folders = {s.method: [job_folder(root, s.method, job) for job in mine] for s in searches}
+    all_folders = [f for group in folders.values() for f in group]
 
-    if todo:  # models are loaded only when there is something to generate
+    generator = scorer = None
+    if any(todo.values()):  # models are loaded only when there is something to generate, and once for all methods
         generator = api.build_generator(
             args.sd_version, device, args.dtype, scheduler=args.scheduler, num_steps=args.num_denoising_steps,
             guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, height=args.height,
             width=args.width, **cli.generator_options(args),
         )
         scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
-        saved = run_jobs(todo, generator, scorer, search, root, batch_size=args.batch_size, overwrite=args.overwrite,
-                         progress=progress, dataset={"name": args.dataset, "kind": dataset_kind(resolve(args.dataset))},
-                         already_done=len(mine) - len(todo))
-        del generator, scorer  # free the memory before the held-out verifier loads
-        elsewhere = len(pending_jobs(todo, root, search.method))
-        print(f"{search.method}: {saved} runs made here, {len(mine) - len(todo)} were already finished"
-              + (f", {elsewhere} left to another process running them" if elsewhere else ""))
+        dataset = {"name": args.dataset, "kind": dataset_kind(resolve(args.dataset))}
+        for search in searches:
+            pending = todo[search.method]
+            if not pending:
+                continue
+            saved = run_jobs(pending, generator, scorer, search, root, batch_size=args.batch_size,
+                             overwrite=args.overwrite, progress=progress, dataset=dataset,
+                             already_done=len(mine) - len(pending))
+            elsewhere = len(pending_jobs(pending, root, search.method))
+            print(f"{search.method}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
+                  + (f", {elsewhere} left to another process running them" if elsewhere else ""))
+        del generator  # free the memory before the verifiers re-score
+    if not args.no_png_rescore and held_out_todo(all_folders, args.vqa_model, args.overwrite, PNG_PREFIX):
+        if scorer is None:
+            scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
+        rescore_held_out(all_folders, scorer, args.vqa_model, batch_size=args.batch_size, overwrite=args.overwrite,
+                         progress=progress, prefix=PNG_PREFIX)
+    del scorer
 
-    folders = [job_folder(root, search.method, job) for job in mine]
-    if args.eval_vqa_model and held_out_todo(folders, args.eval_vqa_model, args.overwrite):
+    if args.eval_vqa_model and held_out_todo(all_folders, args.eval_vqa_model, args.overwrite):
         # the held-out verifier keeps its own question and answer: --vqa_question/--vqa_answer set the guide's
         held_out = api.build_scorer(args.eval_vqa_model, vqa_device, args.vqa_dtype)
-        rescore_held_out(folders, held_out, args.eval_vqa_model, batch_size=args.batch_size,
+        rescore_held_out(all_folders, held_out, args.eval_vqa_model, batch_size=args.batch_size,
                          overwrite=args.overwrite, progress=progress)
 
     procs.wait()  # under accelerate: every process has written its results
     if procs.barrier is not None or procs.count == 1:
         if procs.is_main:
             print_overall(write_report(root), root)
-    elif pending_jobs(jobs, root, search.method):
+    elif any(pending_jobs(jobs, root, s.method) for s in searches):
         print(f"shard {procs.index}/{procs.count} done; the report is built when every shard has finished "
               f"(or: python evaluate.py --report {root})")
     else:
@@ -160,11 +190,14 @@ def print_overall(summary: dict, root) -> None:
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         print(f"{method}: {s['runs']} runs, mean score {s['mean_initial']:.4f} -> {s['mean_best']:.4f} "
-              f"(gain {s['gain']:+.4f}), {s['unet_evals_per_run']:.0f} UNet evals/run")
+              f"(gain {s['gain']:+.4f}), {s['model_evals_per_run']:.0f} model evals/run")
     skipped = summary.get("skipped", [])
     if skipped:
         print(f"skipped {len(skipped)} damaged or misplaced folder{'s' if len(skipped) > 1 else ''} "
               f"(listed in summary.md), e.g. {skipped[0]['reason']}", file=sys.stderr)
+    table = paper_table(summary)
+    if table:
+        print("\n".join(table[2:]).rstrip())  # the paper-shaped table (without its heading)
     print(f"report: {root}/summary.md")
 
 

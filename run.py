@@ -33,6 +33,10 @@ def parse_args(argv=None):
                         help="redo a run whose result.json already exists (default: keep it and report it; a damaged "
                              "run is always redone)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--token_indices", type=cli.positive_int, nargs="+", default=None, metavar="N",
+                        help="initno / attend_and_excite: token positions of the subjects (start token = 0), e.g. 2 5 "
+                             "for 'a cat and a dog' (default: the last token of the word before the first relation "
+                             "word, and of the prompt's last word)")
     cli.add_model_and_search_args(parser)
     return parser.parse_args(argv)
 
@@ -49,6 +53,7 @@ def main(argv=None) -> int:
         negative_prompt=args.negative_prompt, height=args.height, width=args.width,
         generator_options=cli.generator_options(args), scorer_options=cli.scorer_options(args), search=cli.search_config(args), result_root=args.result_root,
         save_all_epochs=args.save_all_epochs, overwrite=args.overwrite, progress=not args.quiet,
+        token_indices=args.token_indices,
     )
     folder = api.run_folder(args.result_root, args.prompt, args.seed)
     prefix = "already finished (use --overwrite to redo): " if isinstance(result, dict) else ""

@@ -13,10 +13,14 @@ import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Sequence
+
 import torch
 
+from .baselines.tokens import subject_words
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
 from .generators import generator_class, load_generator, pipeline_class_name, resolve_model
+from .methods import METHODS
 from .optimize import RunResult, SearchConfig, optimize
 from .results import (
     check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock, run_folder,
@@ -78,14 +82,17 @@ def run(
     save_all_epochs: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    token_indices: Sequence[int] | None = None,
 ) -> RunResult | dict:
     """Run Noise Diffusion for one prompt and seed; save the run under ``result_root`` unless it is ``None``.
 
     ``num_denoising_steps`` and ``guidance_scale`` default to the model's recommended settings (the paper's 50 steps
-    and 7.5 for SD1.x/2.x). Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
-    the saved ``result.json`` record, untouched. A finished run made with other settings is an error (unless
-    ``overwrite``); a damaged one is redone after a one-line note on stderr. The run holds its folder's lock, so a second
-    process asking for the same prompt and seed stops with an error instead of writing the same folder.
+    and 7.5 for SD1.x/2.x). ``token_indices`` are the subject tokens for the attention baselines (``initno``,
+    ``attend_and_excite``; start token = 0); by default they are found from the prompt's words. Returns the
+    :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false — the saved
+    ``result.json`` record, untouched. A finished run made with other settings is an error (unless ``overwrite``); a
+    damaged one is redone after a one-line note on stderr. The run holds its folder's lock, so a second process asking
+    for the same prompt and seed stops with an error instead of writing the same folder.
     """
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
@@ -96,6 +103,8 @@ def run(
     resolve_device(vqa_device or device)
     pipeline_class_name(resolve_model(sd_version))
     scorer_loader(vqa_model)
+    if METHODS[search.method].baseline and not token_indices:
+        subject_words(prompt)  # a prompt whose subjects cannot be found fails before any weights are loaded
     folder = None
     with ExitStack() as lock:
         if result_root is not None:
@@ -118,7 +127,8 @@ def run(
             save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
 
         on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
-        (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch)
+        (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch,
+                             token_indices=[list(token_indices)] if token_indices else None)
         if result.failure:
             raise UserError(f"{prompt!r} seed {seed}: {result.failure}; the run is stopped and nothing is saved")
         if folder is not None:

@@ -146,6 +146,24 @@ def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -
                    help="gradient_ascent only: step length relative to sqrt(dim z) (default: %(default)s)")
 
 
+#: the seeds of the authors' research code, ``--seeds paper``
+PAPER_SEEDS = (22, 15, 9951, 31, 9989)
+
+
+def seed_list(values: list[str]) -> list[int]:
+    """Seeds from the command line: integers, or ``paper`` for :data:`PAPER_SEEDS`; duplicates dropped."""
+    seeds: list[int] = []
+    for value in values:
+        if value == "paper":
+            seeds.extend(PAPER_SEEDS)
+            continue
+        try:
+            seeds.append(seed_int(value))
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"a seed must be 'paper' or {str(error).removeprefix('must be ')}") from None
+    return list(dict.fromkeys(seeds))
+
+
 def scorer_options(args: argparse.Namespace) -> dict:
     """Verifier options set on the command line (only those given, so every verifier keeps its own defaults)."""
     options = {"question_template": args.vqa_question, "answer_template": args.vqa_answer,
@@ -163,9 +181,9 @@ def add_model_and_search_args(parser: argparse.ArgumentParser) -> None:
     add_search_args(parser)
 
 
-def search_config(args: argparse.Namespace, keep_epoch_images: bool = False) -> SearchConfig:
+def search_config(args: argparse.Namespace, keep_epoch_images: bool = False, method: str | None = None) -> SearchConfig:
     return SearchConfig(
-        method=getattr(args, "method", "noise_diffusion"),
+        method=method or getattr(args, "method", "noise_diffusion"),
         max_epoch=args.max_epoch,
         num_candidates=args.num_candidate_noises,
         accept=args.accept,

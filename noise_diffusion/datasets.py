@@ -134,7 +134,13 @@ def build_complex(seed: int = 0) -> list[dict]:
 # -------------------------------------------------------------------------------------------------------- loading
 
 def resolve(name_or_path: str) -> Path:
-    """A built-in name (``simple``, ``complex``, ``toy-simple``, ``toy-complex``) or a path to a dataset file."""
+    """A built-in name (``simple``, ``complex``, ``toy-simple``, ``toy-complex``), a paper file (``paper-simple``,
+    ``paper-complex``: the authors' own, downloaded and cached, see :mod:`noise_diffusion.paper_datasets`) or a path
+    to a dataset file."""
+    from .paper_datasets import PAPER_FILES, paper_dataset
+
+    if name_or_path in PAPER_FILES:
+        return paper_dataset(name_or_path)
     if name_or_path in BUILTIN:
         path = DATASET_DIR / BUILTIN[name_or_path]
         if not path.is_file():
@@ -142,7 +148,8 @@ def resolve(name_or_path: str) -> Path:
         return path
     path = Path(name_or_path)
     if not path.is_file():
-        raise UserError(f"dataset {name_or_path!r} is neither a file nor a built-in name ({', '.join(BUILTIN)})")
+        raise UserError(f"dataset {name_or_path!r} is neither a file nor a built-in name "
+                        f"({', '.join([*BUILTIN, *PAPER_FILES])})")
     return path
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,9 +32,10 @@ from .datasets import PromptEntry
 from .errors import UserError
 from .optimize import SearchConfig, optimize
 from .results import (
-    HELD_OUT_PREFIX, RESULT_FILE, RunState, check_seed, describe_differences, inspect_run, is_finished, job_lock,
-    read_json, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
+    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, RunState, check_seed, describe_differences, inspect_run, is_finished,
+    job_lock, read_json, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
 )
+
 BARRIER_TIMEOUT = timedelta(hours=72)
 
 
@@ -45,6 +46,7 @@ class Job:
     prompt: str
     category: str
     seed: int
+    indices: tuple[int, ...] | None = field(default=None, compare=False)  # subject tokens, for the attention baselines
 
 
 def make_jobs(entries: Iterable[PromptEntry], seeds: Sequence[int]) -> list[Job]:
@@ -58,7 +60,7 @@ def make_jobs(entries: Iterable[PromptEntry], seeds: Sequence[int]) -> list[Job]
             key = (entry.prompt, int(seed))
             if key not in seen:
                 seen.add(key)
-                jobs.append(Job(entry.prompt, entry.category, int(seed)))
+                jobs.append(Job(entry.prompt, entry.category, int(seed), entry.indices))
     return jobs
 
 
@@ -174,7 +176,7 @@ def run_jobs(
                 if not batch:
                     continue
                 results = optimize(generator, scorer, [j.prompt for j in batch], [j.seed for j in batch], search,
-                                   progress=False)
+                                   progress=False, token_indices=[list(j.indices) if j.indices else None for j in batch])
                 for job, result in zip(batch, results):
                     bar.update(1)
                     if result.failure:
@@ -210,9 +212,10 @@ def check_prompts(scorer, prompts: Sequence[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------ held-out scores
 
-def held_out_file(folder: str | os.PathLike, verifier: str) -> Path:
-    """Where the held-out scores of ``verifier`` for one run folder are stored."""
-    return Path(folder) / f"{HELD_OUT_PREFIX}{safe_folder_name(verifier)}.json"
+def held_out_file(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> Path:
+    """Where the held-out scores of ``verifier`` for one run folder are stored (``prefix`` :data:`PNG_PREFIX`: the
+    guiding verifier's scores of the saved images)."""
+    return Path(folder) / f"{prefix}{safe_folder_name(verifier)}.json"
 
 
 def rescore_held_out(
@@ -223,6 +226,7 @@ def rescore_held_out(
     batch_size: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    prefix: str = HELD_OUT_PREFIX,
 ) -> int:
     """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
 
@@ -230,10 +234,11 @@ def rescore_held_out(
     A non-finite score is not saved; after the other folders, :class:`UserError` names such folders. Returns the number
     of folders scored.
     """
-    todo = held_out_todo(folders, verifier, overwrite)
+    todo = held_out_todo(folders, verifier, overwrite, prefix)
     check_prompts(scorer, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
     failures = []
-    bar = tqdm(total=len(todo), disable=not progress, desc=f"held-out {verifier}", unit="run", dynamic_ncols=True)
+    what = "PNG re-score" if prefix == PNG_PREFIX else "held-out"
+    bar = tqdm(total=len(todo), disable=not progress, desc=f"{what} {verifier}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
             chunk = todo[start:start + max(1, batch_size)]
@@ -251,24 +256,26 @@ def rescore_held_out(
                 if held_out_problem(scored):
                     failures.append(str(folder))
                     continue
-                write_json_atomic(held_out_file(folder, verifier), scored)
+                write_json_atomic(held_out_file(folder, verifier, prefix), scored)
             bar.update(len(chunk))
     finally:
         bar.close()
     if failures:
-        raise UserError(f"held-out verifier {verifier!r} gave non-finite scores, not saved, for {len(failures)} "
+        raise UserError(f"{what} verifier {verifier!r} gave non-finite scores, not saved, for {len(failures)} "
                         f"folder(s): {', '.join(failures[:3])}{', ...' if len(failures) > 3 else ''}")
     return len(todo) - len(failures)
 
 
-def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False) -> list[Path]:
+def held_out_todo(
+    folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False, prefix: str = HELD_OUT_PREFIX
+) -> list[Path]:
     """The finished folders that still lack (or, with ``overwrite``, have) held-out scores by ``verifier``."""
-    return [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier))]
+    return [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier, prefix))]
 
 
-def _has_held_out(folder: str | os.PathLike, verifier: str) -> bool:
+def _has_held_out(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> bool:
     try:
-        return held_out_problem(read_json(held_out_file(folder, verifier))) is None
+        return held_out_problem(read_json(held_out_file(folder, verifier, prefix))) is None
     except (OSError, ValueError, RecursionError):
         return False
 

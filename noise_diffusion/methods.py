@@ -14,6 +14,8 @@ shape ``[B, *S]``: ``grad`` is ∂score/∂z (``None`` for methods that do not n
   ``z ← z + η·sqrt(D)·g/‖g‖``, η = ``step_size`` (a step of η times the typical norm sqrt(D) of a standard-normal z).
   It leaves the Gaussian prior, which is the paper's point.
 - ``none`` — the plain sampler: no epochs (``max_epoch`` is ignored).
+- ``initno``, ``initno_noise_only``, ``attend_and_excite`` — the attention baselines of
+  :mod:`noise_diffusion.baselines`: one image per (prompt, seed) from their own sampler, no epochs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Method:
     propose: Propose | None  # None: no epochs after the initial one
     needs_grad: bool
     description: str
+    baseline: bool = False  # made by noise_diffusion.baselines (its own sampler), not by the epoch loop
 
 
 def draw_pools(rngs: Sequence[torch.Generator], num: int, shape: Sequence[int], device, dtype=torch.float32) -> Tensor:
@@ -111,5 +114,11 @@ METHODS: dict[str, Method] = {
         Method("best_of_n", best_of_n_step, False, "random search over max_epoch+1 independent initial noises"),
         Method("gradient_ascent", gradient_ascent_step, True, "normalised gradient ascent on z_T (PGD comparison)"),
         Method("none", None, False, "the plain sampler, one generation"),
+        Method("initno", None, False, "InitNO: initial-noise optimisation, then its attention guidance while "
+               "denoising (as the paper ran it)", baseline=True),
+        Method("initno_noise_only", None, False, "InitNO ablation: the optimised noise, sampled without guidance",
+               baseline=True),
+        Method("attend_and_excite", None, False, "Attend-and-Excite: cross-attention guidance in the first 25 steps",
+               baseline=True),
     )
 }

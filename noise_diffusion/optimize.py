@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .generators.base import Generator, initial_latents
 from .methods import METHODS
+from .results import RunResult  # noqa: F401 (re-exported: the loop returns them)
 from .results import MAX_SEED, check_seed
 from .scorers.base import Scorer
 
@@ -70,38 +71,6 @@ class SearchConfig:
         return 0 if METHODS[self.method].propose is None else self.max_epoch
 
 
-@dataclass
-class RunResult:
-    """Outcome of one (prompt, seed): the best image with its latent and epoch, and one record per scored latent."""
-
-    prompt: str
-    seed: int
-    initial_image: Tensor  # [3, H, W] in [0, 1], CPU
-    initial_score: float
-    best_image: Tensor
-    best_latent: Tensor  # standard-normal initial latent that generates best_image, CPU float32
-    best_score: float
-    best_epoch: int
-    epochs: list[dict] = field(default_factory=list)
-    compute: dict = field(default_factory=dict)
-    epoch_images: list[Tensor] = field(default_factory=list)
-    seconds: float = 0.0
-    failure: str | None = None  # why the run stopped unfinished (a non-finite score); such a run is never saved
-
-    def record(self) -> dict:
-        """JSON-ready summary (no tensors)."""
-        return {
-            "prompt": self.prompt,
-            "seed": self.seed,
-            "initial_score": self.initial_score,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "epochs": self.epochs,
-            "compute": self.compute,
-            "seconds": self.seconds,
-        }
-
-
 def optimize(
     generator: Generator,
     scorer: Scorer,
@@ -112,11 +81,14 @@ def optimize(
     initial: Tensor | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, int, Tensor, dict], None] | None = None,
+    token_indices: Sequence | None = None,
 ) -> list[RunResult]:
     """Optimise the initial latents of ``len(prompts)`` items at once; returns one :class:`RunResult` per item.
 
     ``initial`` overrides the seeded initial latents (``[B, *generator.latent_shape]``, standard normal).
     ``on_epoch(item, epoch, image, record)`` is called after every scored latent (e.g. to save per-epoch images).
+    ``token_indices`` (one list per prompt, or None to compute them) are the subject tokens of the attention
+    baselines (:mod:`noise_diffusion.baselines`), which the other methods ignore.
     An item whose score is not finite stops there with :attr:`RunResult.failure` set; the others go on.
     """
     config = (config or SearchConfig()).validate()
@@ -130,6 +102,11 @@ def optimize(
         if check is not None:
             check(prompt)
     method = METHODS[config.method]
+    if method.baseline:
+        from .baselines import run_baseline
+
+        return run_baseline(config.method, generator, scorer, prompts, seeds, token_indices, initial=initial,
+                            progress=progress, on_epoch=on_epoch)
     device = generator.device
     options = {"num_candidates": config.num_candidates, "step_size": config.step_size}
     batch = len(prompts)
@@ -139,7 +116,9 @@ def optimize(
     rngs = [torch.Generator(device=device).manual_seed(pool_seed(s)) for s in seeds]
     conditioning = generator.encode_prompts(prompts)
     evals_per_generation = generator.model_evals_per_generation
-    compute = [dict(generations=0, unet_evals=0, scorer_forward=0, scorer_backward=0) for _ in prompts]
+    # model_backwards stays 0: the replay differentiates the scheduler steps and the VAE, never the denoiser
+    compute = [dict(generations=0, model_evals=0, model_backwards=0, scorer_forward=0, scorer_backward=0)
+               for _ in prompts]
     results: list[RunResult | None] = [None] * batch
     epochs = config.epochs
     started = time.perf_counter()
@@ -161,7 +140,7 @@ def optimize(
                 scores = scorer(images, item_prompts)
         for i in active:
             compute[i]["generations"] += 1
-            compute[i]["unet_evals"] += evals_per_generation
+            compute[i]["model_evals"] += evals_per_generation
             compute[i]["scorer_forward"] += 1
             compute[i]["scorer_backward"] += int(need_grad)
         return scores.detach().float().to(device), images.detach(), grad

@@ -6,8 +6,9 @@ results and ``evaluate.py --report DIR`` can redo it at any time.
 
 Statistics, per method and category and over all runs (a run = one prompt and seed):
 mean initial score, mean best score, gain = mean best - mean initial, share of runs whose best (and initial) score is
-above 0.5 and 0.9, median epoch of the best image, mean UNet evaluations, generations and seconds per run; the same
-score statistics for every held-out verifier.
+above 0.5 and 0.9, median epoch of the best image, mean model (UNet/transformer) forward and backward evaluations,
+generations and seconds per run; the same score statistics for every held-out verifier. Results written before the
+compute field was renamed (``unet_evals``, now ``model_evals``) read the same.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Sequence
 from .errors import UserError
 from .evaluation import held_out_problem
 from .methods import METHODS
+from .paper_table import paper_table
 from .results import (
-    HELD_OUT_PREFIX, RESULT_FILE, inspect_run, read_json, remove_temp_files, write_bytes_atomic, write_json_atomic,
+    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, inspect_run, read_json, remove_temp_files, write_bytes_atomic,
+    write_json_atomic,
 )
 
 #: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
@@ -72,17 +75,8 @@ def collect(result_root: str | os.PathLike, skipped: list[dict] | None = None) -
             continue
         evaluation = config.get("evaluation") if isinstance(config.get("evaluation"), dict) else {}
         scorer = config.get("scorer") if isinstance(config.get("scorer"), dict) else {}
-        held_out = {}
-        for file in sorted(folder.glob(f"{HELD_OUT_PREFIX}*.json")):
-            try:
-                scores = read_json(file)
-                problem = held_out_problem(scores)
-            except (OSError, ValueError, RecursionError) as error:
-                problem = f"unreadable ({error})"
-            if problem is not None:
-                skipped.append({"folder": str(file), "reason": f"{file}: {problem}"})
-                continue
-            held_out[scores["verifier"]] = scores
+        held_out = _scores(folder, HELD_OUT_PREFIX, skipped)
+        png = _scores(folder, PNG_PREFIX, skipped)
         runs.append({
             "method": method,
             "category": str(evaluation.get("category", "all")),
@@ -92,8 +86,26 @@ def collect(result_root: str | os.PathLike, skipped: list[dict] | None = None) -
             "folder": folder,
             "record": record,
             "held_out": held_out,
+            "png": png,
         })
     return runs
+
+
+def _scores(folder: Path, prefix: str, skipped: list) -> dict[str, dict]:
+    """verifier -> its scores of the saved images, from the valid ``<prefix>*.json`` files of a run folder; the
+    invalid ones are listed in ``skipped``."""
+    found = {}
+    for file in sorted(folder.glob(f"{prefix}*.json")):
+        try:
+            scores = read_json(file)
+            problem = held_out_problem(scores)
+        except (OSError, ValueError, RecursionError) as error:
+            problem = f"unreadable ({error})"
+        if problem is not None:
+            skipped.append({"folder": str(file), "reason": f"{file}: {problem}"})
+            continue
+        found[scores["verifier"]] = scores
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
@@ -115,18 +127,33 @@ def run_stats(runs: Sequence[dict]) -> dict:
     stats = score_stats([r["initial_score"] for r in records], [r["best_score"] for r in records])
     stats["prompts"] = len({r["prompt"] for r in records})
     stats["median_best_epoch"] = statistics.median(r["best_epoch"] for r in records) if records else math.nan
-    for key in ("unet_evals", "generations", "scorer_forward", "scorer_backward"):
-        stats[f"{key}_per_run"] = _mean([r.get("compute", {}).get(key, math.nan) for r in records])
+    for key in ("model_evals", "model_backwards", "generations", "scorer_forward", "scorer_backward"):
+        stats[f"{key}_per_run"] = _mean([compute_value(r.get("compute", {}), key) for r in records])
     stats["seconds_per_run"] = _mean([r.get("seconds", math.nan) for r in records])
     return stats
 
 
-def held_out_stats(runs: Sequence[dict]) -> dict[str, dict]:
-    """Per held-out verifier: the score statistics of the runs it scored."""
-    verifiers = sorted({v for r in runs for v in r["held_out"]})
+#: compute fields under their earlier names
+COMPUTE_ALIASES = {"model_evals": "unet_evals"}
+
+
+def compute_value(compute: dict, key: str) -> float:
+    """A compute field of a result record, read under its earlier name too; ``model_backwards`` is 0 in records made
+    before it existed (no method then differentiated the diffusion model)."""
+    if key in compute:
+        return compute[key]
+    if COMPUTE_ALIASES.get(key) in compute:
+        return compute[COMPUTE_ALIASES[key]]
+    return 0 if key == "model_backwards" and compute else math.nan
+
+
+def held_out_stats(runs: Sequence[dict], key: str = "held_out") -> dict[str, dict]:
+    """Per held-out verifier: the score statistics of the runs it scored (``key="png"``: the guiding verifier's
+    scores of the saved PNGs)."""
+    verifiers = sorted({v for r in runs for v in r.get(key, {})})
     out = {}
     for verifier in verifiers:
-        scored = [r["held_out"][verifier] for r in runs if verifier in r["held_out"]]
+        scored = [r[key][verifier] for r in runs if verifier in r.get(key, {})]
         out[verifier] = score_stats([s["initial_score"] for s in scored], [s["best_score"] for s in scored])
     return out
 
@@ -142,14 +169,15 @@ def best_so_far(record: dict) -> list[float]:
 
 def mean_curve(records: Sequence[dict]) -> dict:
     """Mean best-so-far score per epoch over runs (a run that stopped early keeps its last value), with the mean
-    UNet evaluations spent up to each epoch."""
+    model evaluations spent up to each epoch."""
     curves = [best_so_far(r) for r in records]
     length = max(map(len, curves))
     padded = [c + [c[-1]] * (length - len(c)) for c in curves]
-    per_generation = _mean([r["compute"]["unet_evals"] / max(1, r["compute"]["generations"]) for r in records])
+    per_generation = _mean([compute_value(r["compute"], "model_evals") / max(1, r["compute"]["generations"])
+                            for r in records])
     return {
         "epoch": list(range(length)),
-        "unet_evals": [per_generation * (k + 1) for k in range(length)],
+        "model_evals": [per_generation * (k + 1) for k in range(length)],
         "mean_best_so_far": [sum(col) / len(col) for col in zip(*padded)],
     }
 
@@ -175,6 +203,7 @@ def summarize(runs: Sequence[dict]) -> dict:
             "paper": PAPER.get(kind),
             "categories": {name: run_stats(group) for name, group in groups.items()},
             "held_out": {name: held_out_stats(group) for name, group in groups.items()},
+            "png": {name: held_out_stats(group, "png") for name, group in groups.items()},
             "curve": mean_curve([r["record"] for r in method_runs]),
         }
     return summary
@@ -234,31 +263,32 @@ def _fmt(value, digits: int = 3, signed: bool = False) -> str:
 def markdown(summary: dict, root: Path | None = None) -> str:
     """The readable report."""
     lines = [f"# Evaluation summary{f': `{root}`' if root else ''}", ""]
-    lines += ["| method | runs | initial | best | gain | best > 0.9 | UNet evals / run | s / run | held-out initial → best |",
+    lines += ["| method | runs | initial | best | gain | best > 0.9 | model evals / run | s / run | held-out initial → best |",
               "|---|---|---|---|---|---|---|---|---|"]
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         held = "; ".join(f"{v}: {_fmt(h['mean_initial'])} → {_fmt(h['mean_best'])}"
                         for v, h in info["held_out"][OVERALL].items()) or "–"
         lines.append(f"| {method} | {s['runs']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
-                     f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['unet_evals_per_run'], 1)} | "
+                     f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['model_evals_per_run'], 1)} | "
                      f"{_fmt(s['seconds_per_run'], 2)} | {held} |")
     kinds = dict.fromkeys(info["dataset_kind"] for info in summary["methods"].values() if info["paper"])
     for kind in kinds:
         paper = " · ".join(f"{k} {v:.3f}" for k, v in PAPER[kind].items())
         lines += ["", f"Paper, {kind} set, mean score: {paper}. Note: {summary['paper_note']}."]
     lines.append("")
+    lines += paper_table(summary)
     for method, info in summary["methods"].items():
         lines += [f"## {method}", "",
                   f"Guided by {', '.join(info['verifiers'])}; dataset {', '.join(info['datasets'])}.", ""]
         lines += ["| category | runs | prompts | initial | best | gain | best > 0.5 | best > 0.9 | median best epoch | "
-                  "UNet evals / run | s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "model evals / run | s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for category, s in info["categories"].items():
             name = f"**{category}**" if category == OVERALL else category
             lines.append(
                 f"| {name} | {s['runs']} | {s['prompts']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
                 f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.5'])} | {_fmt(s['best_above_0.9'])} | "
-                f"{_fmt(s['median_best_epoch'], 1)} | {_fmt(s['unet_evals_per_run'], 1)} | "
+                f"{_fmt(s['median_best_epoch'], 1)} | {_fmt(s['model_evals_per_run'], 1)} | "
                 f"{_fmt(s['seconds_per_run'], 2)} |")
         verifiers = sorted({v for groups in info["held_out"].values() for v in groups})
         for verifier in verifiers:
@@ -275,7 +305,7 @@ def markdown(summary: dict, root: Path | None = None) -> str:
             lines += ["", "Initial (left) vs best (right): " + ", ".join(f"[{c}]({f})" for c, f in grids.items())]
         lines.append("")
     if "figures" in summary:
-        lines += ["## Best-so-far score", "", f"![mean best-so-far vs epochs and UNet evaluations]"
+        lines += ["## Best-so-far score", "", f"![mean best-so-far vs epochs and model evaluations]"
                   f"({summary['figures']['curves']})", ""]
     if summary.get("skipped"):
         lines += ["## Skipped folders", "", "Not counted above (an evaluate.py run of the same job redoes a damaged "
@@ -286,16 +316,16 @@ def markdown(summary: dict, root: Path | None = None) -> str:
 
 
 def plot_curves(summary: dict, path: Path) -> None:
-    """Mean best-so-far score per method against epochs and against UNet evaluations (equal compute)."""
+    """Mean best-so-far score per method against epochs and against model evaluations (equal compute)."""
     plt = _pyplot()
     fig, (by_epoch, by_unet) = plt.subplots(1, 2, figsize=(10, 4))
     for method, info in summary["methods"].items():
         curve = info["curve"]
         marker = "o" if len(curve["epoch"]) == 1 else None
         by_epoch.plot(curve["epoch"], curve["mean_best_so_far"], label=method, marker=marker)
-        by_unet.plot(curve["unet_evals"], curve["mean_best_so_far"], label=method, marker=marker)
+        by_unet.plot(curve["model_evals"], curve["mean_best_so_far"], label=method, marker=marker)
     by_epoch.set_xlabel("epoch (0 = initial image)")
-    by_unet.set_xlabel("UNet evaluations per run")
+    by_unet.set_xlabel("model evaluations per run")
     for axis in (by_epoch, by_unet):
         axis.set_ylabel("mean best-so-far score")
         axis.grid(alpha=0.3)

@@ -21,18 +21,24 @@ import platform
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from PIL import Image
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 RESULT_FILE = "result.json"
 LATENT_FILE = "best_latent.safetensors"
 LOCK_FILE = ".lock"
 HELD_OUT_PREFIX = "heldout_"
+#: scores of the saved PNGs by the *guiding* verifier (the same path as a held-out verifier's), so that every method's
+#: row is scored alike: from its image file, through PIL
+PNG_PREFIX = "png_"
 MAX_NAME = 72  # + "-" + 16 hex digits: at most 89 characters
 #: Hex digits of SHA-256 in a folder name: 64 bits, so that distinct prompts never share a folder in practice
 #: (32 bits collide within ~10^5 prompts).
@@ -41,6 +47,37 @@ TEMP_SUFFIX = ".tmp"
 #: Seeds are those of torch.Generator.manual_seed: 0 .. 2**64 - 1.
 MAX_SEED = 2**64 - 1
 
+
+@dataclass
+class RunResult:
+    """Outcome of one (prompt, seed): the best image with its latent and epoch, and one record per scored latent."""
+
+    prompt: str
+    seed: int
+    initial_image: Tensor  # [3, H, W] in [0, 1], CPU
+    initial_score: float
+    best_image: Tensor
+    best_latent: Tensor  # standard-normal initial latent that generates best_image, CPU float32
+    best_score: float
+    best_epoch: int
+    epochs: list[dict] = field(default_factory=list)
+    compute: dict = field(default_factory=dict)
+    epoch_images: list[Tensor] = field(default_factory=list)
+    seconds: float = 0.0
+    failure: str | None = None  # why the run stopped unfinished (a non-finite score); such a run is never saved
+
+    def record(self) -> dict:
+        """JSON-ready summary (no tensors)."""
+        return {
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "initial_score": self.initial_score,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "compute": self.compute,
+            "seconds": self.seconds,
+        }
 
 def safe_folder_name(prompt: str) -> str:
     """A folder name for a prompt: word characters only, bounded length, plus 64 bits of SHA-256 for uniqueness.
@@ -157,9 +194,11 @@ def record_problem(record: Any) -> str | None:
     if scores.get(record["best_epoch"]) != record["best_score"] or max(scores.values()) != record["best_score"]:
         return "'best_score' is not the best epoch's score"
     compute = record.get("compute")
-    if (not isinstance(compute, dict) or not all(k in compute for k in ("generations", "unet_evals"))
-            or not all(_count(v) for v in compute.values())):
-        return "'compute' must count 'generations' and 'unet_evals' (non-negative integers)"
+    # model evaluations were called unet_evals in earlier results; "seconds" is the one non-count
+    if (not isinstance(compute, dict) or "generations" not in compute
+            or not any(k in compute for k in ("model_evals", "unet_evals"))
+            or not all(_number(v) if k == "seconds" else _count(v) for k, v in compute.items())):
+        return "'compute' must count 'generations' and 'model_evals' (non-negative integers)"
     if "seconds" in record and not _number(record["seconds"]):
         return f"'seconds' must be a finite number, got {record['seconds']!r}"
     files = record.get("files")
@@ -386,8 +425,9 @@ def save_run(folder: str | os.PathLike, result, config: dict, save_latent: bool 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _remove(folder / RESULT_FILE)
-    for stale in folder.glob(f"{HELD_OUT_PREFIX}*.json"):
-        _remove(stale)
+    for prefix in (HELD_OUT_PREFIX, PNG_PREFIX):  # scores of the image being replaced
+        for stale in folder.glob(f"{prefix}*.json"):
+            _remove(stale)
     remove_temp_files(folder)
     epochs_dir = folder / "epochs"
     if epochs_dir.is_dir():

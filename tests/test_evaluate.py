@@ -65,7 +65,7 @@ def count_saves(monkeypatch, fail_after=None):
     return saved
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].baseline])  # baselines: test_baselines
 def test_each_method_runs_and_records_its_compute(tmp_path, generator, scorer, method):
     jobs = make_jobs(entries(2), [5])
     assert run_jobs(jobs, generator, scorer, search(method), tmp_path, batch_size=2, progress=False,
@@ -74,8 +74,8 @@ def test_each_method_runs_and_records_its_compute(tmp_path, generator, scorer, m
         record = json.loads((job_folder(tmp_path, method, job) / "result.json").read_text())
         generations = 1 if method == "none" else EPOCHS + 1
         grads = EPOCHS if METHODS[method].needs_grad else 0  # a gradient after every epoch but the last
-        assert record["compute"] == {"generations": generations, "unet_evals": generations * 2 * STEPS,  # CFG: 2/step
-                                     "scorer_forward": generations, "scorer_backward": grads}
+        assert record["compute"] == {"generations": generations, "model_evals": generations * 2 * STEPS,  # CFG: 2/step
+                                     "model_backwards": 0, "scorer_forward": generations, "scorer_backward": grads}
         assert len(record["epochs"]) == generations
         assert record["best_score"] == max(e["score"] for e in record["epochs"])
         assert record["config"]["search"]["method"] == method
@@ -90,7 +90,7 @@ def test_best_of_n_and_noise_diffusion_spend_the_same_generations(tmp_path, gene
         run_jobs(jobs, generator, scorer, search(method), tmp_path, progress=False)
         computes.append(json.loads((job_folder(tmp_path, method, jobs[0]) / "result.json").read_text())["compute"])
     assert computes[0]["generations"] == computes[1]["generations"] == EPOCHS + 1
-    assert computes[0]["unet_evals"] == computes[1]["unet_evals"]
+    assert computes[0]["model_evals"] == computes[1]["model_evals"]
 
 
 def test_resume_after_a_crash_repeats_and_loses_nothing(tmp_path, generator, scorer, monkeypatch):

@@ -153,7 +153,7 @@ def test_run_py_three_epochs_end_to_end(folders, family, tiny_clip_dir, tmp_path
     gen = record["config"]["generator"]
     assert gen["family"] == {"sd3": "stable-diffusion-3", "sdxl": "stable-diffusion-xl", "flux": "flux"}[family]
     per_generation = 4 * (1 if family == "flux" else 2)
-    assert record["compute"]["unet_evals"] == 4 * per_generation  # 4 generations: initial + 3 epochs
+    assert record["compute"]["model_evals"] == 4 * per_generation  # 4 generations: initial + 3 epochs
     # every epoch moves the latent (γ > 0 unless the score is exactly 1), so every saved image differs
     images = [path.read_bytes() for path in sorted((run_folder(root, "a dog under a frog", 3) / "epochs").iterdir())]
     assert len(images) == 4 and len(set(images)) == 4

@@ -88,7 +88,7 @@ def test_compute_accounting(generator, scorer, method):
     generations = 1 if method == "none" else epochs + 1
     assert len(result.epochs) == generations
     assert result.compute["generations"] == generations
-    assert result.compute["unet_evals"] == generations * 2 * STEPS
+    assert result.compute["model_evals"] == generations * 2 * STEPS
     assert result.compute["scorer_forward"] == generations
     # gradients are needed before every update except after the last generation
     expected_backward = epochs if method in ("noise_diffusion", "gradient_ascent") else 0

@@ -30,8 +30,9 @@ from noise_diffusion.cli import ArgumentParser
 
 GIB = 2**30
 FULL_DEPTH = 24
-MODES = {"plain": {}, "checkpointing": {"checkpointing": True}, "micro_batch=1": {"micro_batch": 1},
-         "checkpointing + micro_batch=1": {"checkpointing": True, "micro_batch": 1}}
+#: --modes name -> scorer options (micro-batches of one image: the least memory that option gives)
+MODES = {"plain": {}, "checkpointing": {"checkpointing": True}, "micro_batch": {"micro_batch": 1},
+         "both": {"checkpointing": True, "micro_batch": 1}}
 
 
 def _status_kib(field: str) -> int:
@@ -91,7 +92,8 @@ def markdown(report: dict) -> str:
     plain = report["results"]["plain"]["full_gib"]
     for mode, row in report["results"].items():
         a, b = row["by_depth"]
-        lines.append(f"| {mode} | {a['pass_gib']:.3f} ({a['seconds']:.1f} s) | {b['pass_gib']:.3f} ({b['seconds']:.1f} s) "
+        label = {"micro_batch": "micro_batch=1", "both": "checkpointing + micro_batch=1"}.get(mode, mode)
+        lines.append(f"| {label} | {a['pass_gib']:.3f} ({a['seconds']:.1f} s) | {b['pass_gib']:.3f} ({b['seconds']:.1f} s) "
                      f"| {row['per_layer_gib']:.3f} | {row['full_gib']:.2f} | {row['full_gib'] / plain:.2f}× |")
     lines += ["", f"Weights: {report['weights_gib_measured']:.2f} GiB at {d2} layers; the full model has "
               f"{report['full_parameters'] / 1e9:.2f} B parameters ({report['full_parameters'] * 4 / GIB:.1f} GiB in "
@@ -109,7 +111,7 @@ def main() -> int:
                         help="the two depths measured, layers per stack (default 1 2; real: 24)")
     parser.add_argument("--batch_size", type=int, default=2, help="images per pass (default 2)")
     parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES),
-                        help="options to measure (default: all)")
+                        help="options to measure: plain, checkpointing, micro_batch (of 1 image), both (default: all)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     d1, d2 = args.layers

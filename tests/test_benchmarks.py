@@ -79,3 +79,16 @@ def test_epoch_cost_runs_end_to_end(tiny_sd_dir, tiny_clip_dir, tmp_path):
         assert row["epoch_over_minimum_breakdown"] >= 1.0
         assert len(row["epoch_intervals"]) == 2 and len(row["minimum_samples"]) == 2
     assert "| batch | epoch (optimize) s |" in done.stdout
+
+
+def test_verifier_cost_runs_end_to_end(tmp_path):
+    """The verifier benchmark times every tiny VQA family batched and one at a time, and leaves the scorer as it was."""
+    out = tmp_path / "verifier.json"
+    command = [sys.executable, str(BENCHMARKS / "verifier_cost.py"), "--batch_size", "1", "3", "--repeats", "1",
+               "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 * 6 and {r["batch_size"] for r in rows} == {1, 3}
+    assert all(r["batched"] > 0 and r["one_at_a_time"] > 0 for r in rows)
+    assert "| verifier | batch |" in done.stdout

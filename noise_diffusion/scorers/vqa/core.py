@@ -89,9 +89,9 @@ def positions_from_mask(mask: Tensor) -> Tensor:
 
 
 def check_micro_batch(micro_batch: int | None) -> int | None:
-    if micro_batch is not None and (isinstance(micro_batch, bool) or int(micro_batch) != micro_batch or micro_batch < 1):
+    if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1):
         raise UserError(f"micro_batch must be a positive integer or None, got {micro_batch!r}")
-    return None if micro_batch is None else int(micro_batch)
+    return micro_batch
 
 
 def _checkpointed(forward):
@@ -147,12 +147,12 @@ class VQAScorer(Scorer):
     resize_mode = "antialias"
 
     def __init__(self, question_template: str | None = None, answer_template: str | None = None,
-                 micro_batch: int | None = None, checkpointing: bool = False) -> None:
+                 micro_batch: int | None = None) -> None:
         super().__init__()
         self.question_template = check_template(question_template or DEFAULT_QUESTION, "question")
         self.answer_template = check_template(answer_template or DEFAULT_ANSWER, "answer")
         self.micro_batch = check_micro_batch(micro_batch)
-        self.checkpointing = bool(checkpointing)
+        self.checkpointing = False  # subclasses call set_checkpointing once their model is in place
 
     def set_checkpointing(self, enabled: bool) -> None:
         """Activation checkpointing in the model's transformer layers on or off (the ``checkpointing`` option)."""

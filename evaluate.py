@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--categories", nargs="+", default=None, help="only these categories (default: all)")
     g.add_argument("--limit", type=cli.positive_int, default=None,
                    help="only the first N prompts of each category (default: all)")
-    g.add_argument("--seeds", nargs="+", default=["33"], metavar="SEED",
+    g.add_argument("--seeds", type=cli.seed_or_paper, nargs="+", default=[33], metavar="SEED",
                    help="seeds to run for every prompt, 0 .. 2**64-1; 'paper' = the authors' research-code seeds "
                         f"{' '.join(map(str, cli.PAPER_SEEDS))} (default: 33)")
     g = parser.add_argument_group("execution")

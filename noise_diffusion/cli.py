@@ -150,7 +150,12 @@ def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -
 PAPER_SEEDS = (22, 15, 9951, 31, 9989)
 
 
-def seed_list(values: list[str]) -> list[int]:
+def seed_or_paper(text: str) -> int | str:
+    """An argparse type: a seed (0 .. 2**64-1) or the word ``paper``."""
+    return text if text == "paper" else seed_int(text)
+
+
+def seed_list(values: list[int | str]) -> list[int]:
     """Seeds from the command line: integers, or ``paper`` for :data:`PAPER_SEEDS`; duplicates dropped."""
     seeds: list[int] = []
     for value in values:
@@ -158,9 +163,9 @@ def seed_list(values: list[str]) -> list[int]:
             seeds.extend(PAPER_SEEDS)
             continue
         try:
-            seeds.append(seed_int(value))
-        except argparse.ArgumentTypeError as error:
-            raise UserError(f"a seed must be 'paper' or {str(error).removeprefix('must be ')}") from None
+            seeds.append(seed_int(str(value)))
+        except argparse.ArgumentTypeError:
+            raise UserError(f"a seed must be an integer or 'paper' (seeds run from 0 to 2**64-1), got {value!r}") from None
     return list(dict.fromkeys(seeds))
 
 

@@ -18,20 +18,11 @@ import sys
 from pathlib import Path
 
 try:  # the imports take seconds (torch, diffusers): Ctrl-C meanwhile is a clean exit too
-    import torch
-
-    from noise_diffusion import api, cli
-    from noise_diffusion.datasets import dataset_kind, load_dataset, resolve
-    from noise_diffusion.evaluation import (
-        PNG_PREFIX, check_settings, held_out_todo, job_folder, make_jobs, pending_jobs, processes, rescore_held_out,
-        run_jobs, shard,
-    )
-    from noise_diffusion.generators import pipeline_class_name, resolve_model
+    from noise_diffusion import cli
+    from noise_diffusion.evaluation import evaluate
     from noise_diffusion.methods import METHODS
     from noise_diffusion.paper_table import paper_table
     from noise_diffusion.report import OVERALL, write_report
-    from noise_diffusion.results import check_writable, expected_settings as settings_of_runs
-    from noise_diffusion.scorers import scorer_loader
 except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     sys.exit(130)
@@ -98,92 +89,17 @@ def main(argv=None) -> int:
         print_overall(summary, args.report)
         return 0
 
-    entries = load_dataset(args.dataset, args.categories, args.limit)
-    methods = list(dict.fromkeys(args.methods or [args.method]))
-    searches = [cli.search_config(args, keep_epoch_images=args.save_all_epochs, method=m) for m in methods]
-    jobs = make_jobs(entries, cli.seed_list(args.seeds))
-    on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
-    procs = processes(args.shard, cpu=on_cpu)
-    mine = shard(jobs, procs.index, procs.count)
-    root = Path(args.result_root)
-    device = args.device or procs.device
-    vqa_device = args.vqa_device or device
-    progress = not args.quiet and (procs.is_main or procs.barrier is None)
-
-    if not args.overwrite:
-        for search in searches:
-            check_settings(mine, root, search.method, expected_settings(args, search))
-    todo = {}
-    for search in searches:
-        states = {}
-        todo[search.method] = pending_jobs(mine, root, search.method, args.overwrite, states=states)
-        damaged = [job for job in mine if states[job].status == "invalid"]
-        if damaged:
-            print(f"{search.method}: redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
-                  f"{states[damaged[0]].reason}", file=sys.stderr)
-    # cheap checks of every model name before any weights are loaded
-    for name in [device, vqa_device]:
-        api.resolve_device(name)
-    if any(todo.values()):
-        pipeline_class_name(resolve_model(args.sd_version))
-    scorer_loader(args.vqa_model)
-    if args.eval_vqa_model:
-        scorer_loader(args.eval_vqa_model)
-    check_writable(root)
-    folders = {s.method: [job_folder(root, s.method, job) for job in mine] for s in searches}
-    all_folders = [f for group in folders.values() for f in group]
-
-    generator = scorer = None
-    if any(todo.values()):  # models are loaded only when there is something to generate, and once for all methods
-        generator = api.build_generator(
-            args.sd_version, device, args.dtype, scheduler=args.scheduler, num_steps=args.num_denoising_steps,
-            guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, height=args.height,
-            width=args.width, **cli.generator_options(args),
-        )
-        scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
-        dataset = {"name": args.dataset, "kind": dataset_kind(resolve(args.dataset))}
-        for search in searches:
-            pending = todo[search.method]
-            if not pending:
-                continue
-            saved = run_jobs(pending, generator, scorer, search, root, batch_size=args.batch_size,
-                             overwrite=args.overwrite, progress=progress, dataset=dataset,
-                             already_done=len(mine) - len(pending))
-            elsewhere = len(pending_jobs(pending, root, search.method))
-            print(f"{search.method}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
-                  + (f", {elsewhere} left to another process running them" if elsewhere else ""))
-        del generator  # free the memory before the verifiers re-score
-    if not args.no_png_rescore and held_out_todo(all_folders, args.vqa_model, args.overwrite, PNG_PREFIX):
-        if scorer is None:
-            scorer = api.build_scorer(args.vqa_model, vqa_device, args.vqa_dtype, **cli.scorer_options(args))
-        rescore_held_out(all_folders, scorer, args.vqa_model, batch_size=args.batch_size, overwrite=args.overwrite,
-                         progress=progress, prefix=PNG_PREFIX)
-    del scorer
-
-    if args.eval_vqa_model and held_out_todo(all_folders, args.eval_vqa_model, args.overwrite):
-        # the held-out verifier keeps its own question and answer: --vqa_question/--vqa_answer set the guide's
-        held_out = api.build_scorer(args.eval_vqa_model, vqa_device, args.vqa_dtype)
-        rescore_held_out(all_folders, held_out, args.eval_vqa_model, batch_size=args.batch_size,
-                         overwrite=args.overwrite, progress=progress)
-
-    procs.wait()  # under accelerate: every process has written its results
-    if procs.barrier is not None or procs.count == 1:
-        if procs.is_main:
-            print_overall(write_report(root), root)
-    elif any(pending_jobs(jobs, root, s.method) for s in searches):
-        print(f"shard {procs.index}/{procs.count} done; the report is built when every shard has finished "
-              f"(or: python evaluate.py --report {root})")
-    else:
-        print_overall(write_report(root), root)  # the last explicit shard to finish builds it
+    searches = [cli.search_config(args, keep_epoch_images=args.save_all_epochs, method=method)
+                for method in dict.fromkeys(args.methods or [args.method])]
+    summary = evaluate(
+        args.dataset, cli.seed_list(args.seeds), searches, cli.generator_spec(args), cli.verifier_spec(args),
+        args.result_root, categories=args.categories, limit=args.limit, batch_size=args.batch_size,
+        shard_of=args.shard, overwrite=args.overwrite, held_out=args.eval_vqa_model,
+        png_rescore=not args.no_png_rescore, progress=not args.quiet,
+    )
+    if summary is not None:
+        print_overall(summary, args.result_root)
     return 0
-
-
-def expected_settings(args: argparse.Namespace, search) -> dict:
-    """What finished runs must have been made with to be kept: the search, the verifier, the model, and the sampling
-    settings given on the command line (those left to the model's defaults are not compared)."""
-    return settings_of_runs(search, args.vqa_model, cli.scorer_options(args), args.sd_version,
-                            resolve_model(args.sd_version), args.num_denoising_steps, args.guidance_scale,
-                            args.height, args.width)
 
 
 def print_overall(summary: dict, root) -> None:

@@ -46,14 +46,9 @@ def main(argv=None) -> int:
     if not args.prompt.strip():
         raise api.UserError("the prompt is empty")
     result = api.run(
-        args.prompt, args.seed,
-        sd_version=args.sd_version, vqa_model=args.vqa_model, device=args.device, vqa_device=args.vqa_device,
-        dtype=args.dtype, vqa_dtype=args.vqa_dtype, scheduler=args.scheduler,
-        num_denoising_steps=args.num_denoising_steps, guidance_scale=args.guidance_scale,
-        negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-        generator_options=cli.generator_options(args), scorer_options=cli.scorer_options(args), search=cli.search_config(args), result_root=args.result_root,
-        save_all_epochs=args.save_all_epochs, overwrite=args.overwrite, progress=not args.quiet,
-        token_indices=args.token_indices,
+        args.prompt, args.seed, generator=cli.generator_spec(args), verifier=cli.verifier_spec(args),
+        search=cli.search_config(args), result_root=args.result_root, save_all_epochs=args.save_all_epochs,
+        overwrite=args.overwrite, progress=not args.quiet, token_indices=args.token_indices,
     )
     folder = api.run_folder(args.result_root, args.prompt, args.seed)
     prefix = "already finished (use --overwrite to redo): " if isinstance(result, dict) else ""

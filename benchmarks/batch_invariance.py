@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     generator = api.build_generator("toy-digits", "cpu", "float32", num_steps=args.num_denoising_steps)
-    scorer = api.build_scorer("toy-digits-cnn", "cpu", "float32")
+    scorer = api.build_verifier("toy-digits-cnn", "cpu", "float32")
     prompts = [e.prompt for e in load_dataset(str(ROOT / args.dataset))[: args.prompts]]
     items = [(p, s) for p in prompts for s in args.seeds]
     search = SearchConfig(max_epoch=args.max_epoch, num_candidates=args.num_candidate_noises)

@@ -7,6 +7,7 @@ from .generators import Generator, load_generator
 from .methods import METHODS
 from .optimize import RunResult, SearchConfig, optimize
 from .scorers import Scorer, load_scorer
+from .specs import GeneratorSpec, VerifierSpec
 from .update import alignments, batched_alignments, diffuse, gamma_from_score, select_noise
 
 from . import toy  # noqa: E402,F401  isort: skip  (registers the toy world's model name and verifiers)
@@ -14,7 +15,7 @@ from . import toy  # noqa: E402,F401  isort: skip  (registers the toy world's mo
 __version__ = "0.1.0"
 
 __all__ = [
-    "run", "optimize", "SearchConfig", "RunResult", "METHODS", "UserError",
+    "run", "optimize", "SearchConfig", "RunResult", "METHODS", "UserError", "GeneratorSpec", "VerifierSpec",
     "Generator", "load_generator", "Scorer", "load_scorer",
     "gamma_from_score", "select_noise", "diffuse", "alignments", "batched_alignments",
 ]

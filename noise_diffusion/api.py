@@ -1,15 +1,17 @@
 """The Python API: everything ``run.py`` does, reachable from Python.
 
-    from noise_diffusion import load_generator, load_scorer, optimize, SearchConfig, run
+    from noise_diffusion import GeneratorSpec, VerifierSpec, run
 
-    result = run("a dog under a frog", seed=33, sd_version="CompVis/stable-diffusion-v1-4",
-                 vqa_model="clip-flant5-xxl", device="cuda:0", result_root="results")
+    result = run("a dog under a frog", seed=33,
+                 generator=GeneratorSpec("CompVis/stable-diffusion-v1-4", device="cuda:0"),
+                 verifier=VerifierSpec("clip-flant5-xxl"), result_root="results")
     result.best_image  # [3, H, W] in [0, 1]
+
+The pieces (``load_generator``, ``load_verifier``, ``optimize``) are importable from :mod:`noise_diffusion` too.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,64 +21,22 @@ import torch
 
 from .baselines.tokens import subject_words
 from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
-from .generators import generator_class, load_generator, pipeline_class_name, resolve_model
-from .methods import METHODS
-from .optimize import RunResult, SearchConfig, optimize
-from .results import (
-    check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock, run_folder,
-    save_image_atomic, save_run, setting_differences,
-)
-from .scorers import load_scorer, scorer_loader
 from .images import tensor_to_pil
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def default_device() -> str:
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """Check that a device string names a device this machine has."""
-    device = device or default_device()
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise UserError(f"invalid device {device!r}") from error
-    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device {device!r} is not available (torch sees {torch.cuda.device_count()} CUDA devices)")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {device!r} is not available")
-    return parsed
-
-
-def resolve_dtype(name: str, device: torch.device, gpu_default: str = "float16") -> torch.dtype:
-    """``auto`` means ``gpu_default`` on a GPU and float32 on the CPU."""
-    if name == "auto":
-        name = gpu_default if device.type != "cpu" else "float32"
-    if name not in DTYPES:
-        raise UserError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+from .methods import METHODS
+from .optimize import SearchConfig, optimize
+from .results import (
+    RunResult, check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock, run_config,
+    run_folder, save_image_atomic, save_run, setting_differences,
+)
+from .specs import GeneratorSpec, VerifierSpec, resolve_device  # noqa: F401 (resolve_device: for the CLIs)
 
 
 def run(
     prompt: str,
     seed: int = 33,
     *,
-    sd_version: str = "CompVis/stable-diffusion-v1-4",
-    vqa_model: str = "clip-flant5-xxl",
-    device: str | None = None,
-    vqa_device: str | None = None,
-    dtype: str = "float32",
-    vqa_dtype: str = "auto",
-    scheduler: str = "ddim",
-    num_denoising_steps: int | None = None,
-    guidance_scale: float | None = None,
-    negative_prompt: str = "",
-    height: int | None = None,
-    width: int | None = None,
-    generator_options: dict | None = None,
-    scorer_options: dict | None = None,
+    generator: GeneratorSpec | None = None,
+    verifier: VerifierSpec | None = None,
     search: SearchConfig | None = None,
     result_root: str | None = "results",
     save_all_epochs: bool = False,
@@ -84,25 +44,22 @@ def run(
     progress: bool = True,
     token_indices: Sequence[int] | None = None,
 ) -> RunResult | dict:
-    """Run Noise Diffusion for one prompt and seed; save the run under ``result_root`` unless it is ``None``.
+    """Run the search for one prompt and seed with the models the specs describe; save the run under ``result_root``
+    unless it is ``None``.
 
-    ``num_denoising_steps`` and ``guidance_scale`` default to the model's recommended settings (the paper's 50 steps
-    and 7.5 for SD1.x/2.x). ``token_indices`` are the subject tokens for the attention baselines (``initno``,
-    ``attend_and_excite``; start token = 0); by default they are found from the prompt's words. Returns the
-    :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false — the saved
-    ``result.json`` record, untouched. A finished run made with other settings is an error (unless ``overwrite``); a
-    damaged one is redone after a one-line note on stderr. The run holds its folder's lock, so a second process asking
-    for the same prompt and seed stops with an error instead of writing the same folder.
+    ``token_indices`` are the subject tokens for the attention baselines (``initno``, ``attend_and_excite``; start
+    token = 0); by default they are found from the prompt's words. Returns the :class:`RunResult`, or — when the run
+    already finished in ``result_root`` and ``overwrite`` is false — the saved ``result.json`` record, untouched. A
+    finished run made with other settings is an error (unless ``overwrite``); a damaged one is redone after a one-line
+    note on stderr. The run holds its folder's lock, so a second process asking for the same prompt and seed stops with
+    an error instead of writing the same folder.
     """
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
     check_seed(seed)
     search = (search or SearchConfig()).validate()
-    # cheap checks of both model names before any weights are loaded
-    resolve_device(device)
-    resolve_device(vqa_device or device)
-    pipeline_class_name(resolve_model(sd_version))
-    scorer_loader(vqa_model)
+    generator_spec = (generator or GeneratorSpec()).check()  # cheap checks before any weights are loaded
+    verifier_spec = (verifier or VerifierSpec()).check(generator_spec.device)
     if METHODS[search.method].baseline and not token_indices:
         subject_words(prompt)  # a prompt whose subjects cannot be found fails before any weights are loaded
     folder = None
@@ -111,29 +68,23 @@ def run(
             folder = run_folder(check_writable(result_root), prompt, seed)
             if not lock.enter_context(job_lock(folder)):
                 raise UserError(f"another process is running {prompt!r} seed {seed} in {folder}")
-            saved = _saved_run(folder, prompt, seed, overwrite, expected_settings(
-                search, vqa_model, scorer_options or {}, sd_version, resolve_model(sd_version), num_denoising_steps,
-                guidance_scale, height, width))
+            saved = _saved_run(folder, prompt, seed, overwrite, expected_settings(search, generator_spec, verifier_spec))
             if saved is not None:
                 return saved
-        generator = build_generator(
-            sd_version, device, dtype, scheduler=scheduler, num_steps=num_denoising_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height, width=width,
-            **(generator_options or {}),
-        )
-        scorer = build_scorer(vqa_model, vqa_device or device, vqa_dtype, **(scorer_options or {}))
+        model = generator_spec.build()
+        judge = verifier_spec.build(generator_spec.device)
 
         def save_epoch_image(item: int, epoch: int, image: torch.Tensor, record: dict) -> None:
             save_image_atomic(folder / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
 
         on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
-        (result,) = optimize(generator, scorer, [prompt], [seed], search, progress=progress, on_epoch=on_epoch,
+        (result,) = optimize(model, judge, [prompt], [seed], search, progress=progress, on_epoch=on_epoch,
                              token_indices=[list(token_indices)] if token_indices else None)
         if result.failure:
             raise UserError(f"{prompt!r} seed {seed}: {result.failure}; the run is stopped and nothing is saved")
         if folder is not None:
-            save_run(folder, result, run_config(generator, scorer, search, seed),
-                     epoch_files_written=on_epoch is not None)
+            config = run_config(model, judge, search, seed, specs=(generator_spec, verifier_spec))
+            save_run(folder, result, config, epoch_files_written=on_epoch is not None)
     return result
 
 
@@ -155,54 +106,14 @@ def _saved_run(folder: Path, prompt: str, seed: int, overwrite: bool, expected: 
     return state.record
 
 
-def quiet_loading() -> None:
-    """Silence the libraries' per-file loading bars: the run's own progress bar is the one that matters."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+def build_generator(model: str, device: str | None = None, dtype: str = "float32", **settings):
+    """Shorthand for ``GeneratorSpec(model, device, dtype, **settings).build()``."""
+    return GeneratorSpec(model, device, dtype, **settings).build()
 
 
-def build_generator(sd_version: str, device: str | None, dtype: str, **options):
-    quiet_loading()
-    device_t = resolve_device(device)
-    if (options.get("num_steps") or 1) < 1:
-        raise UserError(f"num_denoising_steps must be >= 1, got {options['num_steps']}")
-    if options.get("scheduler") not in (None, "ddim", "default"):
-        raise UserError(f"unknown scheduler {options['scheduler']!r}; choose from ddim, default")
-    if options.get("guidance_scale") is not None and not math.isfinite(options["guidance_scale"]):
-        raise UserError(f"guidance_scale must be a finite number, got {options['guidance_scale']}")
-    for key in ("height", "width"):
-        if options.get(key) is not None and options[key] <= 0:
-            raise UserError(f"{key} must be positive, got {options[key]}")
-    preferred = getattr(generator_class(sd_version), "PREFERRED_DTYPE", "float16")
-    return load_generator(sd_version, device_t, resolve_dtype(dtype, device_t, gpu_default=preferred), **options)
-
-
-def build_scorer(vqa_model: str, device: str | None, dtype: str, **options):
-    quiet_loading()
-    device_t = resolve_device(device)
-    return load_scorer(vqa_model, device_t, resolve_dtype(dtype, device_t, gpu_default="bfloat16"), **options)
-
-
-def run_config(generator, scorer, search: SearchConfig, seed: int | None = None) -> dict:
-    """The configuration recorded next to every result."""
-    config = {
-        "generator": generator.settings(),
-        "scorer": {"name": scorer.name, "device": str(scorer.device), **_settings(scorer)},
-        "search": {k: v for k, v in vars(search).items() if k != "keep_epoch_images"},
-        "device": str(generator.device),
-        "command": " ".join(sys.argv),
-    }
-    if seed is not None:
-        config["seed"] = seed
-    return config
-
-
-def _settings(scorer) -> dict:
-    settings = getattr(scorer, "settings", None)
-    return dict(settings()) if callable(settings) else {}
+def build_verifier(model: str, device: str | None = None, dtype: str = "auto", **settings):
+    """Shorthand for ``VerifierSpec(model, device, dtype, **settings).build()``."""
+    return VerifierSpec(model, device, dtype, **settings).build()
 
 
 def summary_line(result: RunResult | dict, folder: Path | None) -> str:
@@ -212,4 +123,3 @@ def summary_line(result: RunResult | dict, folder: Path | None) -> str:
         f"{record['prompt']!r} seed {record['seed']}: {record['initial_score']:.4f} -> "
         f"{record['best_score']:.4f} (epoch {record['best_epoch']}){where}"
     )
-

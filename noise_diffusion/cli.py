@@ -10,6 +10,7 @@ from typing import Callable
 from .errors import UserError
 from .methods import METHODS
 from .optimize import ACCEPT_RULES, SearchConfig
+from .specs import GeneratorSpec, VerifierSpec
 
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
@@ -91,14 +92,15 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--drop_t5", action="store_true", help="SD3: load no T5 encoder (less memory, less faithful)")
 
 
-def generator_options(args: argparse.Namespace) -> dict:
-    """Memory/speed options set on the command line (only those given, so every model family keeps its defaults)."""
-    flags = ("cpu_offload", "vae_slicing", "vae_tiling", "vae_checkpointing", "compile", "drop_t5")
-    options = {name: True for name in flags if getattr(args, name, False)}
-    if getattr(args, "t5_device", None):
-        options["t5_device"] = args.t5_device
-    return options
-
+def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
+    """The diffusion model that the flags describe."""
+    return GeneratorSpec(
+        model=args.sd_version, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
+        num_steps=args.num_denoising_steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
+        height=args.height, width=args.width, cpu_offload=args.cpu_offload, vae_slicing=args.vae_slicing,
+        vae_tiling=args.vae_tiling, vae_checkpointing=args.vae_checkpointing, compile=args.compile,
+        t5_device=args.t5_device, drop_t5=args.drop_t5,
+    )
 
 def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("verifier")
@@ -169,14 +171,13 @@ def seed_list(values: list[int | str]) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def scorer_options(args: argparse.Namespace) -> dict:
-    """Verifier options set on the command line (only those given, so every verifier keeps its own defaults)."""
-    options = {"question_template": args.vqa_question, "answer_template": args.vqa_answer,
-               "micro_batch": getattr(args, "vqa_micro_batch", None),
-               "checkpointing": True if getattr(args, "vqa_checkpointing", False) else None,
-               "resize": getattr(args, "vqa_resize", None)}
-    return {k: v for k, v in options.items() if v is not None}
-
+def verifier_spec(args: argparse.Namespace) -> VerifierSpec:
+    """The guiding verifier that the flags describe (its device defaults to the diffusion model's)."""
+    return VerifierSpec(
+        model=args.vqa_model, device=args.vqa_device or getattr(args, "device", None), dtype=args.vqa_dtype, question=args.vqa_question,
+        answer=args.vqa_answer, resize=args.vqa_resize, micro_batch=args.vqa_micro_batch,
+        checkpointing=args.vqa_checkpointing,
+    )
 
 def add_model_and_search_args(parser: argparse.ArgumentParser) -> None:
     """The flags that run.py and evaluate.py share: diffusion model, memory/speed, verifier, search."""

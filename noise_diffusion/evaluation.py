@@ -18,22 +18,25 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .api import run_config
 from .datasets import PromptEntry
+from .specs import GeneratorSpec, VerifierSpec
 from .errors import UserError
 from .optimize import SearchConfig, optimize
 from .results import (
-    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, RunState, check_seed, describe_differences, inspect_run, is_finished,
-    job_lock, read_json, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
+    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, RunState, check_seed, check_writable, describe_differences,
+    expected_settings, held_out_problem, inspect_run, is_finished, job_lock, read_json, run_config, run_folder,
+    safe_folder_name, save_run, setting_differences, write_json_atomic,
 )
 
 BARRIER_TIMEOUT = timedelta(hours=72)
@@ -138,6 +141,7 @@ def run_jobs(
     progress: bool = True,
     dataset: dict | None = None,
     already_done: int = 0,
+    specs: tuple | None = None,
 ) -> int:
     """Optimise ``jobs`` (already filtered by :func:`pending_jobs`) ``batch_size`` at a time and save each result.
 
@@ -146,7 +150,8 @@ def run_jobs(
     non-finite is stopped and not saved; after the other jobs, :class:`UserError` lists such runs.
 
     ``dataset`` (e.g. ``{"name": ..., "kind": "simple"}``) is recorded in every result's configuration together with
-    the job's category, so the report can group results without the dataset file. Returns the number of saved results.
+    the job's category, so the report can group results without the dataset file; so are ``specs``
+    (``(GeneratorSpec, VerifierSpec)``), the models the run was asked for. Returns the number of saved results.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
@@ -182,7 +187,7 @@ def run_jobs(
                     if result.failure:
                         failures.append(f"{job.prompt!r} seed {job.seed} ({result.failure})")
                         continue
-                    config = run_config(generator, scorer, search, job.seed)
+                    config = run_config(generator, scorer, search, job.seed, specs=specs)
                     config["evaluation"] = {"category": job.category, **(dataset or {})}
                     save_run(job_folder(result_root, search.method, job), result, config)
                     saved += 1
@@ -280,17 +285,6 @@ def _has_held_out(folder: str | os.PathLike, verifier: str, prefix: str = HELD_O
         return False
 
 
-def held_out_problem(scores) -> str | None:
-    """What makes ``scores`` no valid ``heldout_<verifier>.json`` (None when it is one)."""
-    if not isinstance(scores, dict) or not isinstance(scores.get("verifier"), str):
-        return "expected an object with 'verifier', 'initial_score' and 'best_score'"
-    for key in ("initial_score", "best_score"):
-        value = scores.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"{key!r} must be a finite number, got {value!r}"
-    return None
-
-
 # ------------------------------------------------------------------------------------------------------ processes
 
 @dataclass
@@ -329,3 +323,95 @@ def processes(explicit: tuple[int, int] | None = None, cpu: bool = False) -> Pro
     state = PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
     device = str(state.device) if state.num_processes > 1 and state.device.type != "cpu" else None
     return Processes(state.process_index, state.num_processes, device, state.wait_for_everyone)
+
+
+# ------------------------------------------------------------------------------------------------ the whole evaluation
+
+def evaluate(
+    dataset: str,
+    seeds: Sequence[int],
+    searches: Sequence[SearchConfig],
+    generator: GeneratorSpec,
+    verifier: VerifierSpec,
+    result_root: str | os.PathLike,
+    *,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    shard_of: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    held_out: str | None = None,
+    png_rescore: bool = True,
+    progress: bool = True,
+) -> dict | None:
+    """Everything ``evaluate.py`` does: run every search method over the dataset's prompts and ``seeds`` (this
+    process's shard of them), re-score the saved images with the guiding verifier (``png_rescore``) and with the
+    ``held_out`` verifier, and write the report. The models are loaded once for all methods, and only when there is
+    something to generate. Returns the report's summary, or None when another process builds it.
+    """
+    from .datasets import dataset_kind, load_dataset, resolve
+    from .report import write_report
+
+    entries = load_dataset(dataset, categories, limit)
+    jobs = make_jobs(entries, seeds)
+    on_cpu = (generator.device or "").startswith("cpu") or not torch.cuda.is_available()
+    procs = processes(shard_of, cpu=on_cpu)
+    mine = shard(jobs, procs.index, procs.count)
+    root = Path(result_root)
+    generator = replace(generator, device=generator.device or procs.device)
+    verifier = replace(verifier, device=verifier.device or generator.device)
+    progress = progress and (procs.is_main or procs.barrier is None)
+
+    if not overwrite:
+        for search in searches:
+            check_settings(mine, root, search.method, expected_settings(search, generator, verifier))
+    todo = {}
+    for search in searches:
+        states: dict = {}
+        todo[search.method] = pending_jobs(mine, root, search.method, overwrite, states=states)
+        damaged = [job for job in mine if states[job].status == "invalid"]
+        if damaged:
+            print(f"{search.method}: redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
+                  f"{states[damaged[0]].reason}", file=sys.stderr)
+    # cheap checks of every model before any weights are loaded
+    if any(todo.values()):
+        generator.check()
+    verifier.check()
+    held_out_spec = VerifierSpec(held_out, device=verifier.device, dtype=verifier.dtype) if held_out else None
+    if held_out_spec is not None:  # it keeps its own question and answer: the flags set the guide's
+        held_out_spec.check()
+    check_writable(root)
+    folders = [job_folder(root, s.method, job) for s in searches for job in mine]
+
+    model = judge = None
+    if any(todo.values()):
+        model, judge = generator.build(), verifier.build()
+        info = {"name": dataset, "kind": dataset_kind(resolve(dataset))}
+        for search in searches:
+            pending = todo[search.method]
+            if not pending:
+                continue
+            saved = run_jobs(pending, model, judge, search, root, batch_size=batch_size, overwrite=overwrite,
+                             progress=progress, dataset=info, already_done=len(mine) - len(pending),
+                             specs=(generator, verifier))
+            elsewhere = len(pending_jobs(pending, root, search.method))
+            print(f"{search.method}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
+                  + (f", {elsewhere} left to another process running them" if elsewhere else ""))
+        del model  # free the memory before the verifiers re-score
+    if png_rescore and held_out_todo(folders, verifier.model, overwrite, PNG_PREFIX):
+        judge = judge or verifier.build()
+        rescore_held_out(folders, judge, verifier.model, batch_size=batch_size, overwrite=overwrite,
+                         progress=progress, prefix=PNG_PREFIX)
+    del judge
+    if held_out_spec is not None and held_out_todo(folders, held_out, overwrite):
+        rescore_held_out(folders, held_out_spec.build(), held_out, batch_size=batch_size, overwrite=overwrite,
+                         progress=progress)
+
+    procs.wait()  # under accelerate: every process has written its results
+    if procs.barrier is not None or procs.count == 1:
+        return write_report(root) if procs.is_main else None
+    if any(pending_jobs(jobs, root, s.method) for s in searches):
+        print(f"shard {procs.index}/{procs.count} done; the report is built when every shard has finished "
+              f"(or: python evaluate.py --report {root})")
+        return None
+    return write_report(root)  # the last explicit shard to finish builds it

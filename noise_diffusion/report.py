@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
-from .evaluation import held_out_problem
 from .methods import METHODS
 from .paper_table import paper_table
 from .results import (
-    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, inspect_run, read_json, remove_temp_files, write_bytes_atomic,
-    write_json_atomic,
+    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, held_out_problem, inspect_run, read_json, remove_temp_files,
+    write_bytes_atomic, write_json_atomic,
 )
 
 #: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,22 +258,49 @@ def setting_differences(config: dict, expected: dict[str, Any]) -> dict[str, tup
     return differing
 
 
-def expected_settings(search, vqa_model: str, scorer_options: dict, sd_version: str, model_path: str,
-                      num_steps: int | None = None, guidance_scale: float | None = None, height: int | None = None,
-                      width: int | None = None) -> dict[str, Any]:
-    """What a finished run must have been made with to be kept: the search (a ``SearchConfig``), the verifier and its
-    options, the model (by the name given or the path it resolves to), and the sampling settings that are given (those
-    left to the model's defaults are not compared)."""
+def expected_settings(search, generator, verifier) -> dict[str, Any]:
+    """What a finished run must have been made with to be kept: the search (a ``SearchConfig``), the verifier and the
+    options given to it, the model (by the name given or the path it resolves to), and the sampling settings that are
+    given (those left to the model's defaults are not compared). ``generator`` and ``verifier`` are the specs
+    (:mod:`noise_diffusion.specs`)."""
     expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
-    expected["scorer.name"] = vqa_model
-    for key, value in scorer_options.items():  # e.g. question_template, when given
+    expected["scorer.name"] = verifier.model
+    for key, value in verifier.options().items():  # e.g. question_template, when given
         expected[f"scorer.{key}"] = value
-    expected["generator.model"] = (sd_version, model_path)
-    for key, value in (("num_steps", num_steps), ("guidance_scale", guidance_scale), ("height", height),
-                       ("width", width)):
-        if value is not None:
-            expected[f"generator.{key}"] = value
+    expected["generator.model"] = (generator.model, generator.model_path())
+    for key in ("num_steps", "guidance_scale", "height", "width"):
+        if getattr(generator, key) is not None:
+            expected[f"generator.{key}"] = getattr(generator, key)
     return expected
+
+
+def run_config(generator, scorer, search, seed: int | None = None, specs: tuple | None = None) -> dict:
+    """The configuration recorded next to every result: the models' own settings, the search, and the specs the run
+    was asked for (``(GeneratorSpec, VerifierSpec)``), as they are."""
+    settings = getattr(scorer, "settings", None)
+    config = {
+        "generator": generator.settings(),
+        "scorer": {"name": scorer.name, "device": str(scorer.device), **(dict(settings()) if callable(settings) else {})},
+        "search": {k: v for k, v in vars(search).items() if k != "keep_epoch_images"},
+        "device": str(generator.device),
+        "command": " ".join(sys.argv),
+    }
+    if specs is not None:
+        config["specs"] = {"generator": specs[0].record(), "verifier": specs[1].record()}
+    if seed is not None:
+        config["seed"] = seed
+    return config
+
+
+def held_out_problem(scores) -> str | None:
+    """What makes ``scores`` no valid ``heldout_<verifier>.json`` (None when it is one)."""
+    if not isinstance(scores, dict) or not isinstance(scores.get("verifier"), str):
+        return "expected an object with 'verifier', 'initial_score' and 'best_score'"
+    for key in ("initial_score", "best_score"):
+        value = scores.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{key!r} must be a finite number, got {value!r}"
+    return None
 
 
 def describe_differences(differing: dict[str, tuple]) -> str:

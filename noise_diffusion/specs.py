@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from .errors import UserError
-from .generators import Generator, generator_class, load_generator
+from .generators import Generator, generator_class, load_generator, resolve_model
 from .scorers import Scorer, load_scorer, scorer_loader
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -93,6 +93,10 @@ class GeneratorSpec:
         resolve_device(self.device)
         generator_class(self.model)
         return self
+
+    def model_path(self) -> str:
+        """The folder or Hub id that ``model`` names (short names resolved)."""
+        return resolve_model(self.model)
 
     def loader_options(self) -> dict:
         """Keyword arguments of :func:`load_generator`: the sampling settings given and the memory options set (so

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from noise_diffusion import api, cli, report
+from noise_diffusion import cli, report
+from noise_diffusion.specs import GeneratorSpec
 from noise_diffusion.errors import UserError
 from noise_diffusion.paper_table import paper_rows
 from noise_diffusion.results import run_folder, write_json_atomic
@@ -58,8 +59,8 @@ def test_several_methods_in_one_command(tmp_path, tiny_sd_dir, tiny_clip_dir, mo
     monkeypatch.setattr(initno, "ROUND_STEPS", 1)  # InitNO's loop, shortened: 5 rounds of 1 step + 1 final step
     monkeypatch.setattr(initno, "FINAL_STEPS", 1)
     loads = []
-    real_build = api.build_generator
-    monkeypatch.setattr(evaluate_cli.api, "build_generator", lambda *a, **k: loads.append(1) or real_build(*a, **k))
+    real_build = GeneratorSpec.build
+    monkeypatch.setattr(GeneratorSpec, "build", lambda self: loads.append(1) or real_build(self))
     data = tmp_path / "simple_cases.json"
     data.write_text(json.dumps({"animals": [{"prompt": "a cat and a dog", "indices": [2, 5]}]}))
     root = tmp_path / "out"

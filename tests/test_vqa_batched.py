@@ -150,9 +150,9 @@ def test_command_line_flags_reach_the_verifier(folders):
 
     parser = argparse.ArgumentParser()
     cli.add_scorer_args(parser)
-    assert cli.scorer_options(parser.parse_args([])) == {}
+    assert cli.verifier_spec(parser.parse_args([])).options() == {}
     args = parser.parse_args(["--vqa_micro_batch", "2", "--vqa_checkpointing"])
-    options = cli.scorer_options(args)
+    options = cli.verifier_spec(args).options()
     assert options == {"micro_batch": 2, "checkpointing": True}
     scorer = load_scorer(str(folders["smolvlm"]), **options)
     assert scorer.micro_batch == 2 and scorer.checkpointing

@@ -121,8 +121,8 @@ def test_other_families_take_the_option(tmp_path):
 
 def test_cli_flag_reaches_the_verifier_options(tiny_clip_dir):
     args = run_cli.parse_args(["--prompt", "a cat", "--vqa_resize", "authors"])
-    assert cli.scorer_options(args) == {"resize": "authors"}
-    assert "resize" not in cli.scorer_options(run_cli.parse_args(["--prompt", "a cat"]))  # verifiers' own default
+    assert cli.verifier_spec(args).options() == {"resize": "authors"}
+    assert "resize" not in cli.verifier_spec(run_cli.parse_args(["--prompt", "a cat"])).options()  # verifiers' own default
     with pytest.raises(UserError, match="resize"):  # CLIPScore has no such option: one-line error
         load_scorer(tiny_clip_dir, resize="authors")
 

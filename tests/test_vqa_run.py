@@ -7,6 +7,7 @@ import torch
 
 from noise_diffusion import SearchConfig
 from noise_diffusion.api import run
+from noise_diffusion.specs import GeneratorSpec, VerifierSpec
 from noise_diffusion.errors import UserError
 from noise_diffusion.scorers import load_scorer
 from noise_diffusion.testing.vqa import build_tiny_clip_t5
@@ -19,9 +20,8 @@ def clip_t5_dir(tmp_path_factory):
 
 def test_noise_diffusion_run_with_clip_t5(tiny_sd_dir, clip_t5_dir, tmp_path):
     question = 'Is "{prompt}" in this picture?'
-    result = run("a red apple", seed=3, sd_version=tiny_sd_dir, vqa_model=clip_t5_dir, device="cpu",
-                 num_denoising_steps=3, scorer_options={"question_template": question},
-                 search=SearchConfig(max_epoch=3, num_candidates=4), result_root=str(tmp_path), progress=False)
+    result = run("a red apple", seed=3, generator=GeneratorSpec(tiny_sd_dir, device="cpu", num_steps=3),
+                 verifier=VerifierSpec(clip_t5_dir, question=question), search=SearchConfig(max_epoch=3, num_candidates=4), result_root=str(tmp_path), progress=False)
     scores = [r["score"] for r in result.epochs]
     assert [r["epoch"] for r in result.epochs] == [0, 1, 2, 3]
     assert all(0 < s < 1 for s in scores) and len(set(scores)) > 1  # the latent moved, the verifier saw it

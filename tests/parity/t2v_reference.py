@@ -1,7 +1,8 @@
-"""Reference side of the parity suite: runs in the *reference* environment (t2v-metrics 3.0, transformers 4.49; see
-requirements-t2v.txt), never in the project's, and imports nothing of the project.
+"""Reference side of the parity suite: runs in a *reference* environment (t2v-metrics 3.0, transformers 4.49; see
+requirements-t2v*.txt), never in the project's, and imports nothing of the project.
 
-    .venv-t2v/bin/python tests/parity/t2v_reference.py OUT_DIR
+    .venv-t2v/bin/python tests/parity/t2v_reference.py OUT_DIR clip_t5,llava   # CLIP-FlanT5, LLaVA-1.5, ShareGPT4V
+    .venv-t2v-qwen/bin/python tests/parity/t2v_reference.py OUT_DIR qwen      # Qwen2.5-VL (needs torchvision)
 
 It builds tiny random checkpoints with t2v_metrics' own model classes and saves them as those classes save
 (``save_pretrained`` to ``pytorch_model.bin``, sharded ``.bin`` + index, with and without the vision-tower keys), with
@@ -15,6 +16,8 @@ Only the input feeding is done here: t2v_metrics scores image *files*; for the g
 ``torch.no_grad`` decorators of its ``forward`` and of the vision tower are stepped over (``__wrapped__``), as the
 Noise Diffusion authors' in-loop use of the same model does. t2v_metrics loads models in bfloat16; the weights built
 here are exactly representable in bfloat16, so casting the loaded model back to float32 restores them exactly.
+Qwen2.5-VL is scored by t2v_metrics' ``Qwen2VLModel`` on the PNGs only (it runs ``generate`` under
+``torch.inference_mode``); the ids, grid and pixels its ``generate`` feeds the model are recorded too.
 """
 
 from __future__ import annotations

@@ -85,10 +85,36 @@ def measure(reference: Path, family: str, variant: str) -> dict:
             "cosine": min(cosines), "score_range": (min(ref["tensor_scores"]), max(ref["tensor_scores"]))}
 
 
+def measure_qwen(reference: Path) -> dict:
+    """Qwen2.5-VL with t2v_metrics' template: ids, grid, pixel differences (no-resize PNG vs resized ones), scores."""
+    data = json.loads((reference / "inputs" / "inputs.json").read_text(encoding="utf-8"))
+    ref = torch.load(reference / "qwen2_5_vl" / "reference.pt", weights_only=True)["variants"]["safetensors"]
+    scorer = load_scorer(str(reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"),
+                         question_template=ref["question_template"].replace("{}", "{prompt}"),
+                         answer_template=ref["answer_template"])
+    seen = []
+    hook = scorer.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    with torch.no_grad():
+        png = torch.stack([scorer.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
+    hook.remove()
+    exact, resized, ids = [], [], True
+    for i, kwargs in enumerate(seen):
+        ids &= kwargs["input_ids"][0, :-1].tolist() == ref["input_ids"][i] and int(kwargs["input_ids"][0, -1]) == ref["answer_id"]
+        ids &= kwargs["image_grid_thw"][0].tolist() == ref["image_grid_thw"][i]
+        diff = (kwargs["pixel_values"] - ref["pixel_values"][i]).abs()
+        (exact if "multiple_of_28" in data["pngs"][i // len(data["prompts"])] else resized).append(diff)
+    png_ref = torch.tensor(ref["png_scores"])
+    return {"ids": ids, "png": ((png - png_ref).abs() / png_ref).max().item(),
+            "exact_max": max(d.max().item() for d in exact), "resized_max": max(d.max().item() for d in resized),
+            "resized_mean": max(d.mean().item() for d in resized)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default=str(REPO / ".venv-t2v" / "bin" / "python"),
                         help="Python of the reference environment (default: %(default)s)")
+    parser.add_argument("--qwen_python", default=str(REPO / ".venv-t2v-qwen" / "bin" / "python"),
+                        help="Python of the Qwen2.5-VL reference environment (default: %(default)s; skipped if absent)")
     parser.add_argument("--reference", default=None, help="a folder t2v_reference.py already wrote (default: run it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -98,9 +124,13 @@ def main() -> None:
         reference = Path(tempfile.mkdtemp(prefix="t2v_reference_"))
         start = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
-        subprocess.run([args.python, str(REPO / "tests" / "parity" / "t2v_reference.py"), str(reference)], env=env,
-                       check=True, capture_output=True)
+        script = str(REPO / "tests" / "parity" / "t2v_reference.py")
+        subprocess.run([args.python, script, str(reference), "clip_t5,llava"], env=env, check=True, capture_output=True)
         print(f"reference side (t2v-metrics 3.0): {time.perf_counter() - start:.0f} s, in {reference}")
+        if Path(args.qwen_python).is_file():
+            start = time.perf_counter()
+            subprocess.run([args.qwen_python, script, str(reference), "qwen"], env=env, check=True, capture_output=True)
+            print(f"reference side, Qwen2.5-VL: {time.perf_counter() - start:.0f} s")
     print("| family | checkpoint | token ids | PNG score rel. diff (max) | tensor score rel. diff (max) | "
           "gradient rel. diff (max) | gradient cosine (min) |")
     print("|---|---|---|---|---|---|---|")
@@ -109,6 +139,11 @@ def main() -> None:
             m = measure(reference, family, variant)
             print(f"| {family} | {variant} | {'identical' if m['ids'] else 'DIFFER'} | {m['png']:.2e} | "
                   f"{m['score']:.2e} | {m['grad']:.2e} | {m['cosine']:.8f} |")
+    if (reference / "qwen2_5_vl" / "reference.pt").is_file():
+        q = measure_qwen(reference)
+        print(f"\nQwen2.5-VL (t2v_metrics' template): ids and grid {'identical' if q['ids'] else 'DIFFER'}; "
+              f"pixel_values max abs diff {q['exact_max']:.2e} without resize, {q['resized_max']:.3f} max / "
+              f"{q['resized_mean']:.4f} mean with resize; PNG score max rel. diff {q['png']:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Parity with the original VQAScore code (t2v-metrics 3.0): checkpoints built and saved by t2v_metrics' own classes,
 scored by t2v_metrics (in its own environment, transformers 4.49) and by this package's ``load_scorer``.
 
-The reference side is ``tests/parity/t2v_reference.py``, run with the reference environment's Python (``.venv-t2v``,
-built by ``.ci/run`` from ``tests/parity/requirements-t2v.txt``; ``NOISE_DIFFUSION_T2V_PYTHON`` names another). Without
-that environment these tests skip, unless ``NOISE_DIFFUSION_PARITY_REQUIRED=1`` (set by CI), where they fail.
+The reference side is ``tests/parity/t2v_reference.py``, run with the reference environments' Python (``.venv-t2v``
+and, for Qwen2.5-VL, ``.venv-t2v-qwen``, built by ``.ci/run`` from ``tests/parity/requirements-t2v*.txt``;
+``NOISE_DIFFUSION_T2V_PYTHON`` / ``NOISE_DIFFUSION_T2V_QWEN_PYTHON`` name others). Without them these tests skip,
+unless ``NOISE_DIFFUSION_PARITY_REQUIRED=1`` (set by CI), where they fail.
 
 Tolerances (float32): token ids and scored answer tokens identical; scores of saved PNGs (t2v_metrics' PIL path against
 ``score_pil``, which resizes in torch) within 2 % relative; on [0, 1] tensors at 336 px (no resize) scores and image
@@ -32,28 +33,40 @@ TENSOR_RTOL = 1e-4
 MIN_COSINE = 0.9999
 
 
-def reference_python() -> Path | None:
-    path = Path(os.environ.get("NOISE_DIFFUSION_T2V_PYTHON", REPO / ".venv-t2v" / "bin" / "python"))
+def reference_python(variable: str = "NOISE_DIFFUSION_T2V_PYTHON", venv: str = ".venv-t2v") -> Path | None:
+    path = Path(os.environ.get(variable, REPO / venv / "bin" / "python"))
     return path if path.is_file() else None
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    python = reference_python()
+def run_reference(tmp_path_factory, variable: str, venv: str, families: str) -> Path:
+    """Run the reference script in its environment; skip without one (fail when CI says it should be there)."""
+    python = reference_python(variable, venv)
     if python is None:
-        reason = ("reference environment absent (.venv-t2v with t2v-metrics 3.0): `bash .ci/run` builds it, or set "
-                  "NOISE_DIFFUSION_T2V_PYTHON")
+        reason = (f"reference environment absent ({venv} with t2v-metrics 3.0): `bash .ci/run` builds it, or set "
+                  f"{variable}")
         if os.environ.get("NOISE_DIFFUSION_PARITY_REQUIRED") == "1":
             pytest.fail(reason + "; NOISE_DIFFUSION_PARITY_REQUIRED=1 says it should be there")
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("t2v_reference")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false"}
-    run = subprocess.run([str(python), str(REFERENCE_SCRIPT), str(out)], env=env, capture_output=True, text=True,
-                         timeout=1800, cwd=out)
-    if run.returncode != 0 or not (out / "COMPLETE").is_file():
+    run = subprocess.run([str(python), str(REFERENCE_SCRIPT), str(out), families], env=env, capture_output=True,
+                         text=True, timeout=1800, cwd=out)
+    if run.returncode != 0 or not (out / f"COMPLETE-{families.replace(',', '-')}").is_file():
         pytest.fail(f"the reference script failed ({run.returncode}):\n{run.stderr[-4000:]}")
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    return run_reference(tmp_path_factory, "NOISE_DIFFUSION_T2V_PYTHON", ".venv-t2v", "clip_t5,llava")
+
+
+@pytest.fixture(scope="module")
+def qwen_reference(tmp_path_factory) -> Path:
+    """Qwen2.5-VL needs its own environment: t2v_metrics' module imports qwen_vl_utils, which imports torchvision,
+    whose builds on the package index load only against CUDA builds of torch (run on the CPU here)."""
+    return run_reference(tmp_path_factory, "NOISE_DIFFUSION_T2V_QWEN_PYTHON", ".venv-t2v-qwen", "qwen")
 
 
 _scorers: dict = {}
@@ -162,13 +175,60 @@ def test_tensor_scores_and_gradients(reference, family, variant):
         assert cosine(image.grad[0], ref_grad) >= MIN_COSINE, cosine(image.grad[0], ref_grad)
 
 
-def test_reference_environment_is_the_original():
-    """The reference environment runs t2v-metrics 3.0 under transformers 4.49 (not this package's versions)."""
-    python = reference_python()
+@pytest.fixture(scope="module")
+def qwen(qwen_reference):
+    ref = torch.load(qwen_reference / "qwen2_5_vl" / "reference.pt", weights_only=True)["variants"]["safetensors"]
+    template = ref["question_template"].replace("{}", "{prompt}")  # t2v_metrics' own default for Qwen
+    scorer = load_scorer(str(qwen_reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"), question_template=template,
+                         answer_template=ref["answer_template"])
+    return scorer, ref, inputs(qwen_reference)
+
+
+def test_qwen_token_ids_grid_and_pixels(qwen):
+    """With t2v_metrics' template: the ids its processor and chat template build (then the answer token), the
+    same ``image_grid_thw``, and the same ``pixel_values`` (exactly where no resize is needed; within the resize
+    tolerances of the preprocessing tests where its PIL resize and this package's torch resize differ)."""
+    scorer, ref, data = qwen
+    seen = []
+    hook = scorer.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for png in data["pngs"]:
+                for prompt in data["prompts"]:
+                    scorer.score_pil([Image.open(png)], [prompt])
+    finally:
+        hook.remove()
+    assert len(seen) == len(ref["input_ids"])
+    for i, kwargs in enumerate(seen):
+        ids = kwargs["input_ids"][0].tolist()
+        assert ids[:-1] == ref["input_ids"][i] and ids[-1] == ref["answer_id"]
+        assert kwargs["image_grid_thw"][0].tolist() == ref["image_grid_thw"][i]
+        diff = (kwargs["pixel_values"] - ref["pixel_values"][i]).abs()
+        if "multiple_of_28" in data["pngs"][i // len(data["prompts"])]:
+            assert diff.max() < 1e-5, diff.max()
+        else:
+            assert diff.max() < 0.25 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def test_qwen_png_scores(qwen):
+    """t2v_metrics scores the first answer token's probability from ``generate``; this package exp(mean log p) of the
+    answer tokens, here one."""
+    scorer, ref, data = qwen
+    ours = torch.stack([scorer.score_pil([Image.open(png)] * len(data["prompts"]), data["prompts"]) for png in data["pngs"]])
+    expected = torch.tensor(ref["png_scores"])
+    rel = ((ours - expected).abs() / expected).max().item()
+    assert rel <= PNG_RTOL, (rel, ours, expected)
+
+
+@pytest.mark.parametrize("variable,venv", [("NOISE_DIFFUSION_T2V_PYTHON", ".venv-t2v"),
+                                           ("NOISE_DIFFUSION_T2V_QWEN_PYTHON", ".venv-t2v-qwen")])
+def test_reference_environment_is_the_original(variable, venv):
+    """The reference environments run t2v-metrics 3.0 under transformers 4.49 (not this package's versions)."""
+    python = reference_python(variable, venv)
     if python is None:
         if os.environ.get("NOISE_DIFFUSION_PARITY_REQUIRED") == "1":
-            pytest.fail("reference environment absent but NOISE_DIFFUSION_PARITY_REQUIRED=1")
-        pytest.skip("reference environment absent (.venv-t2v): `bash .ci/run` builds it")
+            pytest.fail(f"reference environment {venv} absent but NOISE_DIFFUSION_PARITY_REQUIRED=1")
+        pytest.skip(f"reference environment absent ({venv}): `bash .ci/run` builds it")
     code = ("import importlib.metadata as m; print(m.version('t2v_metrics'), m.version('transformers'));"
             "import importlib.util as u; print(u.find_spec('noise_diffusion') is None)")
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, cwd="/",

@@ -1,7 +1,8 @@
-"""Reference side of the parity suite: runs in the *reference* environment (t2v-metrics 3.0, transformers 4.49; see
-requirements-t2v.txt), never in the project's, and imports nothing of the project.
+"""Reference side of the parity suite: runs in a *reference* environment (t2v-metrics 3.0, transformers 4.49; see
+requirements-t2v*.txt), never in the project's, and imports nothing of the project.
 
-    .venv-t2v/bin/python tests/parity/t2v_reference.py OUT_DIR
+    .venv-t2v/bin/python tests/parity/t2v_reference.py OUT_DIR clip_t5,llava   # CLIP-FlanT5, LLaVA-1.5, ShareGPT4V
+    .venv-t2v-qwen/bin/python tests/parity/t2v_reference.py OUT_DIR qwen      # Qwen2.5-VL (needs torchvision)
 
 It builds tiny random checkpoints with t2v_metrics' own model classes and saves them as those classes save
 (``save_pretrained`` to ``pytorch_model.bin``, sharded ``.bin`` + index, with and without the vision-tower keys), with
@@ -15,6 +16,8 @@ Only the input feeding is done here: t2v_metrics scores image *files*; for the g
 ``torch.no_grad`` decorators of its ``forward`` and of the vision tower are stepped over (``__wrapped__``), as the
 Noise Diffusion authors' in-loop use of the same model does. t2v_metrics loads models in bfloat16; the weights built
 here are exactly representable in bfloat16, so casting the loaded model back to float32 restores them exactly.
+Qwen2.5-VL is scored by t2v_metrics' ``Qwen2VLModel`` on the PNGs only (it runs ``generate`` under
+``torch.inference_mode``); the ids, grid and pixels its ``generate`` feeds the model are recorded too.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ TENSOR_SIZE = 336
 SEED = 0
 
 
-def import_t2v_metrics():
+def import_t2v_metrics(*modules: str) -> list:
     """t2v_metrics' model modules without its package ``__init__``s, which check for ffmpeg and import every model
     family (each with its own heavy dependencies); the modules themselves run unchanged."""
+    import importlib
+
     spec = importlib.util.find_spec("t2v_metrics")
     if spec is None:
         raise SystemExit("t2v_metrics is not installed in this environment")
@@ -48,9 +53,7 @@ def import_t2v_metrics():
         module = types.ModuleType(name)
         module.__path__ = [os.path.join(root, sub)]
         sys.modules[name] = module
-    from t2v_metrics.models.vqascore_models import clip_t5_model, llava_model
-
-    return clip_t5_model, llava_model
+    return [importlib.import_module(f"t2v_metrics.models.vqascore_models.{m}") for m in modules]
 
 
 # ---------------------------------------------------------------------------------------------------------------- data
@@ -166,7 +169,9 @@ def write_inputs(folder: Path) -> dict:
         return (image - image.min()) / (image.max() - image.min())
 
     pngs = []
-    for name, (h, w) in {"square_512.png": (512, 512), "wide_384x512.png": (384, 512), "tall_448x320.png": (448, 320)}.items():
+    sizes = {"square_512.png": (512, 512), "wide_384x512.png": (384, 512), "tall_448x320.png": (448, 320),
+             "multiple_of_28_336x448.png": (336, 448)}  # the last needs no resize for Qwen2.5-VL
+    for name, (h, w) in sizes.items():
         Image.fromarray(np.round(smooth(h, w) * 255).astype(np.uint8)).save(folder / name)
         pngs.append(str(folder / name))
     tensors = torch.from_numpy(np.stack([smooth(TENSOR_SIZE, TENSOR_SIZE) for _ in PROMPTS])).permute(0, 3, 1, 2).float()
@@ -347,18 +352,112 @@ def llava_reference(out: Path, inputs: dict, llava_model, family_name: str, lega
     torch.save(results, family / "reference.pt")
 
 
-def main(out: Path) -> None:
+# -------------------------------------------------------------------------------------------------------- Qwen2.5-VL
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
+# Qwen2.5-VL's chat template as its processor ships it (image and text parts; no video, no tool calls)
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] != "
+    "'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] "
+    "}}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in "
+    "message['content'] %}{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}{% set "
+    "image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor "
+    "%}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_qwen_processor(folder: Path) -> Path:
+    """A byte-level BPE tokenizer trained here (Qwen2's pre-tokenisation, its special tokens) and Qwen2.5-VL's image
+    processor settings, saved as a ``Qwen2_5_VLProcessor``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus() * 3, trainer=trainer)
+    fast = Qwen2TokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                              unk_token=None, bos_token=None, additional_special_tokens=QWEN_SPECIAL[1:])
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280, patch_size=14,
+                                            temporal_patch_size=2, merge_size=2)
+    Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=fast, chat_template=QWEN_CHAT_TEMPLATE).save_pretrained(folder)
+    return folder
+
+
+def qwen_reference(out: Path, inputs: dict, qwen2vl_model) -> None:
+    """t2v_metrics' ``Qwen2VLModel`` scores the PNGs (its own ``qwen_vl_utils`` + processor + ``generate`` path, under
+    ``torch.inference_mode``: no gradient to compare) with its own default templates."""
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    family = out / "qwen2_5_vl"
+    folder = write_qwen_processor(family / "qwen2.5-vl-tiny")
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert len(tok.encode("Yes")) == 1, "the answer must be one token (t2v_metrics scores the first)"
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    torch.manual_seed(SEED + 30)
+    config = Qwen2_5_VLConfig(
+        vocab_size=len(tok) + 12, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"], image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[1], in_chans=3),
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    bf16_exact_(model, head_scale={"lm_head.weight": 10.0})
+    model.save_pretrained(folder, safe_serialization=True)
+
+    name = "qwen2.5-vl-tiny"  # the class picks the Qwen2.5 architecture by "qwen2.5" in the name
+    qwen2vl_model.QWEN2_VL_MODELS[name] = {"tokenizer": {"path": str(folder)},
+                                           "model": {"path": str(folder), "torch_dtype": torch.float32,
+                                                     "attn_implementation": "sdpa"}, "fps": 8.0}
+    scorer = qwen2vl_model.Qwen2VLModel(name, device="cpu")
+    defaults = qwen2vl_model.Qwen2VLModel.forward.__defaults__  # (fps, question_template, answer_template)
+    seen = []  # what its generate() feeds the model on the first step: token ids, pixels, grid
+    hook = scorer.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    record = {"png_scores": [], "input_ids": [], "pixel_values": [], "image_grid_thw": [],
+              "question_template": defaults[1], "answer_template": defaults[2],
+              "answer_id": scorer.processor.tokenizer.encode(defaults[2])[0]}
+    for png in inputs["pngs"]:
+        row = []
+        for prompt in inputs["prompts"]:
+            seen.clear()
+            row.append(scorer.forward([png], [prompt]).item())
+            record["input_ids"].append(seen[0]["input_ids"][0].tolist())
+            record["pixel_values"].append(seen[0]["pixel_values"].clone())
+            record["image_grid_thw"].append(seen[0]["image_grid_thw"][0].tolist())
+        record["png_scores"].append(row)
+    hook.remove()
+    messages = [{"role": "user", "content": [{"type": "image", "image": inputs["pngs"][0]},
+                                             {"type": "text", "text": defaults[1].format(inputs["prompts"][0])}]}]
+    record["chat_text"] = scorer.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    torch.save({"variants": {"safetensors": record}}, family / "reference.pt")
+
+
+def main(out: Path, families: list[str]) -> None:
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
-    clip_t5_model, llava_model = import_t2v_metrics()
     inputs = write_inputs(out / "inputs")
-    clip_t5_reference(out, inputs, clip_t5_model)
-    llava_reference(out, inputs, llava_model, "llava", legacy=False, model_type="llava", seed=SEED + 10)
-    llava_reference(out, inputs, llava_model, "sharegpt4v", legacy=True, model_type="share4v", seed=SEED + 20)
-    (out / "COMPLETE").write_text("ok\n", encoding="utf-8")
+    if "clip_t5" in families or "llava" in families:
+        clip_t5_model, llava_model = import_t2v_metrics("clip_t5_model", "llava_model")
+        clip_t5_reference(out, inputs, clip_t5_model)
+        llava_reference(out, inputs, llava_model, "llava", legacy=False, model_type="llava", seed=SEED + 10)
+        llava_reference(out, inputs, llava_model, "sharegpt4v", legacy=True, model_type="share4v", seed=SEED + 20)
+    if "qwen" in families:
+        (qwen2vl_model,) = import_t2v_metrics("qwen2vl_model")
+        qwen_reference(out, inputs, qwen2vl_model)
+    (out / f"COMPLETE-{'-'.join(families)}").write_text("ok\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(f"usage: {sys.argv[0]} OUT_DIR")
-    main(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit(f"usage: {sys.argv[0]} OUT_DIR [clip_t5,llava | qwen]")
+    main(Path(sys.argv[1]), sys.argv[2].split(",") if len(sys.argv) == 3 else ["clip_t5", "llava"])

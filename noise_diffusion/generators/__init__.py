@@ -8,11 +8,11 @@ pipeline class that ``model_index.json`` names, and builds the generator class r
 from __future__ import annotations
 
 import inspect
-import json
 import os
 
 import torch
 
+from ..configfiles import folder_file, read_json_object, string_field
 from ..errors import UserError
 from .base import GENERATORS, MODEL_ALIASES, Conditioning, Generator, Sampled, first_line, initial_latents
 from .base import register_generator
@@ -29,11 +29,7 @@ def resolve_model(name: str) -> str:
 def pipeline_class_name(name_or_path: str) -> str:
     """The ``_class_name`` of a checkpoint's ``model_index.json`` (local folder or Hub id)."""
     if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, "model_index.json")
-        if not os.path.isfile(path):
-            raise UserError(f"diffusion model folder {name_or_path!r} has no model_index.json")
-        index = _read_json_object(path)
-        return index.get("_class_name", "") if isinstance(index.get("_class_name", ""), str) else ""
+        return string_field(folder_file(name_or_path, "model_index.json", "diffusion model"), "_class_name")
     if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")) or os.path.exists(name_or_path):
         raise UserError(f"diffusion model {name_or_path!r} is neither a folder, a known short name nor a Hub id")
     try:
@@ -78,20 +74,8 @@ def sampling_defaults(path: str, cls: type) -> dict:
     defaults = dict(cls.DEFAULTS)
     file = os.path.join(path, SAMPLING_DEFAULTS_FILE)
     if os.path.isfile(file):
-        defaults.update(_read_json_object(file))
+        defaults.update(read_json_object(file))
     return defaults
-
-
-def _read_json_object(path: str) -> dict:
-    """A JSON object from a checkpoint file; :class:`UserError` naming the file when it is broken or not an object."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
-        raise UserError(f"{path} is not valid JSON ({first_line(error)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _check_options(cls: type, options: dict) -> None:

@@ -7,12 +7,12 @@ loader with :func:`register_verifier` and is imported here (the toy world regist
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
 import torch
 
+from ..configfiles import folder_file, string_field
 from ..errors import UserError
 from ..images import pil_to_tensor, tensor_to_pil  # noqa: F401 (re-exported)
 from .base import Scorer
@@ -58,11 +58,7 @@ def _load(name: str, loader: Callable[[], Scorer]) -> Scorer:
 
 def _model_type(name: str) -> str:
     if os.path.isdir(name):
-        path = os.path.join(name, "config.json")
-        if not os.path.isfile(path):
-            raise UserError(f"verifier folder {name!r} has no config.json")
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle).get("model_type", "")
+        return string_field(folder_file(name, "config.json", "verifier"), "model_type")
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/"))
     if not looks_like_hub_id:
         known = ", ".join(sorted(SCORERS))
@@ -71,10 +67,10 @@ def _model_type(name: str) -> str:
         # read config.json itself: AutoConfig rejects model types transformers does not know (e.g. ShareGPT4V's)
         from huggingface_hub import hf_hub_download
 
-        with open(hf_hub_download(name, "config.json"), encoding="utf-8") as handle:
-            return json.load(handle).get("model_type", "")
+        path = hf_hub_download(name, "config.json")
     except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean "cannot load"
         raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
+    return string_field(path, "model_type")
 
 
 def _first_line(error: BaseException) -> str:

@@ -232,7 +232,7 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tokenizer) -> Path:
 
 # -- orchestration ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    from ..cli import ArgumentParser, positive_int
+    from ..arguments import ArgumentParser, positive_int
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True,

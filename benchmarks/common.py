@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a clean clone without installing
     sys.path.insert(0, str(ROOT))
 
-from noise_diffusion.api import resolve_device, resolve_dtype  # noqa: E402
+from noise_diffusion.specs import resolve_device, resolve_dtype  # noqa: E402
 from noise_diffusion.errors import UserError  # noqa: E402
 from noise_diffusion.generators import load_generator  # noqa: E402
 from noise_diffusion.generators.stable_diffusion import StableDiffusionGenerator  # noqa: E402
@@ -415,6 +415,14 @@ def write_json(path: str, data: dict) -> None:
     from noise_diffusion.results import write_json_atomic
 
     write_json_atomic(Path(path), data)
+
+
+def publish(report: dict, text: str, json_path: str | None) -> int:
+    """Print a benchmark's markdown and write its JSON report when asked; the exit status of a finished benchmark."""
+    print(text)
+    if json_path:
+        write_json(json_path, report)
+    return 0
 
 
 def user_error_exit(main: Callable[[], int | None]) -> None:

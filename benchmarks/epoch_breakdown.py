@@ -29,9 +29,9 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from common import build_clip_flant5_scorer, build_sd14, clock_name, machine, set_clock, timed, user_error_exit
-from common import write_json
+from common import publish
 from epoch_cost import PROMPTS, batch_items
-from noise_diffusion.api import resolve_device
+from noise_diffusion.specs import resolve_device
 from noise_diffusion.cli import ArgumentParser
 from noise_diffusion.generators.base import initial_latents
 
@@ -163,10 +163,7 @@ def main() -> int:
     for batch in args.batch_size:
         report["results"].append(breakdown(args, generator, batch, device))
         print(f"batch {batch}: epoch {report['results'][-1]['epoch']:.1f} s at full size (extrapolated)", flush=True)
-    print(markdown(report))
-    if args.json:
-        write_json(args.json, report)
-    return 0
+    return publish(report, markdown(report), args.json)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from noise_diffusion.cli import ArgumentParser  # noqa: E402
 from common import (
     now, clock_name,
     add_model_args, build_models, count_parameters, machine, peak_memory, reset_peak_memory, synchronize, timed,
-    user_error_exit, write_json,
+    publish, user_error_exit,
 )
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
@@ -328,10 +328,7 @@ def main() -> int:
     for batch in args.batch_size:
         report["results"].append(measure(generator, scorer, batch, args))
         print(f"batch {batch}: epoch {report['results'][-1]['epoch_seconds']:.4f} s", flush=True)
-    print(markdown(report))
-    if args.json:
-        write_json(args.json, report)
-    return 0
+    return publish(report, markdown(report), args.json)
 
 
 if __name__ == "__main__":

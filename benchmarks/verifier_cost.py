@@ -19,10 +19,10 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from common import (
-    _cached, build_clip_flant5_scorer, clock_name, machine, set_clock, timed, user_error_exit, write_json,
+    _cached, build_clip_flant5_scorer, clock_name, machine, publish, set_clock, timed, user_error_exit,
 )
 from epoch_cost import PROMPTS, batch_items
-from noise_diffusion.api import resolve_device
+from noise_diffusion.specs import resolve_device
 from noise_diffusion.cli import ArgumentParser
 from noise_diffusion.scorers import load_scorer
 from noise_diffusion.testing import vqa as tiny_vqa
@@ -101,10 +101,7 @@ def main() -> int:
             report["results"].append(row)
             print(f"{name}, batch {batch}: {row['batched']:.4f} s/image batched, {row['one_at_a_time']:.4f} one at a "
                   "time", flush=True)
-    print(markdown(report))
-    if args.json:
-        write_json(args.json, report)
-    return 0
+    return publish(report, markdown(report), args.json)
 
 
 if __name__ == "__main__":

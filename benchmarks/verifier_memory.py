@@ -24,7 +24,7 @@ import time
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import build_clip_flant5_scorer, count_parameters, machine, user_error_exit, write_json
+from common import build_clip_flant5_scorer, count_parameters, machine, publish, user_error_exit
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.cli import ArgumentParser
 
@@ -132,10 +132,7 @@ def main() -> int:
         n_full = count_parameters(_meta_scorer(args.size))
     report = {"size": args.size, "machine": machine(), "batch_size": args.batch_size, "layers": args.layers,
               "results": results, "weights_gib_measured": by_depth[1]["weights_gib"], "full_parameters": n_full}
-    print(markdown(report))
-    if args.json:
-        write_json(args.json, report)
-    return 0
+    return publish(report, markdown(report), args.json)
 
 
 if __name__ == "__main__":

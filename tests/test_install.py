@@ -42,3 +42,12 @@ def test_installed_package_finds_its_data_from_any_directory(tmp_path):
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+    # the console commands, from the same installed copy
+    for command in ("run", "evaluate"):
+        helped = subprocess.run(
+            [sys.executable, "-c", f"import sys; sys.argv[0] = 'noise-diffusion-{command}'; "
+                                   f"from noise_diffusion.commands.{command} import console; console()", "--help"],
+            cwd=elsewhere, env=env, capture_output=True, text=True)
+        assert helped.returncode == 0 and f"usage: noise-diffusion-{command}" in helped.stdout, helped.stderr[-2000:]
+    entry_points = (target / next(p.name for p in target.glob("noise_diffusion-*.dist-info")) / "entry_points.txt")
+    assert "noise-diffusion-run = noise_diffusion.commands.run:console" in entry_points.read_text()

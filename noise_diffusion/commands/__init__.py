@@ -1,0 +1,1 @@
+"""The command lines: ``run.py`` / ``noise-diffusion-run`` and ``evaluate.py`` / ``noise-diffusion-evaluate``."""

@@ -191,7 +191,9 @@ def test_a_job_another_process_holds_is_left_to_it_and_a_killed_holders_lock_is_
     first = results.run_folder(root / "noise_diffusion", PROMPTS[0], 1)
     ready = tmp_path / "ready"
     holder = fork(_hold_lock, first, ready)
+    deadline = time.monotonic() + 60
     while not ready.exists():
+        assert os.waitpid(holder, os.WNOHANG) == (0, 0) and time.monotonic() < deadline, "the holder did not lock"
         time.sleep(0.01)
     try:
         assert evaluate_cli.main(argv(dataset, root)) == 0

@@ -153,7 +153,7 @@ def expected_settings(args: argparse.Namespace, search) -> dict:
     settings given on the command line (those left to the model's defaults are not compared)."""
     return settings_of_runs(search, args.vqa_model, cli.scorer_options(args), args.sd_version,
                             resolve_model(args.sd_version), args.num_denoising_steps, args.guidance_scale,
-                            args.height, args.width)
+                            args.height, args.width, args.negative_prompt, args.scheduler, args.dtype)
 
 
 def print_overall(summary: dict, root) -> None:

@@ -19,8 +19,8 @@ from .errors import UserError  # noqa: F401 (re-exported for the CLIs)
 from .generators import generator_class, load_generator, pipeline_class_name, resolve_model
 from .optimize import RunResult, SearchConfig, optimize
 from .results import (
-    check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock, run_folder,
-    save_image_atomic, save_run, setting_differences,
+    adopt_legacy_run, check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock,
+    run_folder, save_image_atomic, save_run, setting_differences,
 )
 from .scorers import load_scorer, scorer_loader
 from .scorers.base import tensor_to_pil
@@ -84,8 +84,8 @@ def run(
     ``num_denoising_steps`` and ``guidance_scale`` default to the model's recommended settings (the paper's 50 steps
     and 7.5 for SD1.x/2.x). Returns the :class:`RunResult`, or — when the run already finished in ``result_root`` and ``overwrite`` is false —
     the saved ``result.json`` record, untouched. A finished run made with other settings is an error (unless
-    ``overwrite``); a damaged one is redone after a one-line note on stderr. The run holds its folder's lock, so a second
-    process asking for the same prompt and seed stops with an error instead of writing the same folder.
+    ``overwrite``); a damaged one is redone after a one-line note on stderr. The run holds its folder's lock, so a
+    second process asking for the same prompt and seed stops with an error instead of writing the same folder.
     """
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
@@ -100,11 +100,12 @@ def run(
     with ExitStack() as lock:
         if result_root is not None:
             folder = run_folder(check_writable(result_root), prompt, seed)
+            adopt_legacy_run(result_root, prompt, seed)
             if not lock.enter_context(job_lock(folder)):
                 raise UserError(f"another process is running {prompt!r} seed {seed} in {folder}")
             saved = _saved_run(folder, prompt, seed, overwrite, expected_settings(
                 search, vqa_model, scorer_options or {}, sd_version, resolve_model(sd_version), num_denoising_steps,
-                guidance_scale, height, width))
+                guidance_scale, height, width, negative_prompt, scheduler, dtype))
             if saved is not None:
                 return saved
         generator = build_generator(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,8 +33,8 @@ from .datasets import PromptEntry
 from .errors import UserError
 from .optimize import SearchConfig, optimize
 from .results import (
-    HELD_OUT_PREFIX, RESULT_FILE, RunState, check_seed, describe_differences, inspect_run, is_finished, job_lock,
-    read_json, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
+    HELD_OUT_PREFIX, RESULT_FILE, RunState, adopt_legacy_run, check_seed, describe_differences, inspect_run,
+    is_finished, job_lock, read_json, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
 )
 BARRIER_TIMEOUT = timedelta(hours=72)
 
@@ -87,11 +88,15 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
     """The jobs still to run (all of them with ``overwrite``): those without an intact result of their own.
 
     A folder holding another prompt's or seed's intact run is never taken as this job's result nor overwritten:
-    :class:`UserError` naming it. ``states``, when given, receives every job's :class:`RunState`.
+    :class:`UserError` naming it. A run an earlier version finished under its old folder name is moved to its folder
+    (:func:`~noise_diffusion.results.adopt_legacy_run`). ``states``, when given, receives every job's
+    :class:`RunState`.
     """
     todo = []
     for job in jobs:
         state = job_state(result_root, method, job)
+        if state.status == "missing" and adopt_legacy_run(method_root(result_root, method), job.prompt, job.seed):
+            state = job_state(result_root, method, job)
         if state.status == "other":
             raise UserError(f"{state.reason}; move it away or use another --result_root")
         if states is not None:
@@ -149,7 +154,7 @@ def run_jobs(
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     check_prompts(scorer, [job.prompt for job in jobs])
-    saved, failures = 0, []
+    saved, failures, started = 0, [], time.time()
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
     if already_done:
         bar.set_description(f"{search.method} ({already_done} already done)")
@@ -167,8 +172,9 @@ def run_jobs(
                     state = job_state(result_root, search.method, job)
                     if state.status == "other":
                         raise UserError(f"{state.reason}; move it away or use another --result_root")
-                    if state.finished and not overwrite:  # another process finished it meanwhile
-                        bar.update(1)
+                    if state.finished and (not overwrite or _written_since(job_folder(result_root, search.method,
+                                                                                      job), started)):
+                        bar.update(1)  # another process finished (or, with overwrite, redid) it meanwhile
                         continue
                     batch.append(job)
                 if not batch:
@@ -193,6 +199,13 @@ def run_jobs(
         raise UserError(f"{len(failures)} run{'s' if len(failures) > 1 else ''} stopped and not saved: "
                         + "; ".join(failures[:3]) + ("; ..." if len(failures) > 3 else ""))
     return saved
+
+
+def _written_since(folder: Path, moment: float) -> bool:
+    try:
+        return (folder / RESULT_FILE).stat().st_mtime >= moment
+    except OSError:
+        return False
 
 
 def check_prompts(scorer, prompts: Sequence[str]) -> None:

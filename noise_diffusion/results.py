@@ -52,6 +52,43 @@ def safe_folder_name(prompt: str) -> str:
     return f"{slug}-{digest}"
 
 
+def legacy_folder_name(prompt: str) -> str:
+    """The folder name that earlier versions gave a prompt (80-character slug, 32 bits of SHA-1), which distinct
+    prompts could share."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:80] or "prompt"
+    return f"{slug}-{hashlib.sha1(prompt.encode('utf-8')).hexdigest()[:8]}"
+
+
+def adopt_legacy_run(root: str | os.PathLike, prompt: str, seed: int) -> bool:
+    """Move a run that an earlier version finished under :func:`legacy_folder_name` to its folder, when it is intact
+    and of exactly this prompt and seed (so upgrading loses no finished run); True when one was moved."""
+    old = Path(root) / legacy_folder_name(prompt) / str(int(seed))
+    new = run_folder(root, prompt, seed)
+    if not (old / RESULT_FILE).is_file() or (new / RESULT_FILE).exists():
+        return False
+    try:
+        record = read_json(old / RESULT_FILE)
+    except (OSError, ValueError, RecursionError):
+        return False
+    if (record_problem(record) is not None or files_problem(old, record) is not None
+            or record["prompt"] != prompt or record["seed"] != int(seed)):
+        return False  # damaged, or another prompt's run that shared the folder: left where it is
+    try:
+        if new.is_dir():  # only a lock or temporary files: nothing of a run
+            if any(p.name != LOCK_FILE and not p.name.endswith(TEMP_SUFFIX) for p in new.iterdir()):
+                return False
+            for p in new.iterdir():
+                p.unlink()
+            new.rmdir()
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+    except OSError:  # e.g. another process moved it first
+        return False
+    with contextlib.suppress(OSError):
+        old.parent.rmdir()  # when empty
+    return True
+
+
 def check_seed(seed: int) -> int:
     """``seed`` as an int if torch's generators accept it, :class:`UserError` otherwise."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -122,7 +159,8 @@ def _count(value: Any) -> bool:
 
 
 def _plain_name(value: Any) -> bool:
-    return isinstance(value, str) and bool(value) and "/" not in value and "\\" not in value and value not in (".", "..")
+    return (isinstance(value, str) and bool(value) and "/" not in value and "\\" not in value
+            and value not in (".", ".."))
 
 
 def record_problem(record: Any) -> str | None:
@@ -220,19 +258,23 @@ def setting_differences(config: dict, expected: dict[str, Any]) -> dict[str, tup
 
 def expected_settings(search, vqa_model: str, scorer_options: dict, sd_version: str, model_path: str,
                       num_steps: int | None = None, guidance_scale: float | None = None, height: int | None = None,
-                      width: int | None = None) -> dict[str, Any]:
+                      width: int | None = None, negative_prompt: str = "", scheduler: str = "ddim",
+                      dtype: str | None = None) -> dict[str, Any]:
     """What a finished run must have been made with to be kept: the search (a ``SearchConfig``), the verifier and its
-    options, the model (by the name given or the path it resolves to), and the sampling settings that are given (those
-    left to the model's defaults are not compared)."""
+    options, the model (by the name given or the path it resolves to), the negative prompt and scheduler, and the
+    sampling settings and precision that are given (those left to the model's defaults, or ``auto``, are not
+    compared). Records written before a setting was recorded pass for its default."""
     expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
     expected["scorer.name"] = vqa_model
     for key, value in scorer_options.items():  # e.g. question_template, when given
         expected[f"scorer.{key}"] = value
     expected["generator.model"] = (sd_version, model_path)
     for key, value in (("num_steps", num_steps), ("guidance_scale", guidance_scale), ("height", height),
-                       ("width", width)):
+                       ("width", width), ("dtype", None if dtype == "auto" else dtype)):
         if value is not None:
             expected[f"generator.{key}"] = value
+    expected["generator.negative_prompt"] = (negative_prompt, None) if negative_prompt == "" else negative_prompt
+    expected["generator.scheduler"] = (scheduler, None) if scheduler == "ddim" else scheduler
     return expected
 
 

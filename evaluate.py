@@ -163,7 +163,7 @@ def print_overall(summary: dict, root) -> None:
               f"(gain {s['gain']:+.4f}), {s['unet_evals_per_run']:.0f} UNet evals/run")
     skipped = summary.get("skipped", [])
     if skipped:
-        print(f"skipped {len(skipped)} damaged or misplaced folder{'s' if len(skipped) > 1 else ''} "
+        print(f"skipped {len(skipped)} damaged or misplaced entr{'ies' if len(skipped) > 1 else 'y'} "
               f"(listed in summary.md), e.g. {skipped[0]['reason']}", file=sys.stderr)
     print(f"report: {root}/summary.md")
 

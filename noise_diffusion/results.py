@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,8 +345,13 @@ def remove_temp_files(folder: str | os.PathLike, older_than: float = 0.0) -> int
 
 
 def _remove(path: str | os.PathLike) -> None:
+    """Delete a file, or a directory that stands where a file belongs; nothing when there is none."""
+    path = Path(path)
     try:
-        os.unlink(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     except OSError:
         pass
 
@@ -427,7 +433,8 @@ def save_run(folder: str | os.PathLike, result, config: dict, save_latent: bool 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _remove(folder / RESULT_FILE)
+    for name in (RESULT_FILE, "best.png", "initial.png", LATENT_FILE):
+        _remove(folder / name)  # a directory there (a damaged run) would block the rename, too
     for stale in folder.glob(f"{HELD_OUT_PREFIX}*.json"):
         _remove(stale)
     remove_temp_files(folder)

@@ -123,7 +123,14 @@ DAMAGE = {
     "truncated best.png": lambda f: _truncate(f / "best.png"),
     "missing initial.png": lambda f: (f / "initial.png").unlink(),
     "truncated latent": lambda f: _truncate(f / "best_latent.safetensors", 20),
+    "result.json a folder": lambda f: _replace_by_folder(f / "result.json"),
+    "best.png a folder": lambda f: _replace_by_folder(f / "best.png"),
 }
+
+
+def _replace_by_folder(path: Path):
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
 
 
 def _edit(folder, **fields):

@@ -96,10 +96,10 @@ def main(argv=None) -> int:
     vqa_device = args.vqa_device or device
     progress = not args.quiet and (procs.is_main or procs.barrier is None)
 
-    if not args.overwrite:
-        check_settings(mine, root, search.method, expected_settings(args, search))
     states = {}
     todo = pending_jobs(mine, root, search.method, args.overwrite, states=states)
+    if not args.overwrite:
+        check_settings(mine, root, search.method, expected_settings(args, search), states)
     damaged = [job for job in mine if states[job].status == "invalid"]
     if damaged:
         print(f"redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "

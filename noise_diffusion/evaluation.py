@@ -107,17 +107,19 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
 
 
 def check_settings(
-    jobs: Sequence[Job], result_root: str | os.PathLike, method: str, expected: dict[str, Any]
+    jobs: Sequence[Job], result_root: str | os.PathLike, method: str, expected: dict[str, Any],
+    states: dict[Job, RunState] | None = None,
 ) -> None:
     """Refuse to resume on top of finished runs made with other settings, which a re-run would silently keep.
 
     ``expected`` maps dotted keys of the recorded configuration (``"search.max_epoch"``) to the value this run uses, or
-    to a tuple of accepted values. :class:`UserError` naming the first differing settings otherwise.
+    to a tuple of accepted values. :class:`UserError` naming the first differing settings otherwise. ``states`` (from
+    :func:`pending_jobs`) saves checking the folders again.
     """
     differing: dict[str, tuple] = {}
     count = 0
     for job in jobs:
-        state = job_state(result_root, method, job)
+        state = states[job] if states is not None and job in states else job_state(result_root, method, job)
         if not state.finished:
             continue
         found = setting_differences(state.record["config"], expected)
@@ -240,38 +242,51 @@ def rescore_held_out(
     """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
 
     Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
-    A non-finite score is not saved; after the other folders, :class:`UserError` names such folders. Returns the number
-    of folders scored.
+    Each folder is scored under its lock, so a run being redone meanwhile never gets the old images' scores; folders
+    another process holds are left out. A non-finite score is not saved; after the other folders, :class:`UserError`
+    names such folders. Returns the number of folders scored.
     """
     todo = held_out_todo(folders, verifier, overwrite)
     check_prompts(scorer, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
-    failures = []
+    failures, scored_count = [], 0
     bar = tqdm(total=len(todo), disable=not progress, desc=f"held-out {verifier}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[start:start + max(1, batch_size)]
-            records = [read_json(f / RESULT_FILE) for f in chunk]
-            images, prompts = [], []
-            for folder, record in zip(chunk, records):
-                files = record.get("files", {"initial": "initial.png", "best": "best.png"})
-                for key in ("initial", "best"):
-                    with Image.open(folder / files[key]) as image:
-                        images.append(image.convert("RGB"))
-                    prompts.append(record["prompt"])
-            scores = scorer.score_pil(images, prompts).tolist()
-            for k, folder in enumerate(chunk):
-                scored = {"verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
-                if held_out_problem(scored):
-                    failures.append(str(folder))
-                    continue
-                write_json_atomic(held_out_file(folder, verifier), scored)
-            bar.update(len(chunk))
+            with ExitStack() as locks:
+                chunk = [f for f in todo[start:start + max(1, batch_size)] if locks.enter_context(job_lock(f))]
+                scored_count += _rescore_chunk(chunk, scorer, verifier, overwrite, failures)
+            bar.update(min(len(todo), start + max(1, batch_size)) - start)
     finally:
         bar.close()
     if failures:
         raise UserError(f"held-out verifier {verifier!r} gave non-finite scores, not saved, for {len(failures)} "
                         f"folder(s): {', '.join(failures[:3])}{', ...' if len(failures) > 3 else ''}")
-    return len(todo) - len(failures)
+    return scored_count
+
+
+def _rescore_chunk(chunk: list[Path], scorer, verifier: str, overwrite: bool, failures: list[str]) -> int:
+    """Score the locked folders of ``chunk`` that still need it; returns how many were saved."""
+    chunk = [f for f in chunk if f in held_out_todo([f], verifier, overwrite)]  # may have changed before the lock
+    if not chunk:
+        return 0
+    records = [read_json(f / RESULT_FILE) for f in chunk]
+    images, prompts = [], []
+    for folder, record in zip(chunk, records):
+        files = record.get("files", {"initial": "initial.png", "best": "best.png"})
+        for key in ("initial", "best"):
+            with Image.open(folder / files[key]) as image:
+                images.append(image.convert("RGB"))
+            prompts.append(record["prompt"])
+    scores = scorer.score_pil(images, prompts).tolist()
+    saved = 0
+    for k, folder in enumerate(chunk):
+        scored = {"verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
+        if held_out_problem(scored):
+            failures.append(str(folder))
+            continue
+        write_json_atomic(held_out_file(folder, verifier), scored)
+        saved += 1
+    return saved
 
 
 def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False) -> list[Path]:

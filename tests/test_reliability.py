@@ -399,3 +399,14 @@ def test_a_run_finished_under_the_old_folder_name_is_moved_not_redone(tmp_path, 
     assert pending_jobs(jobs, tmp_path, "noise_diffusion") == []
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == content
     assert not old.parent.exists()
+
+
+def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, scorer):
+    jobs = make_jobs([PromptEntry(p, "c") for p in ("a cat", "a dog")], [1])
+    run_jobs(jobs, generator, scorer, search(), tmp_path, progress=False)
+    folders = [job_folder(tmp_path, "noise_diffusion", j) for j in jobs]
+    with pytest.raises(UserError, match="non-finite scores, not saved, for 1 folder"):
+        evaluation.rescore_held_out(folders, NaNFor(scorer, "a dog"), "judge", progress=False)
+    assert evaluation.held_out_file(folders[0], "judge").is_file()
+    assert not evaluation.held_out_file(folders[1], "judge").exists()
+    assert evaluation.held_out_todo(folders, "judge") == folders[1:]

@@ -25,7 +25,7 @@ from noise_diffusion.datasets import PromptEntry, load_dataset
 from noise_diffusion.errors import UserError
 from noise_diffusion.evaluation import job_folder, make_jobs, pending_jobs, run_jobs
 from noise_diffusion.generators import pipeline_class_name
-from noise_diffusion.optimize import SearchConfig, optimize
+from noise_diffusion.optimize import SearchConfig
 from noise_diffusion.scorers import load_scorer
 from noise_diffusion.scorers.base import Scorer
 

@@ -126,7 +126,8 @@ def main(argv=None) -> int:
                          already_done=len(mine) - len(todo))
         del generator, scorer  # free the memory before the held-out verifier loads
         elsewhere = len(pending_jobs(todo, root, search.method))
-        print(f"{search.method}: {saved} runs made here, {len(mine) - len(todo)} were already finished"
+        where = f" (shard {procs.index}/{procs.count})" if procs.count > 1 else ""
+        print(f"{search.method}{where}: {saved} runs made here, {len(mine) - len(todo)} were already finished"
               + (f", {elsewhere} left to another process running them" if elsewhere else ""))
 
     folders = [job_folder(root, search.method, job) for job in mine]

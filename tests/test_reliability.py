@@ -281,11 +281,26 @@ def test_a_deeply_nested_dataset_is_one_line(tmp_path):
         load_dataset(str(data))
 
 
+def _wait_for_torch(pid: int, timeout: float = 60.0) -> None:
+    maps = Path(f"/proc/{pid}/maps")
+    if not maps.parent.exists():  # no /proc: the imports take seconds anyway
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            return
+        time.sleep(0.02)
+
+
 def test_ctrl_c_during_the_imports_exits_130_with_one_line(tmp_path):
     for script in ("run.py", "evaluate.py"):
         process = subprocess.Popen([sys.executable, script, "--help"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # the imports (torch, diffusers) take several seconds
+        _wait_for_torch(process.pid)  # inside the imports: torch's library is loaded, diffusers' take seconds more
         assert process.poll() is None, "imports finished before the interrupt"
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)

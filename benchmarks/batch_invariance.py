@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         chunk = items[start:start + args.batch_size]
         batched += optimize(generator, scorer, [p for p, _ in chunk], [s for _, s in chunk], search, progress=False)
     alone = [optimize(generator, scorer, [p], [s], search, progress=False)[0] for p, s in items]
-    print(json.dumps({"batch_size": args.batch_size, "steps": generator.num_steps, **compare(batched, alone)}, indent=2))
+    summary = {"batch_size": args.batch_size, "steps": generator.num_steps, **compare(batched, alone)}
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -25,7 +25,8 @@ from .images import tensor_to_pil
 from .methods import METHODS
 from .optimize import SearchConfig, optimize
 from .results import (
-    RunResult, check_seed, check_writable, describe_differences, expected_settings, inspect_run, job_lock, run_config,
+    RunResult, adopt_legacy_run, check_seed, check_writable, describe_differences, expected_settings, inspect_run,
+    job_lock, run_config,
     run_folder, save_image_atomic, save_run, setting_differences,
 )
 from .specs import GeneratorSpec, VerifierSpec, resolve_device  # noqa: F401 (resolve_device: for the CLIs)
@@ -66,6 +67,7 @@ def run(
     with ExitStack() as lock:
         if result_root is not None:
             folder = run_folder(check_writable(result_root), prompt, seed)
+            adopt_legacy_run(result_root, prompt, seed)
             if not lock.enter_context(job_lock(folder)):
                 raise UserError(f"another process is running {prompt!r} seed {seed} in {folder}")
             saved = _saved_run(folder, prompt, seed, overwrite, expected_settings(search, generator_spec, verifier_spec))

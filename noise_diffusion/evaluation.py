@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -34,9 +35,9 @@ from .specs import GeneratorSpec, VerifierSpec
 from .errors import UserError
 from .optimize import SearchConfig, optimize
 from .results import (
-    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, RunState, check_seed, check_writable, describe_differences,
-    expected_settings, held_out_problem, inspect_run, is_finished, job_lock, read_json, run_config, run_folder,
-    safe_folder_name, save_run, setting_differences, write_json_atomic,
+    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, RunState, adopt_legacy_run, check_seed, check_writable,
+    describe_differences, expected_settings, held_out_problem, inspect_run, is_finished, job_lock, read_json,
+    run_config, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
 )
 
 BARRIER_TIMEOUT = timedelta(hours=72)
@@ -92,11 +93,15 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
     """The jobs still to run (all of them with ``overwrite``): those without an intact result of their own.
 
     A folder holding another prompt's or seed's intact run is never taken as this job's result nor overwritten:
-    :class:`UserError` naming it. ``states``, when given, receives every job's :class:`RunState`.
+    :class:`UserError` naming it. A run an earlier version finished under its old folder name is moved to its folder
+    (:func:`~noise_diffusion.results.adopt_legacy_run`). ``states``, when given, receives every job's
+    :class:`RunState`.
     """
     todo = []
     for job in jobs:
         state = job_state(result_root, method, job)
+        if state.status == "missing" and adopt_legacy_run(method_root(result_root, method), job.prompt, job.seed):
+            state = job_state(result_root, method, job)
         if state.status == "other":
             raise UserError(f"{state.reason}; move it away or use another --result_root")
         if states is not None:
@@ -107,17 +112,19 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
 
 
 def check_settings(
-    jobs: Sequence[Job], result_root: str | os.PathLike, method: str, expected: dict[str, Any]
+    jobs: Sequence[Job], result_root: str | os.PathLike, method: str, expected: dict[str, Any],
+    states: dict[Job, RunState] | None = None,
 ) -> None:
     """Refuse to resume on top of finished runs made with other settings, which a re-run would silently keep.
 
     ``expected`` maps dotted keys of the recorded configuration (``"search.max_epoch"``) to the value this run uses, or
-    to a tuple of accepted values. :class:`UserError` naming the first differing settings otherwise.
+    to a tuple of accepted values. :class:`UserError` naming the first differing settings otherwise. ``states`` (from
+    :func:`pending_jobs`) saves checking the folders again.
     """
     differing: dict[str, tuple] = {}
     count = 0
     for job in jobs:
-        state = job_state(result_root, method, job)
+        state = states[job] if states is not None and job in states else job_state(result_root, method, job)
         if not state.finished:
             continue
         found = setting_differences(state.record["config"], expected)
@@ -156,7 +163,7 @@ def run_jobs(
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     check_prompts(scorer, [job.prompt for job in jobs])
-    saved, failures = 0, []
+    saved, failures, started = 0, [], time.time()
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
     if already_done:
         bar.set_description(f"{search.method} ({already_done} already done)")
@@ -174,8 +181,9 @@ def run_jobs(
                     state = job_state(result_root, search.method, job)
                     if state.status == "other":
                         raise UserError(f"{state.reason}; move it away or use another --result_root")
-                    if state.finished and not overwrite:  # another process finished it meanwhile
-                        bar.update(1)
+                    if state.finished and (not overwrite or _written_since(job_folder(result_root, search.method,
+                                                                                      job), started)):
+                        bar.update(1)  # another process finished (or, with overwrite, redid) it meanwhile
                         continue
                     batch.append(job)
                 if not batch:
@@ -200,6 +208,13 @@ def run_jobs(
         raise UserError(f"{len(failures)} run{'s' if len(failures) > 1 else ''} stopped and not saved: "
                         + "; ".join(failures[:3]) + ("; ..." if len(failures) > 3 else ""))
     return saved
+
+
+def _written_since(folder: Path, moment: float) -> bool:
+    try:
+        return (folder / RESULT_FILE).stat().st_mtime >= moment
+    except OSError:
+        return False
 
 
 def check_prompts(scorer, prompts: Sequence[str]) -> None:
@@ -236,39 +251,54 @@ def rescore_held_out(
     """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
 
     Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
-    A non-finite score is not saved; after the other folders, :class:`UserError` names such folders. Returns the number
-    of folders scored.
+    Each folder is scored under its lock, so a run being redone meanwhile never gets the old images' scores; folders
+    another process holds are left out. A non-finite score is not saved; after the other folders, :class:`UserError`
+    names such folders. Returns the number of folders scored.
     """
     todo = held_out_todo(folders, verifier, overwrite, prefix)
     check_prompts(scorer, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
-    failures = []
+    failures, scored_count = [], 0
     what = "PNG re-score" if prefix == PNG_PREFIX else "held-out"
     bar = tqdm(total=len(todo), disable=not progress, desc=f"{what} {verifier}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[start:start + max(1, batch_size)]
-            records = [read_json(f / RESULT_FILE) for f in chunk]
-            images, prompts = [], []
-            for folder, record in zip(chunk, records):
-                files = record.get("files", {"initial": "initial.png", "best": "best.png"})
-                for key in ("initial", "best"):
-                    with Image.open(folder / files[key]) as image:
-                        images.append(image.convert("RGB"))
-                    prompts.append(record["prompt"])
-            scores = scorer.score_pil(images, prompts).tolist()
-            for k, folder in enumerate(chunk):
-                scored = {"verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
-                if held_out_problem(scored):
-                    failures.append(str(folder))
-                    continue
-                write_json_atomic(held_out_file(folder, verifier, prefix), scored)
-            bar.update(len(chunk))
+            with ExitStack() as locks:
+                chunk = [f for f in todo[start:start + max(1, batch_size)] if locks.enter_context(job_lock(f))]
+                scored_count += _rescore_chunk(chunk, scorer, verifier, overwrite, failures, prefix)
+            bar.update(min(len(todo), start + max(1, batch_size)) - start)
     finally:
         bar.close()
     if failures:
         raise UserError(f"{what} verifier {verifier!r} gave non-finite scores, not saved, for {len(failures)} "
                         f"folder(s): {', '.join(failures[:3])}{', ...' if len(failures) > 3 else ''}")
-    return len(todo) - len(failures)
+    return scored_count
+
+
+def _rescore_chunk(chunk: list[Path], scorer, verifier: str, overwrite: bool, failures: list[str],
+                   prefix: str = HELD_OUT_PREFIX) -> int:
+    """Score the locked folders of ``chunk`` that still need it; returns how many were saved."""
+    # a folder may have changed before its lock was taken
+    chunk = [f for f in chunk if f in held_out_todo([f], verifier, overwrite, prefix)]
+    if not chunk:
+        return 0
+    records = [read_json(f / RESULT_FILE) for f in chunk]
+    images, prompts = [], []
+    for folder, record in zip(chunk, records):
+        files = record.get("files", {"initial": "initial.png", "best": "best.png"})
+        for key in ("initial", "best"):
+            with Image.open(folder / files[key]) as image:
+                images.append(image.convert("RGB"))
+            prompts.append(record["prompt"])
+    scores = scorer.score_pil(images, prompts).tolist()
+    saved = 0
+    for k, folder in enumerate(chunk):
+        scored = {"verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
+        if held_out_problem(scored):
+            failures.append(str(folder))
+            continue
+        write_json_atomic(held_out_file(folder, verifier, prefix), scored)
+        saved += 1
+    return saved
 
 
 def held_out_todo(
@@ -362,13 +392,12 @@ def evaluate(
     verifier = replace(verifier, device=verifier.device or generator.device)
     progress = progress and (procs.is_main or procs.barrier is None)
 
-    if not overwrite:
-        for search in searches:
-            check_settings(mine, root, search.method, expected_settings(search, generator, verifier))
     todo = {}
     for search in searches:
         states: dict = {}
         todo[search.method] = pending_jobs(mine, root, search.method, overwrite, states=states)
+        if not overwrite:
+            check_settings(mine, root, search.method, expected_settings(search, generator, verifier), states)
         damaged = [job for job in mine if states[job].status == "invalid"]
         if damaged:
             print(f"{search.method}: redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
@@ -395,7 +424,8 @@ def evaluate(
                              progress=progress, dataset=info, already_done=len(mine) - len(pending),
                              specs=(generator, verifier))
             elsewhere = len(pending_jobs(pending, root, search.method))
-            print(f"{search.method}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
+            where = f" (shard {procs.index}/{procs.count})" if procs.count > 1 else ""
+            print(f"{search.method}{where}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
                   + (f", {elsewhere} left to another process running them" if elsewhere else ""))
         del model  # free the memory before the verifiers re-score
     if png_rescore and held_out_todo(folders, verifier.model, overwrite, PNG_PREFIX):

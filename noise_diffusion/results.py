@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,43 @@ def safe_folder_name(prompt: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:MAX_NAME] or "prompt"
     digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:DIGEST_HEX]
     return f"{slug}-{digest}"
+
+
+def legacy_folder_name(prompt: str) -> str:
+    """The folder name that earlier versions gave a prompt (80-character slug, 32 bits of SHA-1), which distinct
+    prompts could share."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:80] or "prompt"
+    return f"{slug}-{hashlib.sha1(prompt.encode('utf-8')).hexdigest()[:8]}"
+
+
+def adopt_legacy_run(root: str | os.PathLike, prompt: str, seed: int) -> bool:
+    """Move a run that an earlier version finished under :func:`legacy_folder_name` to its folder, when it is intact
+    and of exactly this prompt and seed (so upgrading loses no finished run); True when one was moved."""
+    old = Path(root) / legacy_folder_name(prompt) / str(int(seed))
+    new = run_folder(root, prompt, seed)
+    if not (old / RESULT_FILE).is_file() or (new / RESULT_FILE).exists():
+        return False
+    try:
+        record = read_json(old / RESULT_FILE)
+    except (OSError, ValueError, RecursionError):
+        return False
+    if (record_problem(record) is not None or files_problem(old, record) is not None
+            or record["prompt"] != prompt or record["seed"] != int(seed)):
+        return False  # damaged, or another prompt's run that shared the folder: left where it is
+    try:
+        if new.is_dir():  # only a lock or temporary files: nothing of a run
+            if any(p.name != LOCK_FILE and not p.name.endswith(TEMP_SUFFIX) for p in new.iterdir()):
+                return False
+            for p in new.iterdir():
+                p.unlink()
+            new.rmdir()
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+    except OSError:  # e.g. another process moved it first
+        return False
+    with contextlib.suppress(OSError):
+        old.parent.rmdir()  # when empty
+    return True
 
 
 def check_seed(seed: int) -> int:
@@ -160,7 +198,8 @@ def _count(value: Any) -> bool:
 
 
 def _plain_name(value: Any) -> bool:
-    return isinstance(value, str) and bool(value) and "/" not in value and "\\" not in value and value not in (".", "..")
+    return (isinstance(value, str) and bool(value) and "/" not in value and "\\" not in value
+            and value not in (".", ".."))
 
 
 def record_problem(record: Any) -> str | None:
@@ -260,17 +299,24 @@ def setting_differences(config: dict, expected: dict[str, Any]) -> dict[str, tup
 
 def expected_settings(search, generator, verifier) -> dict[str, Any]:
     """What a finished run must have been made with to be kept: the search (a ``SearchConfig``), the verifier and the
-    options given to it, the model (by the name given or the path it resolves to), and the sampling settings that are
-    given (those left to the model's defaults are not compared). ``generator`` and ``verifier`` are the specs
-    (:mod:`noise_diffusion.specs`)."""
+    options given to it, the model (by the name given or the path it resolves to), the negative prompt and scheduler,
+    and the sampling settings and precision that are given (those left to the model's defaults, or ``auto``, are not
+    compared). ``generator`` and ``verifier`` are the specs (:mod:`noise_diffusion.specs`). Records written before a
+    setting was recorded pass for its default."""
     expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
     expected["scorer.name"] = verifier.model
     for key, value in verifier.options().items():  # e.g. question_template, when given
         expected[f"scorer.{key}"] = value
     expected["generator.model"] = (generator.model, generator.model_path())
-    for key in ("num_steps", "guidance_scale", "height", "width"):
-        if getattr(generator, key) is not None:
-            expected[f"generator.{key}"] = getattr(generator, key)
+    for key in ("num_steps", "guidance_scale", "height", "width", "dtype"):
+        value = getattr(generator, key)
+        if value is not None and value != "auto":
+            expected[f"generator.{key}"] = value
+    negative, scheduler = generator.negative_prompt, generator.scheduler
+    expected["generator.negative_prompt"] = (negative, None) if negative == "" else negative
+    # flow-matching families have one scheduler, recorded by its name whichever choice selected it
+    expected["generator.scheduler"] = (scheduler, None, "flow-match-euler") if scheduler == "ddim" else (
+        scheduler, "flow-match-euler")
     return expected
 
 
@@ -369,8 +415,13 @@ def remove_temp_files(folder: str | os.PathLike, older_than: float = 0.0) -> int
 
 
 def _remove(path: str | os.PathLike) -> None:
+    """Delete a file, or a directory that stands where a file belongs; nothing when there is none."""
+    path = Path(path)
     try:
-        os.unlink(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     except OSError:
         pass
 
@@ -452,7 +503,8 @@ def save_run(folder: str | os.PathLike, result, config: dict, save_latent: bool 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _remove(folder / RESULT_FILE)
+    for name in (RESULT_FILE, "best.png", "initial.png", LATENT_FILE):
+        _remove(folder / name)  # a directory there (a damaged run) would block the rename, too
     for prefix in (HELD_OUT_PREFIX, PNG_PREFIX):  # scores of the image being replaced
         for stale in folder.glob(f"{prefix}*.json"):
             _remove(stale)

@@ -151,13 +151,15 @@ def test_sigkill_from_outside_then_resume(dataset, reference, tmp_path):
     assert snapshot(root) == reference
 
 
-def evaluate_logging_runs(log: Path, args: list[str]) -> None:
-    """evaluate.py that appends one line to ``log`` per job it optimises."""
+def evaluate_logging_runs(log: Path, args: list[str], first_pause: float = 0.0) -> None:
+    """evaluate.py that appends one line to ``log`` per job it optimises (pausing ``first_pause`` seconds in its
+    first job)."""
     from noise_diffusion import evaluation
 
-    real = evaluation.optimize
+    real, pause = evaluation.optimize, [first_pause]
 
     def logged(generator, scorer, prompts, seeds, *rest, **options):
+        time.sleep(pause.pop() if pause else 0.0)
         with open(log, "a") as handle:
             handle.writelines(f"{p}|{s}\n" for p, s in zip(prompts, seeds))
         return real(generator, scorer, prompts, seeds, *rest, **options)
@@ -167,11 +169,14 @@ def evaluate_logging_runs(log: Path, args: list[str]) -> None:
         evaluate_cli.main(args)
 
 
-def test_two_processes_on_one_root_run_every_job_once(dataset, reference, tmp_path):
+@pytest.mark.parametrize("extra, pause", [(["--shard", "0/1"], 0.0), (["--overwrite"], 5.0)])
+def test_two_processes_on_one_root_run_every_job_once(dataset, reference, tmp_path, extra, pause):
+    """The same job list twice at the same time (two shells, one --shard given twice). With --overwrite the first
+    process dawdles in its first job while the second does the others: they are redone once, not twice."""
     root = tmp_path / "shared"
     logs = [tmp_path / "a.txt", tmp_path / "b.txt"]
-    # the same job list twice at the same time, e.g. two shells or one --shard given twice
-    pids = [fork(evaluate_logging_runs, log, argv(dataset, root, "--shard", "0/1")) for log in logs]
+    pids = [fork(evaluate_logging_runs, log, argv(dataset, root, *extra), first_pause)
+            for log, first_pause in zip(logs, (pause, 0.0))]
     assert [wait(pid) for pid in pids] == [0, 0]
     runs = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
     assert sorted(runs) == sorted(f"{p}|1" for p in PROMPTS)  # each job once, by one of the two
@@ -191,7 +196,9 @@ def test_a_job_another_process_holds_is_left_to_it_and_a_killed_holders_lock_is_
     first = results.run_folder(root / "noise_diffusion", PROMPTS[0], 1)
     ready = tmp_path / "ready"
     holder = fork(_hold_lock, first, ready)
+    deadline = time.monotonic() + 60
     while not ready.exists():
+        assert os.waitpid(holder, os.WNOHANG) == (0, 0) and time.monotonic() < deadline, "the holder did not lock"
         time.sleep(0.01)
     try:
         assert evaluate_cli.main(argv(dataset, root)) == 0

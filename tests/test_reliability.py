@@ -6,6 +6,7 @@ Result folders are damaged, misplaced and collided on purpose; bad numbers, seed
 import json
 import math
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -24,7 +25,7 @@ from noise_diffusion.datasets import PromptEntry, load_dataset
 from noise_diffusion.errors import UserError
 from noise_diffusion.evaluation import job_folder, make_jobs, pending_jobs, run_jobs
 from noise_diffusion.generators import pipeline_class_name
-from noise_diffusion.optimize import SearchConfig, optimize
+from noise_diffusion.optimize import SearchConfig
 from noise_diffusion.scorers import load_scorer
 from noise_diffusion.scorers.base import Scorer
 
@@ -122,7 +123,14 @@ DAMAGE = {
     "truncated best.png": lambda f: _truncate(f / "best.png"),
     "missing initial.png": lambda f: (f / "initial.png").unlink(),
     "truncated latent": lambda f: _truncate(f / "best_latent.safetensors", 20),
+    "result.json a folder": lambda f: _replace_by_folder(f / "result.json"),
+    "best.png a folder": lambda f: _replace_by_folder(f / "best.png"),
 }
+
+
+def _replace_by_folder(path: Path):
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
 
 
 def _edit(folder, **fields):
@@ -135,7 +143,8 @@ def test_damaged_runs_are_redone_and_listed_by_the_report(tmp_path, generator, s
     prompts = {damage: f"a cat number {k}" for k, damage in enumerate(DAMAGE)}
     jobs = make_jobs([PromptEntry(p, "c") for p in [*prompts.values(), "an intact run"]], [1])
     run_jobs(jobs, generator, scorer, search(), tmp_path, batch_size=len(jobs), progress=False)
-    folders = {damage: results.run_folder(tmp_path / "noise_diffusion", prompt, 1) for damage, prompt in prompts.items()}
+    folders = {damage: results.run_folder(tmp_path / "noise_diffusion", prompt, 1)
+               for damage, prompt in prompts.items()}
     reference = {damage: (folder / "best.png").read_bytes() for damage, folder in folders.items()}
     for damage, folder in folders.items():
         DAMAGE[damage](folder)
@@ -359,11 +368,11 @@ def test_batching_changes_no_decision_and_numbers_only_within_the_documented_tol
         with pytest.raises(SystemExit) as done:
             cli.main_guard(lambda: evaluate_cli.main([
                 "--dataset", str(data), "--sd_version", "toy-digits", "--vqa_model", "toy-digits-cnn",
-                "--seeds", "1", "2", "--num_denoising_steps", "8", "--num_candidate_noises", "8", "--max_epoch", "3",
+                "--seeds", "1", "--num_denoising_steps", "8", "--num_candidate_noises", "8", "--max_epoch", "3",
                 "--device", "cpu", "--quiet", "--batch_size", str(batch), "--result_root", str(roots[batch])]))
         assert done.value.code == 0
     folders = sorted(p.relative_to(roots[1]) for p in roots[1].glob("*/*/*"))
-    assert len(folders) == 8 and folders == sorted(p.relative_to(roots[4]) for p in roots[4].glob("*/*/*"))
+    assert len(folders) == 4 and folders == sorted(p.relative_to(roots[4]) for p in roots[4].glob("*/*/*"))
     for folder in folders:
         alone, batched = (json.loads((roots[b] / folder / "result.json").read_text()) for b in (1, 4))
         assert [e.get("candidate") for e in alone["epochs"]] == [e.get("candidate") for e in batched["epochs"]]
@@ -373,3 +382,45 @@ def test_batching_changes_no_decision_and_numbers_only_within_the_documented_tol
         for name in ("initial.png", "best.png"):
             pixels = [torch.tensor(list(Image.open(roots[b] / folder / name).getdata())) for b in (1, 4)]
             assert (pixels[0] - pixels[1]).abs().max() <= 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--negative_prompt", "a dog"], "negative_prompt '' there, 'a dog' now"),
+    (["--scheduler", "default"], "scheduler 'ddim' there, 'default' now"),
+    (["--dtype", "bfloat16"], "dtype 'float32' there, 'bfloat16' now"),
+])
+def test_a_finished_run_with_another_negative_prompt_scheduler_or_precision_is_not_kept(
+        tmp_path, tiny_sd_dir, tiny_clip_dir, capsys, extra, message):
+    argv = ["--prompt", "a cat", "--sd_version", tiny_sd_dir, "--vqa_model", tiny_clip_dir,
+            "--result_root", str(tmp_path), *FAST]
+    assert call(run_cli.main, argv, capsys)[0] == 0
+    code, out, err = call(run_cli.main, argv + extra, capsys)
+    assert code == 2 and message in err, err
+
+
+def test_a_run_finished_under_the_old_folder_name_is_moved_not_redone(tmp_path, generator, scorer, capsys):
+    jobs, folder = one_finished_run(tmp_path, generator, scorer)
+    content = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    old = tmp_path / "noise_diffusion" / results.legacy_folder_name(jobs[0].prompt) / "1"
+    old.parent.mkdir()
+    folder.rename(old)  # as an earlier version left it
+    folder.parent.rmdir()
+    # a run of another prompt in the old folder of this one (the collision) stays where it is
+    shared = tmp_path / "noise_diffusion" / results.legacy_folder_name("a frog and a lion") / "1"
+    shutil.copytree(old, shared)
+    assert not results.adopt_legacy_run(tmp_path / "noise_diffusion", "a frog and a lion", 1)
+    assert (shared / "result.json").is_file()
+    assert pending_jobs(jobs, tmp_path, "noise_diffusion") == []
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == content
+    assert not old.parent.exists()
+
+
+def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, scorer):
+    jobs = make_jobs([PromptEntry(p, "c") for p in ("a cat", "a dog")], [1])
+    run_jobs(jobs, generator, scorer, search(), tmp_path, progress=False)
+    folders = [job_folder(tmp_path, "noise_diffusion", j) for j in jobs]
+    with pytest.raises(UserError, match="non-finite scores, not saved, for 1 folder"):
+        evaluation.rescore_held_out(folders, NaNFor(scorer, "a dog"), "judge", progress=False)
+    assert evaluation.held_out_file(folders[0], "judge").is_file()
+    assert not evaluation.held_out_file(folders[1], "judge").exists()
+    assert evaluation.held_out_todo(folders, "judge") == folders[1:]

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from noise_diffusion import api  # noqa: E402
 from noise_diffusion.datasets import load_dataset  # noqa: E402
 from noise_diffusion.optimize import SearchConfig, optimize  # noqa: E402
-from noise_diffusion.scorers.base import tensor_to_pil  # noqa: E402
+from noise_diffusion.verifiers.base import tensor_to_pil  # noqa: E402
 
 
 def compare(batched, alone) -> dict:
@@ -52,15 +52,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     generator = api.build_generator("toy-digits", "cpu", "float32", num_steps=args.num_denoising_steps)
-    scorer = api.build_verifier("toy-digits-cnn", "cpu", "float32")
+    verifier = api.build_verifier("toy-digits-cnn", "cpu", "float32")
     prompts = [e.prompt for e in load_dataset(str(ROOT / args.dataset))[: args.prompts]]
     items = [(p, s) for p in prompts for s in args.seeds]
     search = SearchConfig(max_epoch=args.max_epoch, num_candidates=args.num_candidate_noises)
     batched = []
     for start in range(0, len(items), args.batch_size):
         chunk = items[start:start + args.batch_size]
-        batched += optimize(generator, scorer, [p for p, _ in chunk], [s for _, s in chunk], search, progress=False)
-    alone = [optimize(generator, scorer, [p], [s], search, progress=False)[0] for p, s in items]
+        batched += optimize(generator, verifier, [p for p, _ in chunk], [s for _, s in chunk], search, progress=False)
+    alone = [optimize(generator, verifier, [p], [s], search, progress=False)[0] for p, s in items]
     summary = {"batch_size": args.batch_size, "steps": generator.num_steps, **compare(batched, alone)}
     print(json.dumps(summary, indent=2))
     return 0

@@ -2,15 +2,15 @@
 
 Presets (``--preset``), all built locally with no download:
 
-- ``tiny``: the test suite's tiny SD1.x pipeline (32×32 images, 4×16×16 latents) and tiny CLIP scorer.
+- ``tiny``: the test suite's tiny SD1.x pipeline (32×32 images, 4×16×16 latents) and tiny CLIP verifier.
 - ``toy``: the project's trained toy world when it is installed (``noise_diffusion/toy/assets``, issue 5), otherwise
   an untrained pipeline of the toy world's shapes (32×32×3 images, 4×8×8 latents, DDIM 25 steps, guidance 5) with the
-  tiny CLIP scorer.
+  tiny CLIP verifier.
 - ``sd14``: the real architectures of ``CompVis/stable-diffusion-v1-4`` (UNet, VAE, CLIP ViT-L/14 text encoder, PNDM
-  scheduler config) and a CLIP ViT-L/14 scorer, with random weights, from their published configurations written
+  scheduler config) and a CLIP ViT-L/14 verifier, with random weights, from their published configurations written
   below. Real-size cost without downloading anything; too slow to time many steps on a small CPU.
 
-``--sd_version`` / ``--vqa_model`` replace a preset's generator / scorer with any model the library can load.
+``--sd_version`` / ``--vqa_model`` replace a preset's generator / verifier with any model the library can load.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from noise_diffusion.specs import resolve_device, resolve_dtype  # noqa: E402
 from noise_diffusion.errors import UserError  # noqa: E402
 from noise_diffusion.generators import load_generator  # noqa: E402
 from noise_diffusion.generators.stable_diffusion import StableDiffusionGenerator  # noqa: E402
-from noise_diffusion.scorers import load_scorer  # noqa: E402
-from noise_diffusion.scorers.clip import CLIP_MEAN, CLIP_STD, CLIPScorer  # noqa: E402
+from noise_diffusion.verifiers import load_verifier  # noqa: E402
+from noise_diffusion.verifiers.clip import CLIP_MEAN, CLIP_STD, CLIPVerifier  # noqa: E402
 from noise_diffusion.testing import build_tiny_clip, build_tiny_sd_pipeline, write_clip_tokenizer  # noqa: E402
 
 PRESETS = ("tiny", "toy", "sd14")
@@ -199,16 +199,16 @@ def build_sd14(device, dtype, cpu_offload: bool = False, vae_checkpointing: bool
                                     **options)
 
 
-def build_clip_l_scorer(device, dtype) -> CLIPScorer:
-    """CLIP ViT-L/14 (``clip-vit-large-patch14``) with random weights as a CLIPScore scorer."""
+def build_clip_l_verifier(device, dtype) -> CLIPVerifier:
+    """CLIP ViT-L/14 (``clip-vit-large-patch14``) with random weights as a CLIPScore verifier."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     config = CLIPConfig(text_config=CLIP_L_TEXT, vision_config=CLIP_L_VISION, projection_dim=768)
     model = materialize(lambda: CLIPModel(config), device, dtype, 3)
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(_workdir() / "clip_char_tokenizer"))
-    scorer = CLIPScorer(model, tokenizer, 224, 224, CLIP_MEAN, CLIP_STD, name="clip-l-architecture-random-weights",
+    verifier = CLIPVerifier(model, tokenizer, 224, 224, CLIP_MEAN, CLIP_STD, name="clip-l-architecture-random-weights",
                          mapping="affine")
-    return scorer.to(device)
+    return verifier.to(device)
 
 
 class _WordTokenizer:
@@ -230,16 +230,16 @@ class _WordTokenizer:
         return argparse.Namespace(input_ids=ids)
 
 
-def build_clip_flant5_scorer(size: str, device, dtype, layers: int | None = None, **options):
-    """The VQA module's CLIP-FlanT5 scorer (``CLIPT5Scorer``) with the published shapes and random weights: CLIP
+def build_clip_flant5_verifier(size: str, device, dtype, layers: int | None = None, **options):
+    """The VQA module's CLIP-FlanT5 verifier (``CLIPT5Verifier``) with the published shapes and random weights: CLIP
     ViT-L/14-336 tower, mlp2x_gelu projector, FlanT5-``size``. Built on the meta device and materialised on ``device``
     (no slow CPU initialisation of billions of weights). ``layers`` keeps only that many layers in each of the vision
     tower, the T5 encoder and the T5 decoder (24 each in XL and XXL) — the real widths at a fraction of the depth, for
     measuring per-layer cost on a small machine (features still come from layer -2, as in the real model, so a cost
-    linear in ``layers`` extrapolates to 24); ``options`` go to the scorer (``micro_batch``, ``checkpointing``)."""
+    linear in ``layers`` extrapolates to 24); ``options`` go to the verifier (``micro_batch``, ``checkpointing``)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, T5Config
 
-    from noise_diffusion.scorers.vqa.clip_t5 import CLIPT5, CLIPT5Scorer
+    from noise_diffusion.verifiers.vqa.clip_t5 import CLIPT5, CLIPT5Verifier
 
     t5_shape, vision_shape = dict(FLAN_T5[size]), dict(CLIP_L336_VISION)
     if layers is not None:
@@ -251,9 +251,9 @@ def build_clip_flant5_scorer(size: str, device, dtype, layers: int | None = None
     model.tie()
     processor = {"size": 336, "crop": 336, "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}
     depth = "" if layers is None else f"-{layers}-layers"
-    scorer = CLIPT5Scorer(model, _WordTokenizer(), processor, name=f"clip-flant5-{size}{depth}-shapes-random-weights",
+    verifier = CLIPT5Verifier(model, _WordTokenizer(), processor, name=f"clip-flant5-{size}{depth}-shapes-random-weights",
                           **options)
-    return scorer.to(device)
+    return verifier.to(device)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -263,7 +263,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                                                        "the preset's")
     g.add_argument("--vqa_model", default=None, help="a verifier (name / folder / Hub id) instead of the preset's")
     g.add_argument("--device", default=None, help="device (default: cuda:0 when present, else cpu)")
-    g.add_argument("--scorer_shape", choices=SCORER_SHAPES, default=None,
+    g.add_argument("--verifier_shape", choices=SCORER_SHAPES, default=None,
                    help="a random-weight verifier of published shapes instead of the preset's (sd14's is clip-l)")
     g.add_argument("--vqa_device", default=None, help="device of the verifier (default: --device)")
     g.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"))
@@ -286,7 +286,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_models(args: argparse.Namespace):
-    """(generator, scorer, description) from the parsed ``add_model_args`` flags."""
+    """(generator, verifier, description) from the parsed ``add_model_args`` flags."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -315,29 +315,29 @@ def build_models(args: argparse.Namespace):
     vqa_options = {k: v for k, v in (("checkpointing", getattr(args, "vqa_checkpointing", False) or None),
                                       ("micro_batch", getattr(args, "vqa_micro_batch", None))) if v is not None}
     if args.vqa_model:
-        scorer, scorer_name = load_scorer(args.vqa_model, vqa_device, vqa_dtype, **vqa_options), args.vqa_model
-    elif args.scorer_shape and args.scorer_shape != "clip-l":
-        size = args.scorer_shape.removeprefix("clip-flant5-")
-        scorer = build_clip_flant5_scorer(size, vqa_device, vqa_dtype, **vqa_options)
-        scorer_name = f"CLIP-FlanT5-{size.upper()} shapes (random weights)"
-    elif args.preset == "sd14" or args.scorer_shape == "clip-l":
-        scorer, scorer_name = build_clip_l_scorer(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
+        verifier, verifier_name = load_verifier(args.vqa_model, vqa_device, vqa_dtype, **vqa_options), args.vqa_model
+    elif args.verifier_shape and args.verifier_shape != "clip-l":
+        size = args.verifier_shape.removeprefix("clip-flant5-")
+        verifier = build_clip_flant5_verifier(size, vqa_device, vqa_dtype, **vqa_options)
+        verifier_name = f"CLIP-FlanT5-{size.upper()} shapes (random weights)"
+    elif args.preset == "sd14" or args.verifier_shape == "clip-l":
+        verifier, verifier_name = build_clip_l_verifier(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
     else:
-        scorer = _toy_scorer(vqa_device, vqa_dtype) if toy else None
-        scorer_name = f"toy verifier {scorer.name}" if scorer is not None else ""
-        if scorer is not None:
+        verifier = _toy_verifier(vqa_device, vqa_dtype) if toy else None
+        verifier_name = f"toy verifier {verifier.name}" if verifier is not None else ""
+        if verifier is not None:
             args.prompts = TOY_PROMPTS
-        if scorer is None:
-            scorer = load_scorer(tiny_clip_dir(), vqa_device, vqa_dtype, mapping="affine")
-            scorer_name = "tiny CLIP (random weights)"
-    if vqa_options and not hasattr(scorer, "set_checkpointing"):
-        raise UserError(f"--vqa_checkpointing / --vqa_micro_batch need a VQA verifier, not {scorer_name}")
-    return generator, scorer, f"{gen_name} + {scorer_name}"
+        if verifier is None:
+            verifier = load_verifier(tiny_clip_dir(), vqa_device, vqa_dtype, mapping="affine")
+            verifier_name = "tiny CLIP (random weights)"
+    if vqa_options and not hasattr(verifier, "set_checkpointing"):
+        raise UserError(f"--vqa_checkpointing / --vqa_micro_batch need a VQA verifier, not {verifier_name}")
+    return generator, verifier, f"{gen_name} + {verifier_name}"
 
 
-def _toy_scorer(device, dtype):
+def _toy_verifier(device, dtype):
     """The toy world's guiding verifier."""
-    return load_scorer("toy-digits-cnn", device, dtype)
+    return load_verifier("toy-digits-cnn", device, dtype)
 
 
 # -- timing and memory -------------------------------------------------------------------------------------------------

@@ -4,13 +4,13 @@
     python benchmarks/epoch_breakdown.py --quick                              # reduced further, about 1.5 CPU minutes
 
 Every model is built from its published configuration with random weights (``common.build_sd14``,
-``common.build_clip_flant5_scorer``; timings do not depend on the weights' values) and every part is timed with the
+``common.build_clip_flant5_verifier``; timings do not depend on the weights' values) and every part is timed with the
 library's own pieces, at batch 1 and 4 by default:
 
 - *sampling*: ``generator.sample`` (the guided sampler, classifier-free guidance: the UNet runs on 2B latents);
 - *replay* and *replay backward*: ``generator.replay`` from z and the gradient back through it;
 - *decode forward* and *decode backward*: ``generator.decode`` and the gradient from the images to the final latents;
-- *verifier forward* and *verifier backward*: ``CLIPT5Scorer`` on the images and the gradient to the images.
+- *verifier forward* and *verifier backward*: ``CLIPT5Verifier`` on the images and the gradient to the images.
 
 What a small CPU cannot run at full size is reduced, and the output says so: the sampler runs ``--num_steps`` steps
 (default 1) and sampling/replay are scaled to ``--paper_steps`` (50, the paper's; every step costs the same); the VAE
@@ -28,7 +28,7 @@ import gc
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import build_clip_flant5_scorer, build_sd14, clock_name, machine, set_clock, timed, user_error_exit
+from common import build_clip_flant5_verifier, build_sd14, clock_name, machine, set_clock, timed, user_error_exit
 from common import publish
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.specs import resolve_device
@@ -63,13 +63,13 @@ def time_generator(generator, batch: int, vae_size: int, repeats: int) -> dict[s
 
 
 def time_verifier(size: str, layers: int, batch: int, image_size: int, device, dtype, repeats: int) -> dict:
-    scorer = build_clip_flant5_scorer(size, device, dtype, layers=layers)
+    verifier = build_clip_flant5_verifier(size, device, dtype, layers=layers)
     prompts, _ = batch_items(batch, PROMPTS)
     images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(2)).to(device)
     leaf = images.requires_grad_(True)
-    forward, scores = timed(lambda: scorer(leaf, prompts), device, repeats, warmup=0)
+    forward, scores = timed(lambda: verifier(leaf, prompts), device, repeats, warmup=0)
     backward, _ = timed(lambda: torch.autograd.grad(scores.sum(), leaf, retain_graph=True), device, repeats, warmup=0)
-    del scorer, scores
+    del verifier, scores
     gc.collect()
     return {"verifier forward": forward, "verifier backward": backward}
 

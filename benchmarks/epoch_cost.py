@@ -3,13 +3,13 @@
     python benchmarks/epoch_cost.py --preset tiny --batch_size 1 8 --json epoch_cost.json
 
 For each batch size it times, with the library's own pieces and device synchronisation around every timed call:
-guided sampling (``generator.sample``), the differentiable replay, VAE decode forward/backward, scorer forward/backward,
+guided sampling (``generator.sample``), the differentiable replay, VAE decode forward/backward, verifier forward/backward,
 the candidate selection (``methods.METHODS[...].propose``), the host copies of the images, and — only paid when
 per-epoch images are saved — PNG encoding. The epoch itself is timed inside ``optimize()`` (the interval between the
 ``on_epoch`` callbacks of consecutive epochs that all take a gradient), so it includes everything the loop does.
 
 The *physical minimum* of an epoch is what any implementation must do: one plain guided generation, one decode and one
-scorer forward/backward (back to the final latent), measured the same way. ``epoch / minimum`` is the loop's overhead.
+verifier forward/backward (back to the final latent), measured the same way. ``epoch / minimum`` is the loop's overhead.
 Medians over ``--repeats``; on a shared CPU the numbers are noisy.
 """
 
@@ -45,7 +45,7 @@ def batch_items(batch: int, prompts: list[str] | None = None) -> tuple[list[str]
     return [prompts[i % len(prompts)] for i in range(batch)], list(range(batch))
 
 
-def time_parts(generator, scorer, prompts, seeds, repeats: int) -> dict[str, float]:
+def time_parts(generator, verifier, prompts, seeds, repeats: int) -> dict[str, float]:
     """Median seconds of what the in-epoch breakdown does not split: the backward's two halves, the host copies of
     the images, PNG encoding (paid only when per-epoch images are saved) and the prompt encoding (once per run)."""
     device = generator.device
@@ -53,12 +53,12 @@ def time_parts(generator, scorer, prompts, seeds, repeats: int) -> dict[str, flo
     parts: dict[str, float] = {}
     parts["encode prompts (once per run)"], cond = timed(lambda: generator.encode_prompts(prompts), device, repeats)
     sampled = generator.sample(z, cond)
-    segments: dict[str, list[float]] = {"scorer backward": [], "decode + replay backward": []}
+    segments: dict[str, list[float]] = {"verifier backward": [], "decode + replay backward": []}
     for _ in range(repeats + 1):  # the first pass is a warm-up
         leaf = z.detach().requires_grad_(True)
         images = generator.decode(generator.replay(leaf, sampled.record))
         image_leaf = images.detach().requires_grad_(True)
-        scores = scorer(image_leaf, prompts)
+        scores = verifier(image_leaf, prompts)
         marks = [_now(device)]
         (image_grad,) = torch.autograd.grad(scores.sum(), image_leaf)
         marks.append(_now(device))
@@ -87,28 +87,28 @@ def _now(device) -> float:
     return now()
 
 
-def minimum_pass(generator, scorer, prompts, seeds):
-    """One plain guided generation + decode + scorer forward/backward to the final latent (what any loop must do)."""
+def minimum_pass(generator, verifier, prompts, seeds):
+    """One plain guided generation + decode + verifier forward/backward to the final latent (what any loop must do)."""
     z = initial_latents(generator.latent_shape, seeds).to(generator.device)
     cond = generator.encode_prompts(prompts)
 
     def minimum():
         final = generator.sample(z, cond).latents.detach().requires_grad_(True)
-        scores = scorer(generator.decode(final), prompts)
+        scores = verifier(generator.decode(final), prompts)
         return torch.autograd.grad(scores.sum(), final)
 
     return minimum
 
 
-BREAKDOWN = ("guided sampling", "replay", "decode forward", "scorer forward", "backward (scorer, decode, replay)",
+BREAKDOWN = ("guided sampling", "replay", "decode forward", "verifier forward", "backward (verifier, decode, replay)",
              "selection (pool, alignments, update)")
 
 
 @contextlib.contextmanager
-def attributed(generator, scorer):
+def attributed(generator, verifier):
     """While ``optimize()`` runs, accumulate the time spent in each of the library's pieces.
 
-    Wraps ``generator.sample/replay/decode``, ``scorer.forward``, ``torch.autograd.grad`` (the loop's one backward)
+    Wraps ``generator.sample/replay/decode``, ``verifier.forward``, ``torch.autograd.grad`` (the loop's one backward)
     and the ``noise_diffusion`` method's ``propose``, each synchronised on a GPU; yields the running totals. What an
     epoch spends outside them is the loop's own bookkeeping (merging, host copies, records, callbacks).
     """
@@ -132,7 +132,7 @@ def attributed(generator, scorer):
     grad = torch.autograd.grad
     for attr, name in zip(("sample", "replay", "decode"), BREAKDOWN):
         setattr(generator, attr, wrap(name, getattr(generator, attr)))
-    scorer.forward = wrap(BREAKDOWN[3], scorer.forward)
+    verifier.forward = wrap(BREAKDOWN[3], verifier.forward)
     torch.autograd.grad = wrap(BREAKDOWN[4], grad)
     METHODS["noise_diffusion"] = dataclasses.replace(method, propose=wrap(BREAKDOWN[5], method.propose))
     try:
@@ -140,24 +140,24 @@ def attributed(generator, scorer):
     finally:
         for attr in ("sample", "replay", "decode"):
             delattr(generator, attr)
-        del scorer.forward
+        del verifier.forward
         torch.autograd.grad = grad
         METHODS["noise_diffusion"] = method
 
 
-def epoch_breakdown(generator, scorer, prompts, seeds, config: SearchConfig) -> dict[str, float]:
+def epoch_breakdown(generator, verifier, prompts, seeds, config: SearchConfig) -> dict[str, float]:
     """Median seconds per part of the gradient epochs of one instrumented ``optimize()`` run; the parts sum to the
     epoch, the last one being the loop's bookkeeping."""
     device = generator.device
     last = len(prompts) - 1
     snapshots: dict[int, tuple[float, dict]] = {}
-    with attributed(generator, scorer) as totals:
+    with attributed(generator, verifier) as totals:
         def on_epoch(item, epoch, image, record):
             if item == last:
                 synchronize(device)
                 snapshots[epoch] = (now(), dict(totals))
 
-        optimize(generator, scorer, prompts, seeds, config, progress=False, on_epoch=on_epoch)
+        optimize(generator, verifier, prompts, seeds, config, progress=False, on_epoch=on_epoch)
     rows: dict[str, list[float]] = collections.defaultdict(list)
     for e in range(1, config.max_epoch):
         (t0, a), (t1, b) = snapshots[e - 1], snapshots[e]
@@ -169,7 +169,7 @@ def epoch_breakdown(generator, scorer, prompts, seeds, config: SearchConfig) -> 
     return {k: statistics.median(v) for k, v in rows.items()}
 
 
-def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: int) -> dict:
+def time_epochs(generator, verifier, prompts, seeds, config: SearchConfig, runs: int) -> dict:
     """Epoch seconds measured inside ``optimize()``, interleaved with the physical minimum.
 
     An epoch's interval runs from the end of the previous epoch's last ``on_epoch`` call to its own last call; epochs
@@ -178,7 +178,7 @@ def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: i
     under the same machine load: on a shared CPU the load drifts by more than the overheads being measured.
     """
     device = generator.device
-    minimum = minimum_pass(generator, scorer, prompts, seeds)
+    minimum = minimum_pass(generator, verifier, prompts, seeds)
     minimum()  # warm-up
     last = len(prompts) - 1
     intervals, minima, totals = [], [], []
@@ -200,7 +200,7 @@ def time_epochs(generator, scorer, prompts, seeds, config: SearchConfig, runs: i
 
         synchronize(device)
         begin = now()
-        optimize(generator, scorer, prompts, seeds, config, progress=False, on_epoch=on_epoch)
+        optimize(generator, verifier, prompts, seeds, config, progress=False, on_epoch=on_epoch)
         synchronize(device)
         totals.append(now() - begin - sum(starts[e] - ends[e] for e in ends))
         intervals += [ends[e] - starts[e - 1] for e in range(1, config.max_epoch)]
@@ -238,15 +238,15 @@ def generator_parameters(generator) -> int:
     return sum(count_parameters(m) for m in components.values() if isinstance(m, torch.nn.Module))
 
 
-def measure(generator, scorer, batch: int, args) -> dict:
+def measure(generator, verifier, batch: int, args) -> dict:
     prompts, seeds = batch_items(batch, args.prompts)
     device = generator.device
     config = SearchConfig(max_epoch=args.epochs, num_candidates=args.num_candidate_noises)
     reset_peak_memory(device)
-    timing = time_epochs(generator, scorer, prompts, seeds, config, args.runs)
+    timing = time_epochs(generator, verifier, prompts, seeds, config, args.runs)
     memory, memory_kind = peak_memory(device)
-    breakdown = epoch_breakdown(generator, scorer, prompts, seeds, config)
-    parts = time_parts(generator, scorer, prompts, seeds, args.repeats)
+    breakdown = epoch_breakdown(generator, verifier, prompts, seeds, config)
+    parts = time_parts(generator, verifier, prompts, seeds, args.repeats)
     # what the loop adds to the minimum's work inside the same epochs (the replay's share of the backward, a few
     # element-wise ops per step, stays in the backward: the ratio is a slight underestimate)
     extra = sum(breakdown[k] for k in (BREAKDOWN[1], BREAKDOWN[5], "bookkeeping (the rest of the epoch)"))
@@ -307,7 +307,7 @@ def main() -> int:
         parser.error("--epochs must be >= 2 (epoch 1 .. epochs-1 are timed)")
     if min(args.batch_size) < 1:
         parser.error("--batch_size must be >= 1")
-    generator, scorer, models = build_models(args)
+    generator, verifier, models = build_models(args)
     if args.compile:  # the same as the generators' own ``compile`` option, for any preset
         generator.denoiser = torch.compile(generator.denoiser)
     if args.cpu_timesteps:
@@ -318,15 +318,15 @@ def main() -> int:
         "machine": machine(),
         "settings": (f"{settings['num_steps']} steps ({settings.get('scheduler_class', '?')}), guidance "
                      f"{settings['guidance_scale']}, {settings['height']}x{settings['width']}, dtype {settings['dtype']}, "
-                     f"scorer dtype {str(next(scorer.parameters()).dtype).removeprefix('torch.')}, "
+                     f"verifier dtype {str(next(verifier.parameters()).dtype).removeprefix('torch.')}, "
                      f"N = {args.num_candidate_noises}, compile {args.compile}, CPU timesteps {args.cpu_timesteps}, "
                      f"memory options {[k for k in ('cpu_offload', 'vae_slicing', 'vae_checkpointing') if settings.get(k)]}; "
                      f"timed by {clock_name()}"),
-        "parameters": {"generator": generator_parameters(generator), "scorer": count_parameters(scorer)},
+        "parameters": {"generator": generator_parameters(generator), "verifier": count_parameters(verifier)},
         "results": [],
     }
     for batch in args.batch_size:
-        report["results"].append(measure(generator, scorer, batch, args))
+        report["results"].append(measure(generator, verifier, batch, args))
         print(f"batch {batch}: epoch {report['results'][-1]['epoch_seconds']:.4f} s", flush=True)
     return publish(report, markdown(report), args.json)
 

@@ -43,16 +43,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going on f
 B=benchmarks
 if [ "$PARTS" = main ] || [ "$PARTS" = all ]; then
 # 1. SD1.4 (fp16) + CLIP-FlanT5-XL (bf16): parts vs physical minimum, batch 1 and 4, peak memory (target <= 24 GB)
-step sd14_fp16_xl 140 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step sd14_fp16_xl 140 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 1 4 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp16_xl.json"
 # 2. the authors' precision: SD1.4 in fp32, batch 1
-step sd14_fp32_xl 80 "$PY" $B/epoch_cost.py --preset sd14 --dtype float32 --scorer_shape clip-flant5-xl \
+step sd14_fp32_xl 80 "$PY" $B/epoch_cost.py --preset sd14 --dtype float32 --verifier_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_fp32_xl.json"
 # 3. CLIP-FlanT5-XXL: peak memory (target <= 48 GB) and epoch time, batch 1
-step sd14_fp16_xxl 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xxl \
+step sd14_fp16_xxl 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-flant5-xxl \
   --vqa_dtype bfloat16 --batch_size 1 --epochs 3 --repeats 1 --json "$OUTDIR/sd14_fp16_xxl.json"
 # 4. ours (fp16, batch 4) vs the authors' loop structure (fp32, one image at a time), same models (target >= 2x)
-step reference_sd14 140 "$PY" $B/reference_loop.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step reference_sd14 140 "$PY" $B/reference_loop.py --preset sd14 --dtype float16 --verifier_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --rounds 1 --json "$OUTDIR/reference_sd14.json"
 # 5. toy world: batch 1 vs 64, and fp32 vs fp16 scores/decisions (trained weights)
 step toy 50 "$PY" $B/epoch_cost.py --preset toy --batch_size 1 64 --epochs 4 --repeats 2 --json "$OUTDIR/toy.json"
@@ -61,13 +61,13 @@ fi
 if [ "$PARTS" = experiments ] || [ "$PARTS" = all ]; then
 # 6. experiments: VAE checkpointing at batch 4 (memory), timesteps on the CPU (no host sync per sampler step),
 #    torch.compile of the UNet
-step sd14_fp16_xl_vaeckpt 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step sd14_fp16_xl_vaeckpt 100 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --repeats 1 --vae_checkpointing --json "$OUTDIR/sd14_fp16_xl_vaeckpt.json"
-step sd14_sync_baseline 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
+step sd14_sync_baseline 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --json "$OUTDIR/sd14_sync_baseline.json"
-step sd14_cpu_timesteps 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
+step sd14_cpu_timesteps 60 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --cpu_timesteps --json "$OUTDIR/sd14_cpu_timesteps.json"
-step sd14_compile 180 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-l --vqa_dtype float16 \
+step sd14_compile 180 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-l --vqa_dtype float16 \
   --batch_size 1 --epochs 3 --repeats 2 --compile --json "$OUTDIR/sd14_compile.json"
 fi
 if [ "$PARTS" = verifier ] || [ "$PARTS" = all ]; then
@@ -78,9 +78,9 @@ step verifier_xl 120 "$PY" $B/verifier_cost.py --device cuda:0 --shape clip-flan
   --batch_size 1 4 8 --repeats 3 --json "$OUTDIR/verifier_xl.json"
 step verifier_xxl 120 "$PY" $B/verifier_cost.py --device cuda:0 --shape clip-flant5-xxl --layers 24 --dtype bfloat16 \
   --batch_size 1 4 --repeats 2 --json "$OUTDIR/verifier_xxl.json"
-step sd14_fp16_xl_vqackpt 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step sd14_fp16_xl_vqackpt 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --repeats 1 --vqa_checkpointing --json "$OUTDIR/sd14_fp16_xl_vqackpt.json"
-step sd14_fp16_xl_vqamicro 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --scorer_shape clip-flant5-xl \
+step sd14_fp16_xl_vqamicro 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float16 --verifier_shape clip-flant5-xl \
   --vqa_dtype bfloat16 --batch_size 4 --epochs 3 --repeats 1 --vqa_micro_batch 1 --json "$OUTDIR/sd14_fp16_xl_vqamicro.json"
 step epoch_breakdown_full 150 "$PY" $B/epoch_breakdown.py --device cuda:0 --num_steps 50 --vae_size 512 \
   --verifier_layers 23 24 --dtype float16 --vqa_dtype bfloat16 --batch_size 1 4 --repeats 2 \

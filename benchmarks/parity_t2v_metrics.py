@@ -4,7 +4,7 @@ family and checkpoint layout: the figures behind docs/verifiers.md ("What was ve
     OMP_NUM_THREADS=1 python benchmarks/parity_t2v_metrics.py [--python .venv-t2v/bin/python] [--reference DIR]
 
 Runs tests/parity/t2v_reference.py in the reference environment (unless --reference names a folder it already
-wrote), scores the same checkpoints, images and prompts with ``load_scorer`` and prints one markdown row per
+wrote), scores the same checkpoints, images and prompts with ``load_verifier`` and prints one markdown row per
 checkpoint: token ids equal, the largest relative score difference on saved PNGs, and on [0, 1] tensors at 336 px the
 largest relative score and gradient differences and the smallest gradient cosine. tests/test_parity_t2v_metrics.py
 asserts the tolerances; this script only reports.
@@ -27,34 +27,34 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from noise_diffusion.scorers import load_scorer  # noqa: E402
+from noise_diffusion.verifiers import load_verifier  # noqa: E402
 
 FAMILIES = ("clip_t5", "llava", "sharegpt4v")
 VARIANTS = ("bin", "bin_no_tower", "sharded", "sharded_no_tower")
 
 
-def checkpoint_scorer(reference: Path, family: str, variant: str):
+def checkpoint_verifier(reference: Path, family: str, variant: str):
     if family == "clip_t5":
-        return load_scorer(str(reference / family / variant), tokenizer=str(reference / "clip_t5" / "tokenizer"))
-    return load_scorer(str(reference / family / "checkpoints" / variant))
+        return load_verifier(str(reference / family / variant), tokenizer=str(reference / "clip_t5" / "tokenizer"))
+    return load_verifier(str(reference / family / "checkpoints" / variant))
 
 
-def token_ids_equal(scorer, family: str, ref: dict, prompts: list[str], images: torch.Tensor) -> bool:
+def token_ids_equal(verifier, family: str, ref: dict, prompts: list[str], images: torch.Tensor) -> bool:
     if family == "clip_t5":
         for prompt, ref_ids, ref_labels in zip(prompts, ref["input_ids"], ref["labels"]):
-            before, after = scorer.encoder_text(scorer.question_template.format(prompt, prompt=prompt))
-            ids = scorer.token_ids(before).tolist() + [-200] + scorer.token_ids(after).tolist()
-            labels = scorer.token_ids(scorer.answer_template.format(prompt, prompt=prompt)).tolist()
+            before, after = verifier.encoder_text(verifier.question_template.format(prompt, prompt=prompt))
+            ids = verifier.token_ids(before).tolist() + [-200] + verifier.token_ids(after).tolist()
+            labels = verifier.token_ids(verifier.answer_template.format(prompt, prompt=prompt)).tolist()
             if ids != ref_ids or labels != ref_labels:
                 return False
         return True
     seen = []
-    hook = scorer.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    hook = verifier.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
     with torch.no_grad():
         for i, prompt in enumerate(prompts):
-            scorer(images[i : i + 1], [prompt])
+            verifier(images[i : i + 1], [prompt])
     hook.remove()
-    image_id = scorer.model.config.image_token_id
+    image_id = verifier.model.config.image_token_id
     for kwargs, ref_ids, ref_labels in zip(seen, ref["input_ids"], ref["labels"]):
         n_image = int((kwargs["input_ids"] == image_id).sum())
         expanded = [t for i in ref_ids for t in ([image_id] * n_image if i == -200 else [i])]
@@ -68,19 +68,19 @@ def measure(reference: Path, family: str, variant: str) -> dict:
     data = json.loads((reference / "inputs" / "inputs.json").read_text(encoding="utf-8"))
     ref = torch.load(reference / family / "reference.pt", weights_only=True)["variants"][variant]
     images = torch.load(reference / "inputs" / "tensors.pt", weights_only=True)
-    scorer = checkpoint_scorer(reference, family, variant)
-    png = torch.stack([scorer.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
+    verifier = checkpoint_verifier(reference, family, variant)
+    png = torch.stack([verifier.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
     png_ref = torch.tensor(ref["png_scores"])
     score_rel, grad_rel, cosines = [], [], []
     for i, prompt in enumerate(data["prompts"]):
         image = images[i : i + 1].clone().requires_grad_(True)
-        score = scorer(image, [prompt])[0]
+        score = verifier(image, [prompt])[0]
         score.backward()
         g, g_ref = image.grad[0].double().flatten(), ref["grads"][i].double().flatten()
         score_rel.append(abs(score.item() - ref["tensor_scores"][i]) / ref["tensor_scores"][i])
         grad_rel.append(((g - g_ref).norm() / g_ref.norm()).item())
         cosines.append((g @ g_ref / (g.norm() * g_ref.norm())).item())
-    return {"ids": token_ids_equal(scorer, family, ref, data["prompts"], images),
+    return {"ids": token_ids_equal(verifier, family, ref, data["prompts"], images),
             "png": ((png - png_ref).abs() / png_ref).max().item(), "score": max(score_rel), "grad": max(grad_rel),
             "cosine": min(cosines), "score_range": (min(ref["tensor_scores"]), max(ref["tensor_scores"]))}
 
@@ -89,13 +89,13 @@ def measure_qwen(reference: Path) -> dict:
     """Qwen2.5-VL with t2v_metrics' template: ids, grid, pixel differences (no-resize PNG vs resized ones), scores."""
     data = json.loads((reference / "inputs" / "inputs.json").read_text(encoding="utf-8"))
     ref = torch.load(reference / "qwen2_5_vl" / "reference.pt", weights_only=True)["variants"]["safetensors"]
-    scorer = load_scorer(str(reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"),
+    verifier = load_verifier(str(reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"),
                          question_template=ref["question_template"].replace("{}", "{prompt}"),
                          answer_template=ref["answer_template"])
     seen = []
-    hook = scorer.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    hook = verifier.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
     with torch.no_grad():
-        png = torch.stack([scorer.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
+        png = torch.stack([verifier.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
     hook.remove()
     exact, resized, ids = [], [], True
     for i, kwargs in enumerate(seen):

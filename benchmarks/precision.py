@@ -24,13 +24,13 @@ from noise_diffusion.methods import METHODS
 from noise_diffusion.optimize import POOL_SEED_OFFSET
 
 
-def gradient_epoch(generator, scorer, prompts, seeds, num_candidates: int) -> dict:
+def gradient_epoch(generator, verifier, prompts, seeds, num_candidates: int) -> dict:
     """Scores, gradient and chosen candidate of one Noise Diffusion epoch (the library's pieces, as ``optimize``)."""
     device = generator.device
     z = initial_latents(generator.latent_shape, seeds).to(device)
     sampled = generator.sample(z, generator.encode_prompts(prompts))
     leaf = z.detach().requires_grad_(True)
-    scores = scorer(generator.decode(generator.replay(leaf, sampled.record)), prompts)
+    scores = verifier(generator.decode(generator.replay(leaf, sampled.record)), prompts)
     (grad,) = torch.autograd.grad(scores.sum(), leaf)
     rngs = [torch.Generator(device=device).manual_seed(s + POOL_SEED_OFFSET) for s in seeds]
     _, infos = METHODS["noise_diffusion"].propose(z, grad.float(), scores.detach().float(), rngs,
@@ -51,18 +51,18 @@ def main() -> int:
 
     full = copy.copy(args)
     full.dtype = full.vqa_dtype = "float32"
-    gen32, scorer32, models = build_models(full)
+    gen32, verifier32, models = build_models(full)
     low = args.low_dtype or ("float16" if gen32.device.type == "cuda" else "bfloat16")
     half = copy.copy(args)
     half.dtype = half.vqa_dtype = low
-    gen16, scorer16, _ = build_models(half)
+    gen16, verifier16, _ = build_models(half)
     prompts, seeds = batch_items(args.batch_size, full.prompts)
 
-    reference = gradient_epoch(gen32, scorer32, prompts, seeds, args.num_candidate_noises)
+    reference = gradient_epoch(gen32, verifier32, prompts, seeds, args.num_candidate_noises)
     rows = []
-    for label, generator, scorer in (("generator " + low, gen16, scorer32), ("verifier " + low, gen32, scorer16),
-                                     ("both " + low, gen16, scorer16)):
-        got = gradient_epoch(generator, scorer, prompts, seeds, args.num_candidate_noises)
+    for label, generator, verifier in (("generator " + low, gen16, verifier32), ("verifier " + low, gen32, verifier16),
+                                     ("both " + low, gen16, verifier16)):
+        got = gradient_epoch(generator, verifier, prompts, seeds, args.num_candidate_noises)
         diff = (got["scores"] - reference["scores"]).abs()
         cosine = torch.nn.functional.cosine_similarity(got["grad"], reference["grad"], dim=1)
         same = sum(a == b for a, b in zip(got["candidates"], reference["candidates"]))

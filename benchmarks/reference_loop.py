@@ -5,7 +5,7 @@
 The reference re-implements the structure of the authors' release loop (not their code): the diffusion model in float32,
 one image at a time, the candidate noises drawn one by one on the CPU and moved to the device, a Python loop over the
 candidates with a host synchronisation (``.item()``) for every alignment, and the image encoded to PNG every epoch (plus
-the best one whenever it improves). It uses the same generator pieces (``sample`` / ``replay`` / ``decode``) and scorer
+the best one whenever it improves). It uses the same generator pieces (``sample`` / ``replay`` / ``decode``) and verifier
 as ours, so only the loop structure differs. Ours is ``optimize()`` on the whole batch, in ``--dtype`` (float32 by
 default; on a GPU try ``--dtype float16``).
 
@@ -30,7 +30,7 @@ from noise_diffusion.images import tensor_to_pil
 from epoch_cost import batch_items
 
 
-def reference_run(generator, scorer, prompt: str, seed: int, epochs: int, num_candidates: int) -> dict:
+def reference_run(generator, verifier, prompt: str, seed: int, epochs: int, num_candidates: int) -> dict:
     """The authors' loop structure for one image; returns per-epoch seconds and the scores."""
     device = generator.device
     z = initial_latents(generator.latent_shape, [seed]).to(device)
@@ -43,7 +43,7 @@ def reference_run(generator, scorer, prompt: str, seed: int, epochs: int, num_ca
         sampled = generator.sample(z, cond)
         leaf = z.detach().clone().requires_grad_(True)
         image = generator.decode(generator.replay(leaf, sampled.record))
-        score = scorer(image, [prompt])
+        score = verifier(image, [prompt])
         score.sum().backward()
         grad, s = leaf.grad, score.item()
         _png(image)  # the image of every epoch is written
@@ -72,7 +72,7 @@ def _png(image: torch.Tensor) -> int:
     return buffer.tell()
 
 
-def ours_run(generator, scorer, prompts, seeds, epochs: int, num_candidates: int) -> list[float]:
+def ours_run(generator, verifier, prompts, seeds, epochs: int, num_candidates: int) -> list[float]:
     """Epoch intervals of ``optimize()`` on the whole batch (see ``epoch_cost.time_epochs``)."""
     device = generator.device
     ends: dict[int, float] = {}
@@ -84,7 +84,7 @@ def ours_run(generator, scorer, prompts, seeds, epochs: int, num_candidates: int
             ends[epoch] = now()
 
     config = SearchConfig(max_epoch=epochs, num_candidates=num_candidates)
-    optimize(generator, scorer, prompts, seeds, config, progress=False, on_epoch=on_epoch)
+    optimize(generator, verifier, prompts, seeds, config, progress=False, on_epoch=on_epoch)
     return [ends[e] - ends[e - 1] for e in range(1, epochs)]
 
 
@@ -103,21 +103,21 @@ def main() -> int:
 
     ours_dtype = args.dtype
     args.dtype = "float32"  # the reference: float32 diffusion model, as the authors
-    reference_generator, scorer, models = build_models(args)
+    reference_generator, verifier, models = build_models(args)
     if ours_dtype in ("float32", "auto") and reference_generator.device.type == "cpu":
         generator = reference_generator
     else:
         args.dtype = ours_dtype
-        generator, scorer, _ = build_models(args)
+        generator, verifier, _ = build_models(args)
     prompts, seeds = batch_items(args.batch_size, args.prompts)
 
     ours, reference = [], []
-    optimize(generator, scorer, prompts[:1], seeds[:1], SearchConfig(max_epoch=1, num_candidates=2), progress=False)
+    optimize(generator, verifier, prompts[:1], seeds[:1], SearchConfig(max_epoch=1, num_candidates=2), progress=False)
     for _ in range(args.rounds):  # alternate, so that both see the same machine load
-        ours += [t / args.batch_size for t in ours_run(generator, scorer, prompts, seeds, args.epochs,
+        ours += [t / args.batch_size for t in ours_run(generator, verifier, prompts, seeds, args.epochs,
                                                         args.num_candidate_noises)]
         for prompt, seed in zip(prompts, seeds):
-            run = reference_run(reference_generator, scorer, prompt, seed, args.epochs, args.num_candidate_noises)
+            run = reference_run(reference_generator, verifier, prompt, seed, args.epochs, args.num_candidate_noises)
             reference += run["seconds"][1:-1]  # the epochs that propose and take a gradient, like ours
     ours_s, ref_s = statistics.median(ours), statistics.median(reference)
     settings = generator.settings()

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a clean clone without installing
     sys.path.insert(0, str(ROOT))
 
-from noise_diffusion import SearchConfig, load_generator, load_scorer, optimize  # noqa: E402
+from noise_diffusion import SearchConfig, load_generator, load_verifier, optimize  # noqa: E402
 from noise_diffusion.toy import world  # noqa: E402
 
 METHODS = ("none", "best_of_n", "random_diffusion", "noise_diffusion")
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     seeds = [s for _ in base for s in args.seeds]
     held_mask = np.array([world.is_held_out_prompt(p) for p in prompts])
     generator = load_generator(args.model)
-    guide, judge = load_scorer("toy-digits-cnn"), load_scorer("toy-digits-heldout")
+    guide, judge = load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout")
     runs = []
     plan = [(m, args.epochs[0]) for m in METHODS] + [("noise_diffusion", e) for e in args.epochs[1:]]
     for method, epochs in plan:
@@ -175,7 +175,7 @@ world. Generator `toy-digits` (DDIM 25 steps, guidance 5); the searches are guid
 then judged by `toy-digits-heldout`, which the search never sees. "Held-out accuracy" is the share of images in which the
 held-out verifier's most likely class is the required digit in both boxes of some arrangement the prompt allows.
 Methods with epochs all make the same number of generations (`generations` column), so the comparison is at equal
-sampling cost; Noise Diffusion additionally back-propagates through the scorer and the VAE decoder once per epoch.
+sampling cost; Noise Diffusion additionally back-propagates through the verifier and the VAE decoder once per epoch.
 `seconds` is the wall time of the whole batch of {len(held_mask)} items on this machine (2 CPU cores shared with other
 jobs, so only a rough guide).
 

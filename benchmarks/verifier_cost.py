@@ -19,12 +19,12 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from common import (
-    _cached, build_clip_flant5_scorer, clock_name, machine, publish, set_clock, timed, user_error_exit,
+    _cached, build_clip_flant5_verifier, clock_name, machine, publish, set_clock, timed, user_error_exit,
 )
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.specs import resolve_device
 from noise_diffusion.cli import ArgumentParser
-from noise_diffusion.scorers import load_scorer
+from noise_diffusion.verifiers import load_verifier
 from noise_diffusion.testing import vqa as tiny_vqa
 
 TINY = {
@@ -37,15 +37,15 @@ TINY = {
 }
 
 
-def seconds_per_image(scorer, images: torch.Tensor, prompts: list[str], micro_batch: int | None, repeats: int) -> float:
-    scorer.micro_batch = micro_batch
+def seconds_per_image(verifier, images: torch.Tensor, prompts: list[str], micro_batch: int | None, repeats: int) -> float:
+    verifier.micro_batch = micro_batch
 
     def step():
         leaf = images.detach().requires_grad_(True)
-        return torch.autograd.grad(scorer(leaf, prompts).sum(), leaf)
+        return torch.autograd.grad(verifier(leaf, prompts).sum(), leaf)
 
-    seconds, _ = timed(step, scorer.device, repeats=repeats)
-    scorer.micro_batch = None
+    seconds, _ = timed(step, verifier.device, repeats=repeats)
+    verifier.micro_batch = None
     return seconds / len(prompts)
 
 
@@ -53,11 +53,11 @@ def verifiers(args, device):
     if args.shape:
         size = args.shape.removeprefix("clip-flant5-")
         name = f"CLIP-FlanT5-{size.upper()} widths, {args.layers} layer(s) per stack of 24 (random weights)"
-        yield name, build_clip_flant5_scorer(size, device, args.dtype, layers=args.layers), 512
+        yield name, build_clip_flant5_verifier(size, device, args.dtype, layers=args.layers), 512
         return
     for name, build in TINY.items():
         folder = _cached("vqa_" + build.__name__.removeprefix("build_"), build)
-        yield name, load_scorer(folder, device, args.dtype), 64
+        yield name, load_verifier(folder, device, args.dtype), 64
 
 
 def markdown(report: dict) -> str:
@@ -91,13 +91,13 @@ def main() -> int:
     set_clock("auto", device)
     report = {"machine": machine(), "settings": f"{str(args.dtype).removeprefix('torch.')}, forward + backward to the images, median of {args.repeats}, "
                                                  f"timed by {clock_name()}", "results": []}
-    for name, scorer, side in verifiers(args, device):
+    for name, verifier, side in verifiers(args, device):
         for batch in args.batch_size:
             prompts, seeds = batch_items(batch, PROMPTS)
             images = torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(batch)).to(device)
             row = {"verifier": name, "batch_size": batch,
-                   "batched": seconds_per_image(scorer, images, prompts, None, args.repeats),
-                   "one_at_a_time": seconds_per_image(scorer, images, prompts, 1, args.repeats)}
+                   "batched": seconds_per_image(verifier, images, prompts, None, args.repeats),
+                   "one_at_a_time": seconds_per_image(verifier, images, prompts, 1, args.repeats)}
             report["results"].append(row)
             print(f"{name}, batch {batch}: {row['batched']:.4f} s/image batched, {row['one_at_a_time']:.4f} one at a "
                   "time", flush=True)

@@ -4,7 +4,7 @@ on the CPU as peak resident memory, on CLIP-FlanT5 of the real widths at reduced
     python benchmarks/verifier_memory.py --json verifier_memory.json
     python benchmarks/verifier_memory.py --batch_size 4 --layers 1 2 --size xl     # the defaults but batch 4
 
-Each configuration runs in its own subprocess: the scorer is built (CLIP ViT-L/14-336 tower and FlanT5-XL/XXL widths,
+Each configuration runs in its own subprocess: the verifier is built (CLIP ViT-L/14-336 tower and FlanT5-XL/XXL widths,
 ``--layers`` layers in each of the vision tower, T5 encoder and T5 decoder instead of 24; random weights), the
 process's peak RSS is reset (``/proc/self/clear_refs``), one forward and one backward to the 512×512 input images run,
 and the rise of the peak RSS over the RSS before the pass is the pass's memory (activations kept for the backward plus
@@ -24,13 +24,13 @@ import time
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import build_clip_flant5_scorer, count_parameters, machine, publish, user_error_exit
+from common import build_clip_flant5_verifier, count_parameters, machine, publish, user_error_exit
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.cli import ArgumentParser
 
 GIB = 2**30
 FULL_DEPTH = 24
-#: --modes name -> scorer options (micro-batches of one image: the least memory that option gives)
+#: --modes name -> verifier options (micro-batches of one image: the least memory that option gives)
 MODES = {"plain": {}, "checkpointing": {"checkpointing": True}, "micro_batch": {"micro_batch": 1},
          "both": {"checkpointing": True, "micro_batch": 1}}
 
@@ -46,18 +46,18 @@ def _status_kib(field: str) -> int:
 def child(size: str, layers: int, batch: int, mode: str) -> dict:
     """One configuration, in this (fresh) process: peak RSS rise of one forward + backward."""
     torch.set_num_threads(1)
-    scorer = build_clip_flant5_scorer(size, "cpu", torch.float32, layers=layers, **MODES[mode])
+    verifier = build_clip_flant5_verifier(size, "cpu", torch.float32, layers=layers, **MODES[mode])
     prompts, _ = batch_items(batch, PROMPTS)
     images = torch.rand(batch, 3, 512, 512, generator=torch.Generator().manual_seed(0), requires_grad=True)
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
         handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     start = time.process_time()
-    (grad,) = torch.autograd.grad(scorer(images, prompts).sum(), images)
+    (grad,) = torch.autograd.grad(verifier(images, prompts).sum(), images)
     seconds = time.process_time() - start
     assert torch.isfinite(grad).all()
     return {"pass_gib": (_status_kib("VmHWM") - before) / 2**20, "seconds": seconds,
-            "weights_gib": sum(p.numel() * p.element_size() for p in scorer.parameters()) / GIB}
+            "weights_gib": sum(p.numel() * p.element_size() for p in verifier.parameters()) / GIB}
 
 
 def run_child(size: str, layers: int, batch: int, mode: str) -> dict:
@@ -69,11 +69,11 @@ def run_child(size: str, layers: int, batch: int, mode: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _meta_scorer(size: str):
+def _meta_verifier(size: str):
     from transformers import CLIPVisionConfig, CLIPVisionModel, T5Config
 
     from common import CLIP_L336_VISION, FLAN_T5
-    from noise_diffusion.scorers.vqa.clip_t5 import CLIPT5
+    from noise_diffusion.verifiers.vqa.clip_t5 import CLIPT5
 
     t5 = T5Config(**FLAN_T5[size], mm_projector_type="mlp2x_gelu")
     return CLIPT5(t5, CLIPVisionModel(CLIPVisionConfig(**CLIP_L336_VISION)))
@@ -129,7 +129,7 @@ def main() -> int:
         print(f"{mode}: {[round(r['pass_gib'], 3) for r in by_depth]} GiB at {args.layers} layers, "
               f"{full:.2f} GiB at {FULL_DEPTH}", flush=True)
     with torch.device("meta"):
-        n_full = count_parameters(_meta_scorer(args.size))
+        n_full = count_parameters(_meta_verifier(args.size))
     report = {"size": args.size, "machine": machine(), "batch_size": args.batch_size, "layers": args.layers,
               "results": results, "weights_gib_measured": by_depth[1]["weights_gib"], "full_parameters": n_full}
     return publish(report, markdown(report), args.json)

@@ -6,7 +6,7 @@ from .errors import UserError
 from .generators import Generator, load_generator
 from .methods import METHODS
 from .optimize import RunResult, SearchConfig, optimize
-from .scorers import Scorer, load_scorer
+from .verifiers import Verifier, load_verifier
 from .specs import GeneratorSpec, VerifierSpec
 from .update import alignments, batched_alignments, diffuse, gamma_from_score, select_noise
 
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "run", "optimize", "SearchConfig", "RunResult", "METHODS", "UserError", "GeneratorSpec", "VerifierSpec",
-    "Generator", "load_generator", "Scorer", "load_scorer",
+    "Generator", "load_generator", "Verifier", "load_verifier",
     "gamma_from_score", "select_noise", "diffuse", "alignments", "batched_alignments",
 ]

@@ -66,7 +66,7 @@ def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
         t5_device=args.t5_device, drop_t5=args.drop_t5,
     )
 
-def add_scorer_args(parser: argparse.ArgumentParser) -> None:
+def add_verifier_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("verifier")
     g.add_argument("--vqa_model", default="clip-flant5-xxl",
                    help="verifier that guides the search: a registered name, or a Hub id / local folder of a supported "
@@ -147,7 +147,7 @@ def add_model_and_search_args(parser: argparse.ArgumentParser) -> None:
     """The flags that run.py and evaluate.py share: diffusion model, memory/speed, verifier, search."""
     add_generation_args(parser)
     add_memory_args(parser)
-    add_scorer_args(parser)
+    add_verifier_args(parser)
     add_search_args(parser)
 
 

@@ -139,7 +139,7 @@ def check_settings(
 def run_jobs(
     jobs: Sequence[Job],
     generator,
-    scorer,
+    verifier,
     search: SearchConfig,
     result_root: str | os.PathLike,
     *,
@@ -162,7 +162,7 @@ def run_jobs(
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    check_prompts(scorer, [job.prompt for job in jobs])
+    check_prompts(verifier, [job.prompt for job in jobs])
     saved, failures, started = 0, [], time.time()
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
     if already_done:
@@ -188,14 +188,14 @@ def run_jobs(
                     batch.append(job)
                 if not batch:
                     continue
-                results = optimize(generator, scorer, [j.prompt for j in batch], [j.seed for j in batch], search,
+                results = optimize(generator, verifier, [j.prompt for j in batch], [j.seed for j in batch], search,
                                    progress=False, token_indices=[list(j.indices) if j.indices else None for j in batch])
                 for job, result in zip(batch, results):
                     bar.update(1)
                     if result.failure:
                         failures.append(f"{job.prompt!r} seed {job.seed} ({result.failure})")
                         continue
-                    config = run_config(generator, scorer, search, job.seed, specs=specs)
+                    config = run_config(generator, verifier, search, job.seed, specs=specs)
                     config["evaluation"] = {"category": job.category, **(dataset or {})}
                     save_run(job_folder(result_root, search.method, job), result, config)
                     saved += 1
@@ -217,10 +217,10 @@ def _written_since(folder: Path, moment: float) -> bool:
         return False
 
 
-def check_prompts(scorer, prompts: Sequence[str]) -> None:
+def check_prompts(verifier, prompts: Sequence[str]) -> None:
     """Ask the verifier about every prompt before anything is generated (verifiers with a fixed language, such as the
     toy world's, reject others); :class:`UserError` naming the first bad one."""
-    check = getattr(scorer, "check_prompt", None)
+    check = getattr(verifier, "check_prompt", None)
     if check is None:
         return
     for prompt in dict.fromkeys(prompts):
@@ -240,45 +240,45 @@ def held_out_file(folder: str | os.PathLike, verifier: str, prefix: str = HELD_O
 
 def rescore_held_out(
     folders: Sequence[str | os.PathLike],
-    scorer,
-    verifier: str,
+    verifier,
+    verifier_name: str,
     *,
     batch_size: int = 1,
     overwrite: bool = False,
     progress: bool = True,
     prefix: str = HELD_OUT_PREFIX,
 ) -> int:
-    """Score ``initial.png`` and ``best.png`` of every finished folder with ``scorer`` (named ``verifier``).
+    """Score ``initial.png`` and ``best.png`` of every finished folder with ``verifier`` (named ``verifier_name``).
 
     Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
     Each folder is scored under its lock, so a run being redone meanwhile never gets the old images' scores; folders
     another process holds are left out. A non-finite score is not saved; after the other folders, :class:`UserError`
     names such folders. Returns the number of folders scored.
     """
-    todo = held_out_todo(folders, verifier, overwrite, prefix)
-    check_prompts(scorer, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
+    todo = held_out_todo(folders, verifier_name, overwrite, prefix)
+    check_prompts(verifier, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
     failures, scored_count = [], 0
     what = "PNG re-score" if prefix == PNG_PREFIX else "held-out"
-    bar = tqdm(total=len(todo), disable=not progress, desc=f"{what} {verifier}", unit="run", dynamic_ncols=True)
+    bar = tqdm(total=len(todo), disable=not progress, desc=f"{what} {verifier_name}", unit="run", dynamic_ncols=True)
     try:
         for start in range(0, len(todo), max(1, batch_size)):
             with ExitStack() as locks:
                 chunk = [f for f in todo[start:start + max(1, batch_size)] if locks.enter_context(job_lock(f))]
-                scored_count += _rescore_chunk(chunk, scorer, verifier, overwrite, failures, prefix)
+                scored_count += _rescore_chunk(chunk, verifier, verifier_name, overwrite, failures, prefix)
             bar.update(min(len(todo), start + max(1, batch_size)) - start)
     finally:
         bar.close()
     if failures:
-        raise UserError(f"{what} verifier {verifier!r} gave non-finite scores, not saved, for {len(failures)} "
+        raise UserError(f"{what} verifier {verifier_name!r} gave non-finite scores, not saved, for {len(failures)} "
                         f"folder(s): {', '.join(failures[:3])}{', ...' if len(failures) > 3 else ''}")
     return scored_count
 
 
-def _rescore_chunk(chunk: list[Path], scorer, verifier: str, overwrite: bool, failures: list[str],
+def _rescore_chunk(chunk: list[Path], verifier, verifier_name: str, overwrite: bool, failures: list[str],
                    prefix: str = HELD_OUT_PREFIX) -> int:
     """Score the locked folders of ``chunk`` that still need it; returns how many were saved."""
     # a folder may have changed before its lock was taken
-    chunk = [f for f in chunk if f in held_out_todo([f], verifier, overwrite, prefix)]
+    chunk = [f for f in chunk if f in held_out_todo([f], verifier_name, overwrite, prefix)]
     if not chunk:
         return 0
     records = [read_json(f / RESULT_FILE) for f in chunk]
@@ -289,14 +289,14 @@ def _rescore_chunk(chunk: list[Path], scorer, verifier: str, overwrite: bool, fa
             with Image.open(folder / files[key]) as image:
                 images.append(image.convert("RGB"))
             prompts.append(record["prompt"])
-    scores = scorer.score_pil(images, prompts).tolist()
+    scores = verifier.score_pil(images, prompts).tolist()
     saved = 0
     for k, folder in enumerate(chunk):
-        scored = {"verifier": verifier, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
+        scored = {"verifier": verifier_name, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
         if held_out_problem(scored):
             failures.append(str(folder))
             continue
-        write_json_atomic(held_out_file(folder, verifier, prefix), scored)
+        write_json_atomic(held_out_file(folder, verifier_name, prefix), scored)
         saved += 1
     return saved
 

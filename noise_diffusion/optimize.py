@@ -25,7 +25,7 @@ from .generators.base import Generator, initial_latents
 from .methods import METHODS
 from .results import RunResult  # noqa: F401 (re-exported: the loop returns them)
 from .results import MAX_SEED, check_seed
-from .scorers.base import Scorer
+from .verifiers.base import Verifier
 
 ACCEPT_RULES = ("always", "improved")
 
@@ -41,7 +41,7 @@ def pool_seed(seed: int) -> int:
 
 @dataclass
 class SearchConfig:
-    """Settings of the search (the generator and the scorer carry their own)."""
+    """Settings of the search (the generator and the verifier carry their own)."""
 
     method: str = "noise_diffusion"
     max_epoch: int = 50
@@ -73,7 +73,7 @@ class SearchConfig:
 
 def optimize(
     generator: Generator,
-    scorer: Scorer,
+    verifier: Verifier,
     prompts: Sequence[str],
     seeds: Sequence[int],
     config: SearchConfig | None = None,
@@ -95,7 +95,7 @@ def optimize(
     prompts, seeds = list(prompts), [check_seed(int(s)) for s in seeds]
     if len(prompts) != len(seeds) or not prompts:
         raise UserError("give one seed per prompt, and at least one prompt")
-    check = getattr(scorer, "check_prompt", None)
+    check = getattr(verifier, "check_prompt", None)
     for prompt in prompts:
         if not prompt.strip():
             raise UserError("the prompt is empty")
@@ -105,7 +105,7 @@ def optimize(
     if method.baseline:
         from .baselines import run_baseline
 
-        return run_baseline(config.method, generator, scorer, prompts, seeds, token_indices, initial=initial,
+        return run_baseline(config.method, generator, verifier, prompts, seeds, token_indices, initial=initial,
                             progress=progress, on_epoch=on_epoch)
     device = generator.device
     options = {"num_candidates": config.num_candidates, "step_size": config.step_size}
@@ -117,7 +117,7 @@ def optimize(
     conditioning = generator.encode_prompts(prompts)
     evals_per_generation = generator.model_evals_per_generation
     # model_backwards stays 0: the replay differentiates the scheduler steps and the VAE, never the denoiser
-    compute = [dict(generations=0, model_evals=0, model_backwards=0, scorer_forward=0, scorer_backward=0)
+    compute = [dict(generations=0, model_evals=0, model_backwards=0, verifier_forward=0, verifier_backward=0)
                for _ in prompts]
     results: list[RunResult | None] = [None] * batch
     epochs = config.epochs
@@ -131,18 +131,18 @@ def optimize(
         if need_grad:
             leaf = z_active.detach().requires_grad_(True)
             images = generator.decode(generator.replay(leaf, sampled.record))
-            scores = scorer(images, item_prompts)
+            scores = verifier(images, item_prompts)
             # items are independent, so the gradient of the sum is each item's own gradient
             (grad,) = torch.autograd.grad(scores.sum(), leaf)
         else:
             with torch.no_grad():
                 images = generator.decode(sampled.latents)
-                scores = scorer(images, item_prompts)
+                scores = verifier(images, item_prompts)
         for i in active:
             compute[i]["generations"] += 1
             compute[i]["model_evals"] += evals_per_generation
-            compute[i]["scorer_forward"] += 1
-            compute[i]["scorer_backward"] += int(need_grad)
+            compute[i]["verifier_forward"] += 1
+            compute[i]["verifier_backward"] += int(need_grad)
         return scores.detach().float().to(device), images.detach(), grad
 
     def need_grad_after(epoch: int) -> bool:

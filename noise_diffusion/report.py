@@ -73,7 +73,7 @@ def collect(result_root: str | os.PathLike, skipped: list[dict] | None = None) -
                                                              f"belongs in another folder"})
             continue
         evaluation = config.get("evaluation") if isinstance(config.get("evaluation"), dict) else {}
-        scorer = config.get("scorer") if isinstance(config.get("scorer"), dict) else {}
+        verifier = config.get("verifier") if isinstance(config.get("verifier"), dict) else {}
         held_out = _scores(folder, HELD_OUT_PREFIX, skipped)
         png = _scores(folder, PNG_PREFIX, skipped)
         runs.append({
@@ -81,7 +81,7 @@ def collect(result_root: str | os.PathLike, skipped: list[dict] | None = None) -
             "category": str(evaluation.get("category", "all")),
             "dataset": evaluation.get("name"),
             "dataset_kind": evaluation.get("kind"),
-            "verifier": scorer.get("name"),
+            "verifier": verifier.get("name"),
             "folder": folder,
             "record": record,
             "held_out": held_out,
@@ -126,7 +126,7 @@ def run_stats(runs: Sequence[dict]) -> dict:
     stats = score_stats([r["initial_score"] for r in records], [r["best_score"] for r in records])
     stats["prompts"] = len({r["prompt"] for r in records})
     stats["median_best_epoch"] = statistics.median(r["best_epoch"] for r in records) if records else math.nan
-    for key in ("model_evals", "model_backwards", "generations", "scorer_forward", "scorer_backward"):
+    for key in ("model_evals", "model_backwards", "generations", "verifier_forward", "verifier_backward"):
         stats[f"{key}_per_run"] = _mean([compute_value(r.get("compute", {}), key) for r in records])
     stats["seconds_per_run"] = _mean([r.get("seconds", math.nan) for r in records])
     return stats

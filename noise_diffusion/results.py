@@ -174,6 +174,7 @@ def inspect_run(folder: str | os.PathLike, prompt: str | None = None, seed: int 
         problem = files_problem(folder, record)
     if problem is not None:
         return RunState("invalid", f"{path}: {problem}")
+    record = upgrade_record(record)
     where = (folder.parent.name, folder.name)
     if (safe_folder_name(record["prompt"]), str(record["seed"])) != where:
         return RunState("other", f"{folder} holds the run of {record['prompt']!r} seed {record['seed']}, which "
@@ -280,6 +281,25 @@ def _first_line(error: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------------------- same settings
 
+#: names used by earlier versions of the record -> today's
+RENAMED_COMPUTE = {"unet_evals": "model_evals", "scorer_forward": "verifier_forward",
+                   "scorer_backward": "verifier_backward"}
+
+
+def upgrade_record(record: dict) -> dict:
+    """A finished run's record in today's names: results written before the verifier section and the compute counts
+    were renamed (``scorer`` -> ``verifier``, ``unet_evals`` -> ``model_evals``) read like new ones."""
+    record = dict(record)
+    config = record.get("config")
+    if isinstance(config, dict) and "scorer" in config and "verifier" not in config:
+        config = {("verifier" if key == "scorer" else key): value for key, value in config.items()}
+        record["config"] = config
+    compute = record.get("compute")
+    if isinstance(compute, dict) and any(key in compute for key in RENAMED_COMPUTE):
+        record["compute"] = {RENAMED_COMPUTE.get(key, key): value for key, value in compute.items()}
+    return record
+
+
 def setting_differences(config: dict, expected: dict[str, Any]) -> dict[str, tuple]:
     """Recorded settings that differ from ``expected``: dotted key -> (recorded, wanted).
 
@@ -304,9 +324,9 @@ def expected_settings(search, generator, verifier) -> dict[str, Any]:
     compared). ``generator`` and ``verifier`` are the specs (:mod:`noise_diffusion.specs`). Records written before a
     setting was recorded pass for its default."""
     expected = {f"search.{k}": v for k, v in vars(search).items() if k != "keep_epoch_images"}
-    expected["scorer.name"] = verifier.model
+    expected["verifier.name"] = verifier.model
     for key, value in verifier.options().items():  # e.g. question_template, when given
-        expected[f"scorer.{key}"] = value
+        expected[f"verifier.{key}"] = value
     expected["generator.model"] = (generator.model, generator.model_path())
     for key in ("num_steps", "guidance_scale", "height", "width", "dtype"):
         value = getattr(generator, key)
@@ -320,13 +340,13 @@ def expected_settings(search, generator, verifier) -> dict[str, Any]:
     return expected
 
 
-def run_config(generator, scorer, search, seed: int | None = None, specs: tuple | None = None) -> dict:
+def run_config(generator, verifier, search, seed: int | None = None, specs: tuple | None = None) -> dict:
     """The configuration recorded next to every result: the models' own settings, the search, and the specs the run
     was asked for (``(GeneratorSpec, VerifierSpec)``), as they are."""
-    settings = getattr(scorer, "settings", None)
+    settings = getattr(verifier, "settings", None)
     config = {
         "generator": generator.settings(),
-        "scorer": {"name": scorer.name, "device": str(scorer.device), **(dict(settings()) if callable(settings) else {})},
+        "verifier": {"name": verifier.name, "device": str(verifier.device), **(dict(settings()) if callable(settings) else {})},
         "search": {k: v for k, v in vars(search).items() if k != "keep_epoch_images"},
         "device": str(generator.device),
         "command": " ".join(sys.argv),

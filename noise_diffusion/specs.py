@@ -15,7 +15,7 @@ import torch
 
 from .errors import UserError
 from .generators import Generator, generator_class, load_generator, resolve_model
-from .scorers import Scorer, load_scorer, scorer_loader
+from .verifiers import Verifier, load_verifier, verifier_loader
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -136,21 +136,21 @@ class VerifierSpec:
     checkpointing: bool = False
 
     def options(self) -> dict:
-        """Keyword arguments of :func:`load_scorer`: only the options given."""
+        """Keyword arguments of :func:`load_verifier`: only the options given."""
         options = {"question_template": self.question, "answer_template": self.answer, "resize": self.resize,
                    "micro_batch": self.micro_batch, "checkpointing": True if self.checkpointing else None}
         return {key: value for key, value in options.items() if value is not None}
 
     def check(self, default_device: str | None = None) -> "VerifierSpec":
         resolve_device(self.device or default_device)
-        scorer_loader(self.model)
+        verifier_loader(self.model)
         return self
 
-    def build(self, default_device: str | None = None) -> Scorer:
+    def build(self, default_device: str | None = None) -> Verifier:
         self.check(default_device)
         quiet_loading()
         device = resolve_device(self.device or default_device)
-        return load_scorer(self.model, device, resolve_dtype(self.dtype, device, gpu_default="bfloat16"),
+        return load_verifier(self.model, device, resolve_dtype(self.dtype, device, gpu_default="bfloat16"),
                            **self.options())
 
     def record(self) -> dict:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
     import torch
 
-    from noise_diffusion import SearchConfig, load_generator, load_scorer, optimize
+    from noise_diffusion import SearchConfig, load_generator, load_verifier, optimize
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "assets" / "toy_noise_diffusion.png"), help="PNG to write")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     generator = load_generator("toy-digits")
-    guide, judge = load_scorer("toy-digits-cnn"), load_scorer("toy-digits-heldout")
+    guide, judge = load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout")
     search = SearchConfig(max_epoch=max(SHOWN_EPOCHS), num_candidates=50, keep_epoch_images=True)
     results = optimize(generator, guide, PROMPTS, [args.seed] * len(PROMPTS), search, progress=False)
 

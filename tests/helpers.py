@@ -1,14 +1,14 @@
-"""Small scorers with known, informative gradients, for tests of the loop and the generators."""
+"""Small verifiers with known, informative gradients, for tests of the loop and the generators."""
 
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from noise_diffusion.scorers.base import Scorer
+from noise_diffusion.verifiers.base import Verifier
 
 
-class RednessScorer(Scorer):
+class RednessVerifier(Verifier):
     """Score = sigmoid((r − center) / scale) with r = mean red − mean of green and blue: an informative gradient.
 
     ``calibrate`` sets center and scale to the mean and standard deviation of r over some images, so that scores
@@ -26,7 +26,7 @@ class RednessScorer(Scorer):
         images = images.float()
         return images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3))
 
-    def calibrate(self, images: Tensor) -> "RednessScorer":
+    def calibrate(self, images: Tensor) -> "RednessVerifier":
         raw = self.raw(images.detach())
         self.center, self.scale = float(raw.mean()), float(raw.std().clamp_min(1e-6))
         return self

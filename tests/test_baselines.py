@@ -22,7 +22,7 @@ from noise_diffusion.baselines.tokens import subject_token_indices, subject_word
 from noise_diffusion.errors import UserError
 from noise_diffusion.generators import load_generator
 
-from helpers import RednessScorer
+from helpers import RednessVerifier
 
 STEPS = 6
 PROMPT = "a cat and a dog"
@@ -313,8 +313,8 @@ def test_attend_and_excite_matches_the_diffusers_pipeline(generator):
 # ------------------------------------------------------------------------------------------------ as methods
 
 @pytest.fixture(scope="module")
-def scorer(generator):
-    return RednessScorer()
+def verifier(generator):
+    return RednessVerifier()
 
 
 @pytest.fixture
@@ -326,10 +326,10 @@ def short_initno(monkeypatch):
     monkeypatch.setattr(initno, "FINAL_STEPS", 3)
 
 
-def test_initno_through_the_loop_is_reproducible_and_counts_its_compute(generator, scorer, short_initno):
+def test_initno_through_the_loop_is_reproducible_and_counts_its_compute(generator, verifier, short_initno):
     config = SearchConfig(method="initno")
-    (a,) = optimize(generator, scorer, [PROMPT], [3], config, progress=False)
-    (b,) = optimize(generator, scorer, [PROMPT], [3], config, progress=False, token_indices=[[4, 11]])
+    (a,) = optimize(generator, verifier, [PROMPT], [3], config, progress=False)
+    (b,) = optimize(generator, verifier, [PROMPT], [3], config, progress=False, token_indices=[[4, 11]])
     torch.testing.assert_close(a.best_image, b.best_image, rtol=0, atol=0)  # computed indices = the given ones
     info = a.epochs[0]["initno"]
     assert info["token_indices"] == [4, 11] and info["attention_res"] == 8
@@ -338,21 +338,21 @@ def test_initno_through_the_loop_is_reproducible_and_counts_its_compute(generato
     assert a.compute["model_backwards"] == 13 + 6
     assert a.compute["model_evals"] == 13 + 6 + 2 * STEPS
     assert a.best_score == a.initial_score == a.epochs[0]["score"]
-    assert float(scorer(a.best_image[None], [PROMPT])) == pytest.approx(a.best_score, abs=1e-6)
+    assert float(verifier(a.best_image[None], [PROMPT])) == pytest.approx(a.best_score, abs=1e-6)
 
 
-def test_baselines_differ_by_seed_and_from_the_plain_sampler(generator, scorer):
-    (one,) = run_baseline("attend_and_excite", generator, scorer, [PROMPT], [1])
-    (two,) = run_baseline("attend_and_excite", generator, scorer, [PROMPT], [2])
-    (again,) = run_baseline("attend_and_excite", generator, scorer, [PROMPT], [1])
+def test_baselines_differ_by_seed_and_from_the_plain_sampler(generator, verifier):
+    (one,) = run_baseline("attend_and_excite", generator, verifier, [PROMPT], [1])
+    (two,) = run_baseline("attend_and_excite", generator, verifier, [PROMPT], [2])
+    (again,) = run_baseline("attend_and_excite", generator, verifier, [PROMPT], [1])
     torch.testing.assert_close(one.best_image, again.best_image, rtol=0, atol=0)
     assert not torch.allclose(one.best_image, two.best_image)
-    (plain,) = optimize(generator, scorer, [PROMPT], [1], SearchConfig(method="none"), progress=False)
+    (plain,) = optimize(generator, verifier, [PROMPT], [1], SearchConfig(method="none"), progress=False)
     assert not torch.allclose(one.best_image, plain.best_image, atol=1e-3)
     torch.testing.assert_close(one.best_latent, plain.best_latent)  # A&E starts from the seed's own latent
 
 
-def test_noise_only_samples_its_optimised_latent_plainly(generator, scorer, short_initno):
+def test_noise_only_samples_its_optimised_latent_plainly(generator, verifier, short_initno):
     image, start, info, counter = generate("initno_noise_only", generator, PROMPT, [4, 11], latent(generator, 5),
                                            lambda: latent(generator, 6))
     plain = generator.decode(generator.sample(start, generator.encode_prompts([PROMPT])).latents)
@@ -374,7 +374,7 @@ def test_subject_words_and_token_positions(generator):
     with pytest.raises(UserError, match="cannot find two subjects"):
         subject_words("a cat")
     with pytest.raises(UserError, match="outside the prompt"):
-        run_baseline("initno", generator, RednessScorer(), [PROMPT], [0], [[4, 40]])
+        run_baseline("initno", generator, RednessVerifier(), [PROMPT], [0], [[4, 40]])
 
 
 def test_unsupported_models_and_prompts_are_one_line_errors(tiny_sd_dir, tiny_clip_dir, capsys):

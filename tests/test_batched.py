@@ -19,7 +19,7 @@ import torch
 
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators import load_generator
-from noise_diffusion.scorers import load_scorer
+from noise_diffusion.verifiers import load_verifier
 
 STEPS = 4
 CANDIDATES = 16
@@ -37,16 +37,16 @@ def generator(tiny_sd_dir):
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_clip_dir):
-    return load_scorer(tiny_clip_dir, mapping="affine")
+def verifier(tiny_clip_dir):
+    return load_verifier(tiny_clip_dir, mapping="affine")
 
 
-def batched(generator, scorer, config):
-    return optimize(generator, scorer, PROMPTS, SEEDS, config, progress=False)
+def batched(generator, verifier, config):
+    return optimize(generator, verifier, PROMPTS, SEEDS, config, progress=False)
 
 
-def alone(generator, scorer, config):
-    return [optimize(generator, scorer, [p], [s], config, progress=False)[0] for p, s in zip(PROMPTS, SEEDS)]
+def alone(generator, verifier, config):
+    return [optimize(generator, verifier, [p], [s], config, progress=False)[0] for p, s in zip(PROMPTS, SEEDS)]
 
 
 def assert_same_run(got, want):
@@ -75,9 +75,9 @@ def running_best(result) -> list[float]:
     return [max(scores[: k + 1]) for k in range(len(scores))]
 
 
-def test_batch_equals_items_alone(generator, scorer):
+def test_batch_equals_items_alone(generator, verifier):
     config = SearchConfig(max_epoch=EPOCHS, num_candidates=CANDIDATES)
-    got, want = batched(generator, scorer, config), alone(generator, scorer, config)
+    got, want = batched(generator, verifier, config), alone(generator, verifier, config)
     for g, w in zip(got, want):
         assert_same_run(g, w)
         assert len(w.epochs) == EPOCHS + 1
@@ -86,9 +86,9 @@ def test_batch_equals_items_alone(generator, scorer):
     assert len({round(w.initial_score, 6) for w in want}) == len(want)
 
 
-def test_early_stop_items_leave_at_different_epochs(generator, scorer):
+def test_early_stop_items_leave_at_different_epochs(generator, verifier):
     """With --target_score the batch shrinks as items finish; the others must not notice."""
-    free = alone(generator, scorer, SearchConfig(max_epoch=EPOCHS, num_candidates=CANDIDATES))
+    free = alone(generator, verifier, SearchConfig(max_epoch=EPOCHS, num_candidates=CANDIDATES))
     trajectories = [running_best(r) for r in free]
 
     def stop_epochs(target):  # independent expectation: the first epoch whose best-so-far reaches the target
@@ -102,7 +102,7 @@ def test_early_stop_items_leave_at_different_epochs(generator, scorer):
     assert len(set(expected)) >= 2, "no target separates the items; change the seeds"
 
     config = SearchConfig(max_epoch=EPOCHS, num_candidates=CANDIDATES, target_score=target)
-    got, want = batched(generator, scorer, config), alone(generator, scorer, config)
+    got, want = batched(generator, verifier, config), alone(generator, verifier, config)
     for g, w, stop, f in zip(got, want, expected, free):
         assert_same_run(g, w)
         assert w.epochs[-1]["epoch"] == stop
@@ -110,9 +110,9 @@ def test_early_stop_items_leave_at_different_epochs(generator, scorer):
         assert [r["score"] for r in w.epochs] == pytest.approx([r["score"] for r in f.epochs[: stop + 1]], abs=SCORE_TOL)
 
 
-def test_accept_improved(generator, scorer):
+def test_accept_improved(generator, verifier):
     config = SearchConfig(max_epoch=EPOCHS, num_candidates=CANDIDATES, accept="improved")
-    got, want = batched(generator, scorer, config), alone(generator, scorer, config)
+    got, want = batched(generator, verifier, config), alone(generator, verifier, config)
     rejected = 0
     for g, w in zip(got, want):
         assert_same_run(g, w)
@@ -129,15 +129,15 @@ def test_accept_improved(generator, scorer):
 
 
 @pytest.mark.parametrize("method", ["random_diffusion", "gradient_ascent"])
-def test_other_methods_batch_equals_alone(generator, scorer, method):
+def test_other_methods_batch_equals_alone(generator, verifier, method):
     config = SearchConfig(method=method, max_epoch=2, num_candidates=CANDIDATES)
-    for g, w in zip(batched(generator, scorer, config), alone(generator, scorer, config)):
+    for g, w in zip(batched(generator, verifier, config), alone(generator, verifier, config)):
         assert_same_run(g, w)
 
 
-def test_pndm_scheduler_batch_equals_alone(tiny_sd_dir, scorer):
+def test_pndm_scheduler_batch_equals_alone(tiny_sd_dir, verifier):
     """The checkpoint's own PNDM scheduler keeps state within a pass; batching must not mix it between items."""
     generator = load_generator(tiny_sd_dir, num_steps=STEPS, guidance_scale=7.5, scheduler="default")
     config = SearchConfig(max_epoch=2, num_candidates=CANDIDATES)
-    for g, w in zip(batched(generator, scorer, config), alone(generator, scorer, config)):
+    for g, w in zip(batched(generator, verifier, config), alone(generator, verifier, config)):
         assert_same_run(g, w)

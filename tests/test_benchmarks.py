@@ -12,7 +12,7 @@ import torch
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators import load_generator
 from noise_diffusion.methods import METHODS
-from noise_diffusion.scorers import load_scorer
+from noise_diffusion.verifiers import load_verifier
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -24,12 +24,12 @@ CONFIG = SearchConfig(max_epoch=3, num_candidates=8)
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_clip_dir):
-    return load_scorer(tiny_clip_dir, mapping="affine")
+def verifier(tiny_clip_dir):
+    return load_verifier(tiny_clip_dir, mapping="affine")
 
 
-def run(generator, scorer):
-    return optimize(generator, scorer, PROMPTS, SEEDS, CONFIG, progress=False)
+def run(generator, verifier):
+    return optimize(generator, verifier, PROMPTS, SEEDS, CONFIG, progress=False)
 
 
 def same_runs(a, b) -> bool:
@@ -41,26 +41,26 @@ def same_runs(a, b) -> bool:
     )
 
 
-def test_instrumentation_changes_nothing(tiny_sd_dir, scorer):
+def test_instrumentation_changes_nothing(tiny_sd_dir, verifier):
     generator = load_generator(tiny_sd_dir, num_steps=3)
     grad, method, sample = torch.autograd.grad, METHODS["noise_diffusion"], generator.sample
-    plain = run(generator, scorer)
-    with epoch_cost.attributed(generator, scorer) as totals:
-        instrumented = run(generator, scorer)
+    plain = run(generator, verifier)
+    with epoch_cost.attributed(generator, verifier) as totals:
+        instrumented = run(generator, verifier)
     assert same_runs(plain, instrumented)
     # every piece was seen, and all were restored
     assert set(totals) == set(epoch_cost.BREAKDOWN) and all(v > 0 for v in totals.values())
     assert torch.autograd.grad is grad and METHODS["noise_diffusion"] is method
-    assert generator.sample == sample and "sample" not in vars(generator) and "forward" not in vars(scorer)
+    assert generator.sample == sample and "sample" not in vars(generator) and "forward" not in vars(verifier)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "default"])
-def test_cpu_timesteps_give_identical_runs(tiny_sd_dir, scorer, scheduler):
+def test_cpu_timesteps_give_identical_runs(tiny_sd_dir, verifier, scheduler):
     generator = load_generator(tiny_sd_dir, num_steps=3, scheduler=scheduler)
-    plain = run(generator, scorer)
+    plain = run(generator, verifier)
     epoch_cost.use_cpu_timesteps(generator)
     assert generator._fresh_scheduler().timesteps.device.type == "cpu"
-    assert same_runs(plain, run(generator, scorer))
+    assert same_runs(plain, run(generator, verifier))
 
 
 def test_epoch_cost_runs_end_to_end(tiny_sd_dir, tiny_clip_dir, tmp_path):
@@ -82,7 +82,7 @@ def test_epoch_cost_runs_end_to_end(tiny_sd_dir, tiny_clip_dir, tmp_path):
 
 
 def test_verifier_cost_runs_end_to_end(tmp_path):
-    """The verifier benchmark times every tiny VQA family batched and one at a time, and leaves the scorer as it was."""
+    """The verifier benchmark times every tiny VQA family batched and one at a time, and leaves the verifier as it was."""
     out = tmp_path / "verifier.json"
     command = [sys.executable, str(BENCHMARKS / "verifier_cost.py"), "--batch_size", "1", "3", "--repeats", "1",
                "--json", str(out)]

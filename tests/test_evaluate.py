@@ -1,4 +1,4 @@
-"""evaluate.py and noise_diffusion.evaluation on the tiny pipeline and a tiny CLIP scorer: methods and their compute,
+"""evaluate.py and noise_diffusion.evaluation on the tiny pipeline and a tiny CLIP verifier: methods and their compute,
 resume after a crash, sharding, held-out re-scoring, and the CLI end to end (in-process)."""
 
 import json
@@ -13,7 +13,7 @@ from noise_diffusion.errors import UserError
 from noise_diffusion.evaluation import Job, job_folder, make_jobs, run_jobs, shard
 from noise_diffusion.methods import METHODS
 from noise_diffusion.optimize import SearchConfig
-from noise_diffusion.scorers import load_scorer
+from noise_diffusion.verifiers import load_verifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate as evaluate_cli  # noqa: E402
@@ -28,8 +28,8 @@ def generator(tiny_sd_dir):
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_clip_dir):
-    return load_scorer(tiny_clip_dir, mapping="affine")  # (1 + cos) / 2: no score is clamped to 0
+def verifier(tiny_clip_dir):
+    return load_verifier(tiny_clip_dir, mapping="affine")  # (1 + cos) / 2: no score is clamped to 0
 
 
 def entries(n, category="animals"):
@@ -66,16 +66,16 @@ def count_saves(monkeypatch, fail_after=None):
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].baseline])  # baselines: test_baselines
-def test_each_method_runs_and_records_its_compute(tmp_path, generator, scorer, method):
+def test_each_method_runs_and_records_its_compute(tmp_path, generator, verifier, method):
     jobs = make_jobs(entries(2), [5])
-    assert run_jobs(jobs, generator, scorer, search(method), tmp_path, batch_size=2, progress=False,
+    assert run_jobs(jobs, generator, verifier, search(method), tmp_path, batch_size=2, progress=False,
                     dataset={"name": "mine", "kind": None}) == 2
     for job in jobs:
         record = json.loads((job_folder(tmp_path, method, job) / "result.json").read_text())
         generations = 1 if method == "none" else EPOCHS + 1
         grads = EPOCHS if METHODS[method].needs_grad else 0  # a gradient after every epoch but the last
         assert record["compute"] == {"generations": generations, "model_evals": generations * 2 * STEPS,  # CFG: 2/step
-                                     "model_backwards": 0, "scorer_forward": generations, "scorer_backward": grads}
+                                     "model_backwards": 0, "verifier_forward": generations, "verifier_backward": grads}
         assert len(record["epochs"]) == generations
         assert record["best_score"] == max(e["score"] for e in record["epochs"])
         assert record["config"]["search"]["method"] == method
@@ -83,22 +83,22 @@ def test_each_method_runs_and_records_its_compute(tmp_path, generator, scorer, m
         assert tmp_path.joinpath(method).is_dir() and (job_folder(tmp_path, method, job) / "best.png").is_file()
 
 
-def test_best_of_n_and_noise_diffusion_spend_the_same_generations(tmp_path, generator, scorer):
+def test_best_of_n_and_noise_diffusion_spend_the_same_generations(tmp_path, generator, verifier):
     jobs = make_jobs(entries(1), [7])
     computes = []
     for method in ("best_of_n", "noise_diffusion"):
-        run_jobs(jobs, generator, scorer, search(method), tmp_path, progress=False)
+        run_jobs(jobs, generator, verifier, search(method), tmp_path, progress=False)
         computes.append(json.loads((job_folder(tmp_path, method, jobs[0]) / "result.json").read_text())["compute"])
     assert computes[0]["generations"] == computes[1]["generations"] == EPOCHS + 1
     assert computes[0]["model_evals"] == computes[1]["model_evals"]
 
 
-def test_resume_after_a_crash_repeats_and_loses_nothing(tmp_path, generator, scorer, monkeypatch):
+def test_resume_after_a_crash_repeats_and_loses_nothing(tmp_path, generator, verifier, monkeypatch):
     jobs = make_jobs(entries(3), [1, 2])  # 6 jobs
     config = search("random_diffusion")
     saved = count_saves(monkeypatch, fail_after=2)
     with pytest.raises(RuntimeError, match="killed"):
-        run_jobs(jobs, generator, scorer, config, tmp_path, batch_size=2, progress=False)
+        run_jobs(jobs, generator, verifier, config, tmp_path, batch_size=2, progress=False)
     assert len(saved) == 3  # the third save died before its result.json
     done = finished(tmp_path, config.method, jobs)
     assert [(j.prompt, j.seed) for j in done] == saved[:2]
@@ -108,7 +108,7 @@ def test_resume_after_a_crash_repeats_and_loses_nothing(tmp_path, generator, sco
     saved = count_saves(monkeypatch)
     todo = evaluation.pending_jobs(jobs, tmp_path, config.method)
     assert todo == jobs[2:]
-    run_jobs(todo, generator, scorer, config, tmp_path, batch_size=2, progress=False)
+    run_jobs(todo, generator, verifier, config, tmp_path, batch_size=2, progress=False)
     assert sorted(saved) == sorted((j.prompt, j.seed) for j in jobs[2:])  # each remaining job once, no repeat
     assert finished(tmp_path, config.method, jobs) == jobs
     for job, content in before.items():  # finished results untouched
@@ -117,7 +117,7 @@ def test_resume_after_a_crash_repeats_and_loses_nothing(tmp_path, generator, sco
     assert len(evaluation.pending_jobs(jobs, tmp_path, config.method, overwrite=True)) == 6
 
 
-def test_shards_cover_every_pair_exactly_once(tmp_path, generator, scorer, monkeypatch):
+def test_shards_cover_every_pair_exactly_once(tmp_path, generator, verifier, monkeypatch):
     for count in (1, 2, 3, 7):
         jobs = [Job(f"p{i}", "c", s) for i in range(5) for s in (0, 1)]
         parts = [shard(jobs, i, count) for i in range(count)]
@@ -131,7 +131,7 @@ def test_shards_cover_every_pair_exactly_once(tmp_path, generator, scorer, monke
     for index in (0, 1):
         procs = evaluation.processes((index, 2))
         assert (procs.index, procs.count, procs.barrier) == (index, 2, None)
-        run_jobs(shard(jobs, procs.index, procs.count), generator, scorer, search("none"), tmp_path, progress=False)
+        run_jobs(shard(jobs, procs.index, procs.count), generator, verifier, search("none"), tmp_path, progress=False)
     assert sorted(saved) == sorted((j.prompt, j.seed) for j in jobs)
     assert finished(tmp_path, "none", jobs) == jobs
 
@@ -142,20 +142,20 @@ def test_single_process_without_accelerate_launch():
     procs.wait()
 
 
-def test_held_out_rescoring_matches_the_guide_and_resumes(tmp_path, generator, scorer):
+def test_held_out_rescoring_matches_the_guide_and_resumes(tmp_path, generator, verifier):
     jobs = make_jobs(entries(2), [3])
-    run_jobs(jobs, generator, scorer, search(), tmp_path, batch_size=2, progress=False)
+    run_jobs(jobs, generator, verifier, search(), tmp_path, batch_size=2, progress=False)
     folders = [job_folder(tmp_path, "noise_diffusion", j) for j in jobs] + [tmp_path / "unfinished"]
-    assert evaluation.rescore_held_out(folders, scorer, "same-clip", batch_size=2, progress=False) == 2
+    assert evaluation.rescore_held_out(folders, verifier, "same-clip", batch_size=2, progress=False) == 2
     for folder in folders[:2]:
         record = json.loads((folder / "result.json").read_text())
         held = json.loads(evaluation.held_out_file(folder, "same-clip").read_text())
         # the same verifier on the saved 8-bit PNGs gives the guiding scores back (up to rounding)
         assert held["initial_score"] == pytest.approx(record["initial_score"], abs=5e-3)
         assert held["best_score"] == pytest.approx(record["best_score"], abs=5e-3)
-    assert evaluation.rescore_held_out(folders, scorer, "same-clip", progress=False) == 0  # resumed: nothing to do
+    assert evaluation.rescore_held_out(folders, verifier, "same-clip", progress=False) == 0  # resumed: nothing to do
     # redoing a run invalidates its held-out scores
-    run_jobs(jobs[:1], generator, scorer, search(), tmp_path, overwrite=True, progress=False)
+    run_jobs(jobs[:1], generator, verifier, search(), tmp_path, overwrite=True, progress=False)
     assert not evaluation.held_out_file(folders[0], "same-clip").exists()
     assert evaluation.held_out_file(folders[1], "same-clip").exists()
 

@@ -158,11 +158,11 @@ def evaluate_logging_runs(log: Path, args: list[str], first_pause: float = 0.0) 
 
     real, pause = evaluation.optimize, [first_pause]
 
-    def logged(generator, scorer, prompts, seeds, *rest, **options):
+    def logged(generator, verifier, prompts, seeds, *rest, **options):
         time.sleep(pause.pop() if pause else 0.0)
         with open(log, "a") as handle:
             handle.writelines(f"{p}|{s}\n" for p, s in zip(prompts, seeds))
-        return real(generator, scorer, prompts, seeds, *rest, **options)
+        return real(generator, verifier, prompts, seeds, *rest, **options)
 
     evaluation.optimize = logged
     with redirect_stdout(io.StringIO()):

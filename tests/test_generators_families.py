@@ -22,7 +22,7 @@ from noise_diffusion.testing.families import (
     build_tiny_sdxl_pipeline,
 )
 
-from helpers import RednessScorer
+from helpers import RednessVerifier
 
 FAMILIES = ("sd3", "sdxl", "flux")
 CLASSES = {"sd3": "StableDiffusion3Generator", "sdxl": "StableDiffusionXLGenerator", "flux": "FluxGenerator"}
@@ -121,12 +121,12 @@ def test_replay_gradient_is_parallel_to_final_latent_gradient(folders, family):
     generator = _load(folders, family)
     z = initial_latents(generator.latent_shape, [5, 6])
     sampled = generator.sample(z, generator.encode_prompts(PROMPTS))
-    scorer = RednessScorer().calibrate(generator.decode(sampled.latents))
+    verifier = RednessVerifier().calibrate(generator.decode(sampled.latents))
 
     leaf = z.clone().requires_grad_(True)
-    scorer(generator.decode(generator.replay(leaf, sampled.record)), PROMPTS).sum().backward()
+    verifier(generator.decode(generator.replay(leaf, sampled.record)), PROMPTS).sum().backward()
     final = sampled.latents.clone().requires_grad_(True)
-    scorer(generator.decode(final), PROMPTS).sum().backward()
+    verifier(generator.decode(final), PROMPTS).sum().backward()
 
     assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
     for item in range(2):
@@ -246,11 +246,11 @@ def test_vae_checkpointing_gives_the_same_gradient(folders):
     assert checkpointed.settings()["vae_checkpointing"] and not plain.settings()["vae_checkpointing"]
     z = initial_latents(plain.latent_shape, [9])
     sampled = plain.sample(z, plain.encode_prompts(["a cat"]))
-    scorer = RednessScorer(center=0.0, scale=0.5)
+    verifier = RednessVerifier(center=0.0, scale=0.5)
     grads = []
     for generator in (plain, checkpointed):
         leaf = z.clone().requires_grad_(True)
-        scorer(generator.decode(generator.replay(leaf, sampled.record)), ["a cat"]).sum().backward()
+        verifier(generator.decode(generator.replay(leaf, sampled.record)), ["a cat"]).sum().backward()
         grads.append(leaf.grad)
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-9)

@@ -9,7 +9,7 @@ from noise_diffusion.errors import UserError
 from noise_diffusion.generators import load_generator
 from noise_diffusion.generators.base import initial_latents
 
-from helpers import RednessScorer
+from helpers import RednessVerifier
 
 STEPS = 6
 
@@ -20,20 +20,20 @@ def generator(tiny_sd_dir):
 
 
 @pytest.fixture(scope="module")
-def scorer(generator):
+def verifier(generator):
     """Redness calibrated on 16 other seeds, so that scores spread over (0, 1)."""
     z = initial_latents(generator.latent_shape, range(100, 116))
     images = generator.decode(generator.sample(z, generator.encode_prompts(["a red apple"] * 16)).latents)
-    return RednessScorer().calibrate(images)
+    return RednessVerifier().calibrate(images)
 
 
-def run(generator, scorer, seeds=(1,), prompts=None, **config):
+def run(generator, verifier, seeds=(1,), prompts=None, **config):
     prompts = prompts or ["a red apple"] * len(seeds)
-    return optimize(generator, scorer, prompts, list(seeds), SearchConfig(**config), progress=False)
+    return optimize(generator, verifier, prompts, list(seeds), SearchConfig(**config), progress=False)
 
 
-def test_best_is_the_maximum_and_never_decreases(generator, scorer):
-    (result,) = run(generator, scorer, max_epoch=5, num_candidates=8)
+def test_best_is_the_maximum_and_never_decreases(generator, verifier):
+    (result,) = run(generator, verifier, max_epoch=5, num_candidates=8)
     scores = [r["score"] for r in result.epochs]
     assert [r["epoch"] for r in result.epochs] == list(range(6))
     assert result.best_score == max(scores)
@@ -46,27 +46,27 @@ def test_best_is_the_maximum_and_never_decreases(generator, scorer):
         assert 0 <= record["candidate"] < 8
 
 
-def test_best_image_is_regenerated_by_best_latent(generator, scorer):
-    (result,) = run(generator, scorer, max_epoch=4, num_candidates=8)
+def test_best_image_is_regenerated_by_best_latent(generator, verifier):
+    (result,) = run(generator, verifier, max_epoch=4, num_candidates=8)
     z = result.best_latent[None]
     sampled = generator.sample(z, generator.encode_prompts(["a red apple"]))
     image = generator.decode(sampled.latents)[0]
     torch.testing.assert_close(image, result.best_image, rtol=0, atol=1e-5)
-    assert float(scorer(image[None], ["a red apple"])) == pytest.approx(result.best_score, abs=1e-5)
+    assert float(verifier(image[None], ["a red apple"])) == pytest.approx(result.best_score, abs=1e-5)
 
 
-def test_same_seed_identical_different_seed_different(generator, scorer):
-    (a,) = run(generator, scorer, seeds=(5,), max_epoch=3, num_candidates=8)
-    (b,) = run(generator, scorer, seeds=(5,), max_epoch=3, num_candidates=8)
-    (c,) = run(generator, scorer, seeds=(6,), max_epoch=3, num_candidates=8)
+def test_same_seed_identical_different_seed_different(generator, verifier):
+    (a,) = run(generator, verifier, seeds=(5,), max_epoch=3, num_candidates=8)
+    (b,) = run(generator, verifier, seeds=(5,), max_epoch=3, num_candidates=8)
+    (c,) = run(generator, verifier, seeds=(6,), max_epoch=3, num_candidates=8)
     assert [r["score"] for r in a.epochs] == [r["score"] for r in b.epochs]
     assert [r.get("candidate") for r in a.epochs] == [r.get("candidate") for r in b.epochs]
     assert torch.equal(a.best_image, b.best_image)
     assert [r["score"] for r in a.epochs] != [r["score"] for r in c.epochs]
 
 
-def test_accept_improved_keeps_the_current_score_monotone(generator, scorer):
-    (result,) = run(generator, scorer, max_epoch=6, num_candidates=4, accept="improved")
+def test_accept_improved_keeps_the_current_score_monotone(generator, verifier):
+    (result,) = run(generator, verifier, max_epoch=6, num_candidates=4, accept="improved")
     current = result.epochs[0]["score"]
     for record in result.epochs[1:]:
         assert record["accepted"] == (record["score"] > current)
@@ -75,45 +75,45 @@ def test_accept_improved_keeps_the_current_score_monotone(generator, scorer):
     assert current == result.best_score
 
 
-def test_target_score_stops_early(generator, scorer):
-    (result,) = run(generator, scorer, max_epoch=5, target_score=0.0)
+def test_target_score_stops_early(generator, verifier):
+    (result,) = run(generator, verifier, max_epoch=5, target_score=0.0)
     assert len(result.epochs) == 1
     assert result.compute["generations"] == 1
 
 
 @pytest.mark.parametrize("method", ["noise_diffusion", "random_diffusion", "best_of_n", "gradient_ascent", "none"])
-def test_compute_accounting(generator, scorer, method):
+def test_compute_accounting(generator, verifier, method):
     epochs = 3
-    (result,) = run(generator, scorer, max_epoch=epochs, num_candidates=4, method=method)
+    (result,) = run(generator, verifier, max_epoch=epochs, num_candidates=4, method=method)
     generations = 1 if method == "none" else epochs + 1
     assert len(result.epochs) == generations
     assert result.compute["generations"] == generations
     assert result.compute["model_evals"] == generations * 2 * STEPS
-    assert result.compute["scorer_forward"] == generations
+    assert result.compute["verifier_forward"] == generations
     # gradients are needed before every update except after the last generation
     expected_backward = epochs if method in ("noise_diffusion", "gradient_ascent") else 0
-    assert result.compute["scorer_backward"] == expected_backward
+    assert result.compute["verifier_backward"] == expected_backward
 
 
-def test_invalid_settings_are_user_errors(generator, scorer):
+def test_invalid_settings_are_user_errors(generator, verifier):
     with pytest.raises(UserError, match="max_epoch"):
-        run(generator, scorer, max_epoch=-1)
+        run(generator, verifier, max_epoch=-1)
     with pytest.raises(UserError, match="num_candidates"):
-        run(generator, scorer, num_candidates=0)
+        run(generator, verifier, num_candidates=0)
     with pytest.raises(UserError, match="method"):
-        run(generator, scorer, method="magic")
+        run(generator, verifier, method="magic")
     with pytest.raises(UserError, match="prompt is empty"):
-        optimize(generator, scorer, ["  "], [0], SearchConfig(max_epoch=1), progress=False)
+        optimize(generator, verifier, ["  "], [0], SearchConfig(max_epoch=1), progress=False)
 
 
-def test_gradient_selection_beats_random_candidate(generator, scorer):
-    """The paper's ablation on an informative scorer: over a fixed set of seeds, gradient-selected noise raises the
+def test_gradient_selection_beats_random_candidate(generator, verifier):
+    """The paper's ablation on an informative verifier: over a fixed set of seeds, gradient-selected noise raises the
     score more than the same update with a random candidate (mean best-so-far after a few epochs)."""
     seeds = list(range(10, 22))
     prompts = ["a red apple"] * len(seeds)
     common = dict(max_epoch=4, num_candidates=32)
-    selected = run(generator, scorer, seeds=seeds, prompts=prompts, method="noise_diffusion", **common)
-    randomised = run(generator, scorer, seeds=seeds, prompts=prompts, method="random_diffusion", **common)
+    selected = run(generator, verifier, seeds=seeds, prompts=prompts, method="noise_diffusion", **common)
+    randomised = run(generator, verifier, seeds=seeds, prompts=prompts, method="random_diffusion", **common)
     initial = sum(r.initial_score for r in selected) / len(seeds)
     gain_selected = sum(r.best_score for r in selected) / len(seeds) - initial
     gain_random = sum(r.best_score for r in randomised) / len(seeds) - initial

@@ -1,5 +1,5 @@
 """Parity with the original VQAScore code (t2v-metrics 3.0): checkpoints built and saved by t2v_metrics' own classes,
-scored by t2v_metrics (in its own environment, transformers 4.49) and by this package's ``load_scorer``.
+scored by t2v_metrics (in its own environment, transformers 4.49) and by this package's ``load_verifier``.
 
 The reference side is ``tests/parity/t2v_reference.py``, run with the reference environments' Python (``.venv-t2v``
 and, for Qwen2.5-VL, ``.venv-t2v-qwen``, built by ``.ci/run`` from ``tests/parity/requirements-t2v*.txt``;
@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from noise_diffusion.scorers import load_scorer
+from noise_diffusion.verifiers import load_verifier
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_SCRIPT = REPO / "tests" / "parity" / "t2v_reference.py"
@@ -69,19 +69,19 @@ def qwen_reference(tmp_path_factory) -> Path:
     return run_reference(tmp_path_factory, "NOISE_DIFFUSION_T2V_QWEN_PYTHON", ".venv-t2v-qwen", "qwen")
 
 
-_scorers: dict = {}
+_verifiers: dict = {}
 
 
-def project_scorer(reference: Path, family: str, variant: str):
-    """This package's scorer of one saved checkpoint, through the public ``load_scorer``."""
+def project_verifier(reference: Path, family: str, variant: str):
+    """This package's verifier of one saved checkpoint, through the public ``load_verifier``."""
     key = (family, variant)
-    if key not in _scorers:
+    if key not in _verifiers:
         if family == "clip_t5":
             tokenizer = str(reference / "clip_t5" / "tokenizer")  # published checkpoints pair with google/flan-t5-*
-            _scorers[key] = load_scorer(str(reference / family / variant), tokenizer=tokenizer)
+            _verifiers[key] = load_verifier(str(reference / family / variant), tokenizer=tokenizer)
         else:
-            _scorers[key] = load_scorer(str(reference / family / "checkpoints" / variant))
-    return _scorers[key]
+            _verifiers[key] = load_verifier(str(reference / family / "checkpoints" / variant))
+    return _verifiers[key]
 
 
 def expected(reference: Path, family: str, variant: str) -> dict:
@@ -110,16 +110,16 @@ cases = pytest.mark.parametrize("family,variant", [(f, v) for f in FAMILIES for 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_clip_t5_token_ids(reference, variant):
-    """Encoder ids either side of ``<image>`` (the original puts -200 there) and answer labels, from the scorer's own
+    """Encoder ids either side of ``<image>`` (the original puts -200 there) and answer labels, from the verifier's own
     tokenisation of the question."""
-    scorer = project_scorer(reference, "clip_t5", variant)
+    verifier = project_verifier(reference, "clip_t5", variant)
     ref = expected(reference, "clip_t5", variant)
     for prompt, ref_ids, ref_labels in zip(inputs(reference)["prompts"], ref["input_ids"], ref["labels"]):
-        question = scorer.question_template.format(prompt, prompt=prompt)
-        before, after = scorer.encoder_text(question)
-        ids = scorer.token_ids(before).tolist() + [-200] + scorer.token_ids(after).tolist()
+        question = verifier.question_template.format(prompt, prompt=prompt)
+        before, after = verifier.encoder_text(question)
+        ids = verifier.token_ids(before).tolist() + [-200] + verifier.token_ids(after).tolist()
         assert ids == ref_ids
-        assert scorer.token_ids(scorer.answer_template.format(prompt, prompt=prompt)).tolist() == ref_labels
+        assert verifier.token_ids(verifier.answer_template.format(prompt, prompt=prompt)).tolist() == ref_labels
 
 
 @pytest.mark.parametrize("family", ["llava", "sharegpt4v"])
@@ -127,18 +127,18 @@ def test_clip_t5_token_ids(reference, variant):
 def test_llava_token_ids(reference, family, variant):
     """The ids the model sees (the original's -200 expanded to the image tokens) and the answer tokens scored, caught
     on their way into the model; the LLaMA-style sentencepiece tokenizer shows the "▁" handling around <image>."""
-    scorer = project_scorer(reference, family, variant)
+    verifier = project_verifier(reference, family, variant)
     ref = expected(reference, family, variant)
     seen = []
-    hook = scorer.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    hook = verifier.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
         images = torch.load(reference / "inputs" / "tensors.pt", weights_only=True)
         with torch.no_grad():
             for i, prompt in enumerate(inputs(reference)["prompts"]):
-                scorer(images[i : i + 1], [prompt])
+                verifier(images[i : i + 1], [prompt])
     finally:
         hook.remove()
-    image_id = scorer.model.config.image_token_id
+    image_id = verifier.model.config.image_token_id
     for kwargs, ref_ids, ref_labels in zip(seen, ref["input_ids"], ref["labels"]):
         n_image = int((kwargs["input_ids"] == image_id).sum())
         expanded = [t for i in ref_ids for t in ([image_id] * n_image if i == -200 else [i])]
@@ -150,10 +150,10 @@ def test_llava_token_ids(reference, family, variant):
 @cases
 def test_png_scores(reference, family, variant):
     """Saved PNGs that need square padding and resizing: t2v_metrics' PIL pipeline vs ``score_pil``."""
-    scorer = project_scorer(reference, family, variant)
+    verifier = project_verifier(reference, family, variant)
     ref = torch.tensor(expected(reference, family, variant)["png_scores"])
     data = inputs(reference)
-    ours = torch.stack([scorer.score_pil([Image.open(png)] * len(data["prompts"]), data["prompts"]) for png in data["pngs"]])
+    ours = torch.stack([verifier.score_pil([Image.open(png)] * len(data["prompts"]), data["prompts"]) for png in data["pngs"]])
     rel = ((ours - ref).abs() / ref).max().item()
     assert rel <= PNG_RTOL, (rel, ours, ref)
 
@@ -161,12 +161,12 @@ def test_png_scores(reference, family, variant):
 @cases
 def test_tensor_scores_and_gradients(reference, family, variant):
     """[0, 1] tensors at 336 px: scores and d score / d image as the original computes them."""
-    scorer = project_scorer(reference, family, variant)
+    verifier = project_verifier(reference, family, variant)
     ref = expected(reference, family, variant)
     images = torch.load(reference / "inputs" / "tensors.pt", weights_only=True)
     for i, prompt in enumerate(inputs(reference)["prompts"]):
         image = images[i : i + 1].clone().requires_grad_(True)
-        score = scorer(image, [prompt])[0]
+        score = verifier(image, [prompt])[0]
         score.backward()
         ref_score, ref_grad = torch.tensor(ref["tensor_scores"][i]), ref["grads"][i]
         assert abs(score.item() - ref_score.item()) / ref_score.item() <= TENSOR_RTOL, (score.item(), ref_score.item())
@@ -179,23 +179,23 @@ def test_tensor_scores_and_gradients(reference, family, variant):
 def qwen(qwen_reference):
     ref = torch.load(qwen_reference / "qwen2_5_vl" / "reference.pt", weights_only=True)["variants"]["safetensors"]
     template = ref["question_template"].replace("{}", "{prompt}")  # t2v_metrics' own default for Qwen
-    scorer = load_scorer(str(qwen_reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"), question_template=template,
+    verifier = load_verifier(str(qwen_reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"), question_template=template,
                          answer_template=ref["answer_template"])
-    return scorer, ref, inputs(qwen_reference)
+    return verifier, ref, inputs(qwen_reference)
 
 
 def test_qwen_token_ids_grid_and_pixels(qwen):
     """With t2v_metrics' template: the ids its processor and chat template build (then the answer token), the
     same ``image_grid_thw``, and the same ``pixel_values`` (exactly where no resize is needed; within the resize
     tolerances of the preprocessing tests where its PIL resize and this package's torch resize differ)."""
-    scorer, ref, data = qwen
+    verifier, ref, data = qwen
     seen = []
-    hook = scorer.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    hook = verifier.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
         with torch.no_grad():
             for png in data["pngs"]:
                 for prompt in data["prompts"]:
-                    scorer.score_pil([Image.open(png)], [prompt])
+                    verifier.score_pil([Image.open(png)], [prompt])
     finally:
         hook.remove()
     assert len(seen) == len(ref["input_ids"])
@@ -213,8 +213,8 @@ def test_qwen_token_ids_grid_and_pixels(qwen):
 def test_qwen_png_scores(qwen):
     """t2v_metrics scores the first answer token's probability from ``generate``; this package exp(mean log p) of the
     answer tokens, here one."""
-    scorer, ref, data = qwen
-    ours = torch.stack([scorer.score_pil([Image.open(png)] * len(data["prompts"]), data["prompts"]) for png in data["pngs"]])
+    verifier, ref, data = qwen
+    ours = torch.stack([verifier.score_pil([Image.open(png)] * len(data["prompts"]), data["prompts"]) for png in data["pngs"]])
     expected = torch.tensor(ref["png_scores"])
     rel = ((ours - expected).abs() / expected).max().item()
     assert rel <= PNG_RTOL, (rel, ours, expected)

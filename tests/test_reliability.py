@@ -26,8 +26,8 @@ from noise_diffusion.errors import UserError
 from noise_diffusion.evaluation import job_folder, make_jobs, pending_jobs, run_jobs
 from noise_diffusion.generators import pipeline_class_name
 from noise_diffusion.optimize import SearchConfig
-from noise_diffusion.scorers import load_scorer
-from noise_diffusion.scorers.base import Scorer
+from noise_diffusion.verifiers import load_verifier
+from noise_diffusion.verifiers.base import Verifier
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -43,8 +43,8 @@ def generator(tiny_sd_dir):
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_clip_dir):
-    return load_scorer(tiny_clip_dir, mapping="affine")
+def verifier(tiny_clip_dir):
+    return load_verifier(tiny_clip_dir, mapping="affine")
 
 
 def search(**options):
@@ -59,26 +59,26 @@ def call(main, argv, capsys):
     return exit_info.value.code, out.out, out.err
 
 
-def one_finished_run(root, generator, scorer, prompt="a cat and a dog", seed=1):
+def one_finished_run(root, generator, verifier, prompt="a cat and a dog", seed=1):
     jobs = make_jobs([PromptEntry(prompt, "animals")], [seed])
-    run_jobs(jobs, generator, scorer, search(), root, progress=False)
+    run_jobs(jobs, generator, verifier, search(), root, progress=False)
     return jobs, job_folder(root, "noise_diffusion", jobs[0])
 
 
 # ------------------------------------------------------------------------------------- 1: another prompt's result
 
-def test_prompts_that_shared_a_32_bit_folder_each_get_their_own_run(tmp_path, generator, scorer):
+def test_prompts_that_shared_a_32_bit_folder_each_get_their_own_run(tmp_path, generator, verifier):
     assert results.safe_folder_name(COLLIDING[0]) != results.safe_folder_name(COLLIDING[1])
     assert len(results.safe_folder_name("x").rsplit("-", 1)[1]) * 4 >= 64
     jobs = make_jobs([PromptEntry(p, "c") for p in COLLIDING], [1])
-    run_jobs(pending_jobs(jobs, tmp_path, "noise_diffusion"), generator, scorer, search(), tmp_path, progress=False)
+    run_jobs(pending_jobs(jobs, tmp_path, "noise_diffusion"), generator, verifier, search(), tmp_path, progress=False)
     for job in jobs:
         record = json.loads((job_folder(tmp_path, "noise_diffusion", job) / "result.json").read_text())
         assert record["prompt"] == job.prompt
 
 
-def test_a_folder_holding_another_prompts_run_is_never_taken(tmp_path, generator, scorer, monkeypatch, capsys):
-    jobs, folder = one_finished_run(tmp_path, generator, scorer)
+def test_a_folder_holding_another_prompts_run_is_never_taken(tmp_path, generator, verifier, monkeypatch, capsys):
+    jobs, folder = one_finished_run(tmp_path, generator, verifier)
     before = (folder / "result.json").read_bytes()
     monkeypatch.setattr(results, "safe_folder_name", lambda prompt: "collided")  # every prompt in one folder
     moved = results.run_folder(tmp_path / "noise_diffusion", "anything", 1)
@@ -88,7 +88,7 @@ def test_a_folder_holding_another_prompts_run_is_never_taken(tmp_path, generator
     with pytest.raises(UserError, match="holds the run of 'a cat and a dog' seed 1, not of 'a frog and a lion'"):
         pending_jobs(other, tmp_path, "noise_diffusion")
     with pytest.raises(UserError, match="holds the run of 'a cat and a dog'"):
-        run_jobs(other, generator, scorer, search(), tmp_path, progress=False)
+        run_jobs(other, generator, verifier, search(), tmp_path, progress=False)
     assert (moved / "result.json").read_bytes() == before  # not overwritten
     monkeypatch.undo()
     skipped = []
@@ -139,10 +139,10 @@ def _edit(folder, **fields):
     (folder / "result.json").write_text(json.dumps(record))
 
 
-def test_damaged_runs_are_redone_and_listed_by_the_report(tmp_path, generator, scorer):
+def test_damaged_runs_are_redone_and_listed_by_the_report(tmp_path, generator, verifier):
     prompts = {damage: f"a cat number {k}" for k, damage in enumerate(DAMAGE)}
     jobs = make_jobs([PromptEntry(p, "c") for p in [*prompts.values(), "an intact run"]], [1])
-    run_jobs(jobs, generator, scorer, search(), tmp_path, batch_size=len(jobs), progress=False)
+    run_jobs(jobs, generator, verifier, search(), tmp_path, batch_size=len(jobs), progress=False)
     folders = {damage: results.run_folder(tmp_path / "noise_diffusion", prompt, 1)
                for damage, prompt in prompts.items()}
     reference = {damage: (folder / "best.png").read_bytes() for damage, folder in folders.items()}
@@ -155,7 +155,7 @@ def test_damaged_runs_are_redone_and_listed_by_the_report(tmp_path, generator, s
     assert sorted(item["folder"] for item in summary["skipped"]) == sorted(map(str, folders.values()))
     markdown = (tmp_path / "summary.md").read_text()
     assert "## Skipped folders" in markdown and all(str(f) in markdown for f in folders.values())
-    run_jobs(jobs[:-1], generator, scorer, search(), tmp_path, batch_size=len(jobs), progress=False)  # redone
+    run_jobs(jobs[:-1], generator, verifier, search(), tmp_path, batch_size=len(jobs), progress=False)  # redone
     for damage, folder in folders.items():
         assert results.is_finished(folder, prompts[damage], 1), damage
         assert (folder / "best.png").read_bytes() == reference[damage], damage
@@ -209,8 +209,8 @@ def test_the_largest_seed_runs_and_its_pool_seed_wraps(tmp_path, tiny_sd_dir, ti
     assert results.is_finished(results.run_folder(tmp_path, "a cat", 2**64 - 1))
 
 
-class NaNFor(Scorer):
-    """Wraps a scorer; the score of one prompt is NaN (or its gradient, with ``in_gradient``)."""
+class NaNFor(Verifier):
+    """Wraps a verifier; the score of one prompt is NaN (or its gradient, with ``in_gradient``)."""
 
     def __init__(self, inner, prompt, in_gradient=False):
         super().__init__()
@@ -229,10 +229,10 @@ class NaNFor(Scorer):
 
 
 @pytest.mark.parametrize("in_gradient", [False, True])
-def test_a_non_finite_score_stops_that_run_unsaved(tmp_path, generator, scorer, in_gradient):
+def test_a_non_finite_score_stops_that_run_unsaved(tmp_path, generator, verifier, in_gradient):
     jobs = make_jobs([PromptEntry(p, "c") for p in ("a cat", "a dog", "a frog")], [1])
     with pytest.raises(UserError, match=r"1 run stopped and not saved: 'a dog' seed 1 \(the .* at epoch 0\)"):
-        run_jobs(jobs, generator, NaNFor(scorer, "a dog", in_gradient), search(), tmp_path, batch_size=3,
+        run_jobs(jobs, generator, NaNFor(verifier, "a dog", in_gradient), search(), tmp_path, batch_size=3,
                  progress=False)
     done = [j.prompt for j in jobs if results.is_finished(job_folder(tmp_path, "noise_diffusion", j))]
     assert done == ["a cat", "a frog"]
@@ -309,22 +309,22 @@ def test_ctrl_c_during_the_imports_exits_130_with_one_line(tmp_path):
 
 # -------------------------------------------------------------------------------------- 5, 7: writing files
 
-def test_stale_temporary_files_go_and_the_latent_has_no_fixed_temporary_name(tmp_path, generator, scorer):
-    jobs, folder = one_finished_run(tmp_path, generator, scorer)
+def test_stale_temporary_files_go_and_the_latent_has_no_fixed_temporary_name(tmp_path, generator, verifier):
+    jobs, folder = one_finished_run(tmp_path, generator, verifier)
     (folder / ".best.png.k1ll3d.tmp").write_bytes(b"half")
     (folder / ".result.json.k1ll3d.tmp").write_bytes(b"{")
     (folder / ".best_latent.safetensors.tmp").mkdir()  # a fixed name would collide with this
     (folder / "result.json").unlink()
-    run_jobs(jobs, generator, scorer, search(), tmp_path, progress=False)
+    run_jobs(jobs, generator, verifier, search(), tmp_path, progress=False)
     assert results.is_finished(folder)
     assert [p.name for p in folder.glob(".*.tmp")] == [".best_latent.safetensors.tmp"]  # only the folder is left
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_written_files_honour_the_umask(tmp_path, generator, scorer, umask, mode):
+def test_written_files_honour_the_umask(tmp_path, generator, verifier, umask, mode):
     old = os.umask(umask)
     try:
-        _, folder = one_finished_run(tmp_path, generator, scorer)
+        _, folder = one_finished_run(tmp_path, generator, verifier)
         report.write_report(tmp_path)
     finally:
         os.umask(old)
@@ -398,8 +398,8 @@ def test_a_finished_run_with_another_negative_prompt_scheduler_or_precision_is_n
     assert code == 2 and message in err, err
 
 
-def test_a_run_finished_under_the_old_folder_name_is_moved_not_redone(tmp_path, generator, scorer, capsys):
-    jobs, folder = one_finished_run(tmp_path, generator, scorer)
+def test_a_run_finished_under_the_old_folder_name_is_moved_not_redone(tmp_path, generator, verifier, capsys):
+    jobs, folder = one_finished_run(tmp_path, generator, verifier)
     content = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     old = tmp_path / "noise_diffusion" / results.legacy_folder_name(jobs[0].prompt) / "1"
     old.parent.mkdir()
@@ -415,12 +415,12 @@ def test_a_run_finished_under_the_old_folder_name_is_moved_not_redone(tmp_path, 
     assert not old.parent.exists()
 
 
-def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, scorer):
+def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, verifier):
     jobs = make_jobs([PromptEntry(p, "c") for p in ("a cat", "a dog")], [1])
-    run_jobs(jobs, generator, scorer, search(), tmp_path, progress=False)
+    run_jobs(jobs, generator, verifier, search(), tmp_path, progress=False)
     folders = [job_folder(tmp_path, "noise_diffusion", j) for j in jobs]
     with pytest.raises(UserError, match="non-finite scores, not saved, for 1 folder"):
-        evaluation.rescore_held_out(folders, NaNFor(scorer, "a dog"), "judge", progress=False)
+        evaluation.rescore_held_out(folders, NaNFor(verifier, "a dog"), "judge", progress=False)
     assert evaluation.held_out_file(folders[0], "judge").is_file()
     assert not evaluation.held_out_file(folders[1], "judge").exists()
     assert evaluation.held_out_todo(folders, "judge") == folders[1:]

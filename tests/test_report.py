@@ -23,7 +23,7 @@ def write_run(root, method, category, prompt, seed, scores, compute, held_out=No
         "prompt": prompt, "seed": seed, "initial_score": scores[0], "best_score": scores[best], "best_epoch": best,
         "epochs": [{"epoch": k, "score": s} for k, s in enumerate(scores)], "compute": compute, "seconds": 0.5 * seed,
         "files": {"best": "best.png", "initial": "initial.png"},
-        "config": {"search": {"method": method}, "scorer": {"name": "guide"},
+        "config": {"search": {"method": method}, "verifier": {"name": "guide"},
                    "evaluation": {"category": category, "name": "simple", "kind": kind}},
     }
     write_json_atomic(folder / "result.json", record)
@@ -35,12 +35,12 @@ def write_run(root, method, category, prompt, seed, scores, compute, held_out=No
 
 @pytest.fixture
 def results(tmp_path):
-    nd = {"generations": 3, "unet_evals": 12, "scorer_forward": 3, "scorer_backward": 2}
+    nd = {"generations": 3, "unet_evals": 12, "verifier_forward": 3, "verifier_backward": 2}
     write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 1, [0.2, 0.5, 0.3], nd, (0.1, 0.4))
     write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 2, [0.4, 0.1], nd, (0.3, 0.2))
     write_run(tmp_path, "noise_diffusion", "objects", "a red car and a bow", 1, [0.6, 0.95, 0.7], nd)
     write_run(tmp_path, "none", "animals", "a cat and a dog", 1, [0.2],
-              {"generations": 1, "unet_evals": 4, "scorer_forward": 1, "scorer_backward": 0}, kind=None)
+              {"generations": 1, "unet_evals": 4, "verifier_forward": 1, "verifier_backward": 0}, kind=None)
     # unfinished or broken runs do not count
     (run_folder(tmp_path / "none", "a bow", 1)).mkdir(parents=True)
     broken = run_folder(tmp_path / "none", "a car", 1)

@@ -5,7 +5,7 @@ import torch
 from noise_diffusion.generators import load_generator
 from noise_diffusion.generators.base import initial_latents
 
-from helpers import RednessScorer
+from helpers import RednessVerifier
 
 
 def test_ddim_never_clips_even_from_a_pndm_checkpoint(tiny_sd_dir):
@@ -61,14 +61,14 @@ def test_replay_gradient_is_scaled_final_latent_gradient(tiny_sd_dir):
     """DDIM η=0 with ε fixed is affine in z with coefficient sqrt(ᾱ_final / ᾱ_first) (13.15 for SD1.x, 50 steps)."""
     steps = 50
     generator = load_generator(tiny_sd_dir, scheduler="ddim", num_steps=steps)
-    scorer = RednessScorer()
+    verifier = RednessVerifier()
     z = initial_latents(generator.latent_shape, [7])
     sampled = generator.sample(z, generator.encode_prompts(["a red apple"]))
 
     leaf = z.clone().requires_grad_(True)
-    scorer(generator.decode(generator.replay(leaf, sampled.record)), ["x"]).sum().backward()
+    verifier(generator.decode(generator.replay(leaf, sampled.record)), ["x"]).sum().backward()
     final = sampled.latents.clone().requires_grad_(True)
-    scorer(generator.decode(final), ["x"]).sum().backward()
+    verifier(generator.decode(final), ["x"]).sum().backward()
 
     # independent computation of the coefficient from the schedule itself
     scheduler = generator.scheduler_class.from_config(generator.scheduler_config)

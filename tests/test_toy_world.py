@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from noise_diffusion import SearchConfig, UserError, load_generator, load_scorer, optimize
+from noise_diffusion import SearchConfig, UserError, load_generator, load_verifier, optimize
 from noise_diffusion.toy import PIPELINE, world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def toy():
 
 @pytest.fixture(scope="module")
 def verifiers():
-    return load_scorer("toy-digits-cnn"), load_scorer("toy-digits-heldout")
+    return load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout")
 
 
 def test_shipped_pipeline_loads_by_name_offline(toy):
@@ -123,13 +123,13 @@ def test_verifiers_separate_faithful_from_unfaithful_canvases(verifiers):
         bad.append((layout, second, first) if relation != "and" and rng.random() < 0.5 else (layout, first, wrong))
     faithful = torch.from_numpy(world.sample_canvases(good, rng))
     unfaithful = torch.from_numpy(world.sample_canvases(bad, rng))
-    for scorer in verifiers:
+    for verifier in verifiers:
         with torch.no_grad():
-            s_good, s_bad = scorer(faithful, prompts), scorer(unfaithful, prompts)
-        assert (s_good > 0.5).float().mean() >= 0.9, scorer.name
-        assert (s_bad < 0.5).float().mean() >= 0.95, scorer.name
-        assert scorer.is_faithful(faithful, prompts).float().mean() >= 0.9
-        assert not scorer.is_faithful(unfaithful, prompts).any() or scorer.is_faithful(unfaithful, prompts).float().mean() <= 0.05
+            s_good, s_bad = verifier(faithful, prompts), verifier(unfaithful, prompts)
+        assert (s_good > 0.5).float().mean() >= 0.9, verifier.name
+        assert (s_bad < 0.5).float().mean() >= 0.95, verifier.name
+        assert verifier.is_faithful(faithful, prompts).float().mean() >= 0.9
+        assert not verifier.is_faithful(unfaithful, prompts).any() or verifier.is_faithful(unfaithful, prompts).float().mean() <= 0.05
 
 
 def test_noise_diffusion_raises_the_held_out_score_on_held_out_prompts(toy, verifiers):
@@ -157,8 +157,8 @@ def test_training_script_runs_end_to_end(tmp_path):
     assert set(timings) == {"toy-digits-cnn", "toy-digits-heldout", "vae", "unet_text_encoder", "unet_text_encoder_stage2"}
     generator = load_generator(str(tmp_path / "toy-digits-stage2"))
     assert generator.settings()["num_steps"] == train.SAMPLING["num_steps"]
-    scorer_weights = tmp_path / "toy-digits-cnn.safetensors"
-    assert scorer_weights.is_file()
+    verifier_weights = tmp_path / "toy-digits-cnn.safetensors"
+    assert verifier_weights.is_file()
     with torch.no_grad():
         z = torch.randn(1, *generator.latent_shape)
         image = generator.decode(generator.sample(z, generator.encode_prompts(["a 1 above a 2"])).latents)
@@ -170,4 +170,4 @@ def test_verifiers_reject_prompts_and_options_outside_the_world(verifiers):
     with pytest.raises(UserError, match="not a toy-world prompt"):
         guide(torch.zeros(1, 3, 32, 32), ["a cat and a dog"])
     with pytest.raises(UserError, match="takes no options"):
-        load_scorer("toy-digits-cnn", question="Is it {prompt}?")
+        load_verifier("toy-digits-cnn", question="Is it {prompt}?")

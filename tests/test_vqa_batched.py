@@ -2,7 +2,7 @@
 alone gives, for every verifier family, with prompts (and answers) of different lengths; the memory options
 (micro-batches, activation checkpointing) change neither.
 
-The item-by-item reference runs each image through the scorer on its own (a batch of one: no padding at all); the
+The item-by-item reference runs each image through the verifier on its own (a batch of one: no padding at all); the
 single-item scores themselves are checked against the models' own losses in test_vqa_native.py,
 test_vqa_clip_t5.py and test_vqa_llava_original.py.
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from noise_diffusion.errors import UserError
-from noise_diffusion.scorers import load_scorer
+from noise_diffusion.verifiers import load_verifier
 from noise_diffusion.testing import vqa as tv
 
 # token counts differ by a factor of ~10 between the shortest and the longest prompt
@@ -34,26 +34,26 @@ def folders(tmp_path_factory):
     return {family: build(root / family) for family, build in BUILDERS.items()}
 
 
-def sharpen(scorer):
+def sharpen(verifier):
     """Scale the output layer: the tiny encoder-decoders' answer distribution is otherwise nearly uniform, and scores
     that barely depend on the input would hide a misaligned item."""
     with torch.no_grad():
-        for module in scorer.modules():
+        for module in verifier.modules():
             if hasattr(module, "get_output_embeddings") and module.get_output_embeddings() is not None:
                 module.get_output_embeddings().weight.mul_(3.0)
                 break
-    return scorer
+    return verifier
 
 
-def scores_and_grads(scorer, images, prompts):
+def scores_and_grads(verifier, images, prompts):
     leaf = images.detach().clone().requires_grad_(True)
-    scores = scorer(leaf, prompts)
+    scores = verifier(leaf, prompts)
     (grad,) = torch.autograd.grad(scores.sum(), leaf)
     return scores.detach(), grad
 
 
-def item_by_item(scorer, images, prompts):
-    pairs = [scores_and_grads(scorer, images[i : i + 1], [p]) for i, p in enumerate(prompts)]
+def item_by_item(verifier, images, prompts):
+    pairs = [scores_and_grads(verifier, images[i : i + 1], [p]) for i, p in enumerate(prompts)]
     return torch.cat([s for s, _ in pairs]), torch.cat([g for _, g in pairs])
 
 
@@ -68,79 +68,79 @@ def assert_close(actual, expected, rtol=1e-5):
 
 
 @pytest.fixture(scope="module")
-def scorers(folders):
-    return {family: sharpen(load_scorer(str(folder))) for family, folder in folders.items()}
+def verifiers(folders):
+    return {family: sharpen(load_verifier(str(folder))) for family, folder in folders.items()}
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))
 @pytest.mark.parametrize("answer", [None, LONG_ANSWER])
 def test_batch_equals_item_by_item(folders, family, answer):
     options = {"answer_template": answer} if answer else {}
-    scorer = sharpen(load_scorer(str(folders[family]), **options))
+    verifier = sharpen(load_verifier(str(folders[family]), **options))
     torch.manual_seed(0)
     images = torch.rand(len(PROMPTS), 3, 32, 24)
-    expected = item_by_item(scorer, images, PROMPTS)
+    expected = item_by_item(verifier, images, PROMPTS)
     # the test can fail: the items' scores differ (by prompt and image) by far more than the tolerance
     assert (expected[0].max() - expected[0].min()) / expected[0].max() > 1e-3
-    assert_close(scores_and_grads(scorer, images, PROMPTS), expected)
+    assert_close(scores_and_grads(verifier, images, PROMPTS), expected)
     # the same item scored in another batch (other neighbours, other padding) keeps its score
-    reordered = scores_and_grads(scorer, images.flip(0), PROMPTS[::-1])
+    reordered = scores_and_grads(verifier, images.flip(0), PROMPTS[::-1])
     assert_close((reordered[0].flip(0), reordered[1].flip(0)), expected)
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))
-def test_memory_options_change_nothing(scorers, family):
-    scorer = scorers[family]
+def test_memory_options_change_nothing(verifiers, family):
+    verifier = verifiers[family]
     torch.manual_seed(1)
     images = torch.rand(len(PROMPTS), 3, 32, 32)
-    expected = scores_and_grads(scorer, images, PROMPTS)
+    expected = scores_and_grads(verifier, images, PROMPTS)
     try:
-        scorer.micro_batch = 3  # chunks of 3 and 1
-        assert_close(scores_and_grads(scorer, images, PROMPTS), expected)
+        verifier.micro_batch = 3  # chunks of 3 and 1
+        assert_close(scores_and_grads(verifier, images, PROMPTS), expected)
         with torch.no_grad():  # no gradient wanted: plain chunked forward passes
-            assert torch.allclose(scorer(images, PROMPTS), expected[0], rtol=1e-5, atol=0)
-        scorer.micro_batch = None
-        scorer.set_checkpointing(True)
-        assert_close(scores_and_grads(scorer, images, PROMPTS), expected)
-        scorer.micro_batch = 2
-        assert_close(scores_and_grads(scorer, images, PROMPTS), expected)
+            assert torch.allclose(verifier(images, PROMPTS), expected[0], rtol=1e-5, atol=0)
+        verifier.micro_batch = None
+        verifier.set_checkpointing(True)
+        assert_close(scores_and_grads(verifier, images, PROMPTS), expected)
+        verifier.micro_batch = 2
+        assert_close(scores_and_grads(verifier, images, PROMPTS), expected)
     finally:
-        scorer.micro_batch = None
-        scorer.set_checkpointing(False)
+        verifier.micro_batch = None
+        verifier.set_checkpointing(False)
 
 
-def test_checkpointing_wraps_the_transformer_layers(scorers):
+def test_checkpointing_wraps_the_transformer_layers(verifiers):
     """Checkpointing really recomputes the layers in the backward: each layer's forward runs twice per gradient."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    scorer = scorers["clip_t5"]
+    verifier = verifiers["clip_t5"]
     calls = []
-    layer = next(m for m in scorer.model.vision_tower.modules() if isinstance(m, GradientCheckpointingLayer))
+    layer = next(m for m in verifier.model.vision_tower.modules() if isinstance(m, GradientCheckpointingLayer))
     child = next(layer.children())  # the recomputation calls the layer's children again (not the layer's hooks)
     handle = child.register_forward_hook(lambda *_: calls.append(1))
     try:
         images = torch.rand(2, 3, 16, 16)
-        scores_and_grads(scorer, images, PROMPTS[:2])
+        scores_and_grads(verifier, images, PROMPTS[:2])
         assert len(calls) == 1
-        scorer.set_checkpointing(True)
+        verifier.set_checkpointing(True)
         calls.clear()
-        scores_and_grads(scorer, images, PROMPTS[:2])
+        scores_and_grads(verifier, images, PROMPTS[:2])
         assert len(calls) == 2
         calls.clear()
         with torch.no_grad():
-            scorer(images, PROMPTS[:2])
+            verifier(images, PROMPTS[:2])
         assert len(calls) == 1
     finally:
-        scorer.set_checkpointing(False)
+        verifier.set_checkpointing(False)
         handle.remove()
 
 
 def test_options_through_the_loader_and_settings(folders):
-    scorer = load_scorer(str(folders["llava"]), micro_batch=2, checkpointing=True)
-    assert scorer.settings()["micro_batch"] == 2 and scorer.settings()["checkpointing"] is True
-    assert load_scorer(str(folders["clip_t5"])).settings()["micro_batch"] is None
+    verifier = load_verifier(str(folders["llava"]), micro_batch=2, checkpointing=True)
+    assert verifier.settings()["micro_batch"] == 2 and verifier.settings()["checkpointing"] is True
+    assert load_verifier(str(folders["clip_t5"])).settings()["micro_batch"] is None
     with pytest.raises(UserError, match="micro_batch"):
-        load_scorer(str(folders["qwen"]), micro_batch=0)
+        load_verifier(str(folders["qwen"]), micro_batch=0)
 
 
 def test_command_line_flags_reach_the_verifier(folders):
@@ -149,13 +149,13 @@ def test_command_line_flags_reach_the_verifier(folders):
     from noise_diffusion import cli
 
     parser = argparse.ArgumentParser()
-    cli.add_scorer_args(parser)
+    cli.add_verifier_args(parser)
     assert cli.verifier_spec(parser.parse_args([])).options() == {}
     args = parser.parse_args(["--vqa_micro_batch", "2", "--vqa_checkpointing"])
     options = cli.verifier_spec(args).options()
     assert options == {"micro_batch": 2, "checkpointing": True}
-    scorer = load_scorer(str(folders["smolvlm"]), **options)
-    assert scorer.micro_batch == 2 and scorer.checkpointing
+    verifier = load_verifier(str(folders["smolvlm"]), **options)
+    assert verifier.micro_batch == 2 and verifier.checkpointing
     with pytest.raises(SystemExit):
         parser.parse_args(["--vqa_micro_batch", "0"])
     help_text = parser.format_help()
@@ -173,8 +173,8 @@ def test_search_with_memory_options_equals_the_default(tiny_sd_dir, folders):
     prompts, seeds = ["a cat", "a red dog sitting on a long wooden bench"], [1, 2]
 
     def run(**options):
-        scorer = sharpen(load_scorer(str(folders["clip_t5"]), **options))
-        results = optimize(generator, scorer, prompts, seeds, config, progress=False)
+        verifier = sharpen(load_verifier(str(folders["clip_t5"]), **options))
+        results = optimize(generator, verifier, prompts, seeds, config, progress=False)
         return [[(r["score"], r.get("candidate")) for r in res.epochs] for res in results]
 
     plain = run()

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from noise_diffusion.errors import UserError
-from noise_diffusion.scorers import load_scorer
-from noise_diffusion.scorers.vqa.clip_t5 import SYSTEM_MESSAGE
+from noise_diffusion.verifiers import load_verifier
+from noise_diffusion.verifiers.vqa.clip_t5 import SYSTEM_MESSAGE
 from noise_diffusion.testing.vqa import build_tiny_clip_t5
 
 
@@ -19,8 +19,8 @@ def clip_t5_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorer(clip_t5_dir):
-    return load_scorer(str(clip_t5_dir))  # through ARCHITECTURES["clip_t5"]
+def verifier(clip_t5_dir):
+    return load_verifier(str(clip_t5_dir))  # through ARCHITECTURES["clip_t5"]
 
 
 def random_images(shape, seed=0):
@@ -57,22 +57,22 @@ def independent_score(folder, pixels, prompt):
     return torch.exp(-loss)
 
 
-def test_preprocessing_matches_clip_processor(scorer, clip_t5_dir):
+def test_preprocessing_matches_clip_processor(verifier, clip_t5_dir):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil.from_pretrained(clip_t5_dir / "vision_tower")
     # no resize needed (16 px = the tower's size): exact up to float rounding
     images, pils = random_images((3, 3, 16, 16))
     expected = processor(pils, return_tensors="pt")["pixel_values"]
-    assert torch.allclose(scorer.preprocess(images), expected, atol=1e-5)
+    assert torch.allclose(verifier.preprocess(images), expected, atol=1e-5)
     # downscale 2x: torch's antialiased bicubic vs PIL's bicubic (which rounds to 8 bit); measured max 0.014, mean
     # 0.004 in normalised units; tolerance max 0.05 (~0.013 in [0, 1]), mean 0.01
     images, pils = random_images((2, 3, 32, 32), seed=1)
-    diff = (scorer.preprocess(images) - processor(pils, return_tensors="pt")["pixel_values"]).abs()
+    diff = (verifier.preprocess(images) - processor(pils, return_tensors="pt")["pixel_values"]).abs()
     assert diff.max() < 0.05 and diff.mean() < 0.01, (diff.max(), diff.mean())
 
 
-def test_pad_to_square_matches_expand2square(scorer, clip_t5_dir):
+def test_pad_to_square_matches_expand2square(verifier, clip_t5_dir):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil.from_pretrained(clip_t5_dir / "vision_tower")
@@ -81,45 +81,45 @@ def test_pad_to_square_matches_expand2square(scorer, clip_t5_dir):
     square = Image.new("RGB", (16, 16), colour)
     square.paste(pils[0], (3, 0))
     expected = processor([square], return_tensors="pt")["pixel_values"]
-    assert torch.allclose(scorer.preprocess(images), expected, atol=1e-5)
+    assert torch.allclose(verifier.preprocess(images), expected, atol=1e-5)
 
 
-def test_score_equals_independent_exp_mean_logprob(scorer, clip_t5_dir):
+def test_score_equals_independent_exp_mean_logprob(verifier, clip_t5_dir):
     images, _ = random_images((2, 3, 16, 16), seed=3)
     prompts = ["a red cube", "two dogs on grass"]
-    scores = scorer(images, prompts)
+    scores = verifier(images, prompts)
     assert scores.dtype == torch.float32 and scores.shape == (2,)
     assert ((scores > 0) & (scores < 1)).all()
     for i, prompt in enumerate(prompts):
-        pixels = scorer.preprocess(images[i : i + 1])
+        pixels = verifier.preprocess(images[i : i + 1])
         expected = independent_score(clip_t5_dir, pixels, prompt)
         assert torch.allclose(scores[i], expected, rtol=1e-4), (scores[i], expected)
 
 
-def test_gradient_wrt_image_is_finite_and_nonzero(scorer):
+def test_gradient_wrt_image_is_finite_and_nonzero(verifier):
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
-    scorer(images, ["a cat", "a dog"]).sum().backward()
+    verifier(images, ["a cat", "a dog"]).sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
-    assert all(not p.requires_grad for p in scorer.parameters())
+    assert all(not p.requires_grad for p in verifier.parameters())
 
 
-def test_templates_are_options(clip_t5_dir, scorer):
-    custom = load_scorer(str(clip_t5_dir), question_template='Is "{prompt}" shown?', answer_template="No")
+def test_templates_are_options(clip_t5_dir, verifier):
+    custom = load_verifier(str(clip_t5_dir), question_template='Is "{prompt}" shown?', answer_template="No")
     images, pils = random_images((1, 3, 16, 16), seed=4)
-    assert not torch.allclose(custom(images, ["a cat"]), scorer(images, ["a cat"]))
+    assert not torch.allclose(custom(images, ["a cat"]), verifier(images, ["a cat"]))
     # score_pil goes through the same forward without gradients
     assert torch.allclose(custom.score_pil(pils, ["a cat"]), custom(images, ["a cat"]).detach())
     with pytest.raises(UserError, match="template"):
-        load_scorer(str(clip_t5_dir), question_template="Does it show {caption}?")
+        load_verifier(str(clip_t5_dir), question_template="Does it show {caption}?")
 
 
-def test_vision_tower_from_its_own_repo(tmp_path, scorer):
+def test_vision_tower_from_its_own_repo(tmp_path, verifier):
     """Without vision keys in the checkpoint, the tower comes from ``mm_vision_tower`` (as the original loads it)."""
     folder = build_tiny_clip_t5(tmp_path / "no_tower", tower_in_checkpoint=False)
     assert not any(k.startswith("vision_tower") for k in torch.load(folder / "pytorch_model.bin", weights_only=True))
-    other = load_scorer(str(folder))
+    other = load_verifier(str(folder))
     images, _ = random_images((1, 3, 16, 16), seed=5)
-    assert torch.allclose(other(images, ["a cat"]), scorer(images, ["a cat"]), rtol=1e-5)  # same seeds, same weights
+    assert torch.allclose(other(images, ["a cat"]), verifier(images, ["a cat"]), rtol=1e-5)  # same seeds, same weights
 
 
 def test_wrong_or_missing_key_is_named(tmp_path):
@@ -128,7 +128,7 @@ def test_wrong_or_missing_key_is_named(tmp_path):
     state["mm_projector.5.weight"] = state.pop("mm_projector.2.weight")
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(UserError) as error:
-        load_scorer(str(folder))
+        load_verifier(str(folder))
     message = str(error.value)
     assert "unexpected keys: mm_projector.5.weight" in message and "missing keys: mm_projector.2.weight" in message
     assert "\n" not in message
@@ -140,7 +140,7 @@ def test_missing_language_model_key_is_named_as_in_the_checkpoint(tmp_path):
     del state["encoder.block.1.layer.0.SelfAttention.q.weight"]
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(UserError, match=r"missing keys: encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight\)"):
-        load_scorer(str(folder))
+        load_verifier(str(folder))
 
 
 def transformers4_tower_keys(state: dict) -> dict:
@@ -164,7 +164,7 @@ def write_sharded(folder, state: dict, shards: int = 3) -> None:
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["single_bin", "sharded_bin"])
-def test_transformers4_tower_keys_load(tmp_path, scorer, sharded):
+def test_transformers4_tower_keys_load(tmp_path, verifier, sharded):
     """``vision_tower.vision_tower.vision_model.*`` (transformers 4's spelling) loads, as one file or sharded."""
     folder = build_tiny_clip_t5(tmp_path / "t4")
     state = transformers4_tower_keys(torch.load(folder / "pytorch_model.bin", weights_only=True))
@@ -173,20 +173,20 @@ def test_transformers4_tower_keys_load(tmp_path, scorer, sharded):
         write_sharded(folder, state)
     else:
         torch.save(state, folder / "pytorch_model.bin")
-    other = load_scorer(str(folder))
+    other = load_verifier(str(folder))
     loaded = other.model.vision_tower.state_dict()
     for key, value in state.items():
         if key.startswith("vision_tower.vision_tower.vision_model."):
             assert torch.equal(loaded[key[len("vision_tower.vision_tower.vision_model."):]], value), key
     images, _ = random_images((1, 3, 16, 16), seed=6)
-    assert torch.allclose(other(images, ["a cat"]), scorer(images, ["a cat"]), rtol=1e-5)
+    assert torch.allclose(other(images, ["a cat"]), verifier(images, ["a cat"]), rtol=1e-5)
 
 
-def test_sharded_checkpoint_without_tower_keys_loads(tmp_path, scorer):
+def test_sharded_checkpoint_without_tower_keys_loads(tmp_path, verifier):
     folder = build_tiny_clip_t5(tmp_path / "sharded_no_tower", tower_in_checkpoint=False)
     write_sharded(folder, torch.load(folder / "pytorch_model.bin", weights_only=True), shards=2)
     images, _ = random_images((1, 3, 16, 16), seed=7)
-    assert torch.allclose(load_scorer(str(folder))(images, ["a dog"]), scorer(images, ["a dog"]), rtol=1e-5)
+    assert torch.allclose(load_verifier(str(folder))(images, ["a dog"]), verifier(images, ["a dog"]), rtol=1e-5)
 
 
 def test_missing_tower_key_named_in_the_checkpoints_spelling(tmp_path):
@@ -195,13 +195,13 @@ def test_missing_tower_key_named_in_the_checkpoints_spelling(tmp_path):
     del state["vision_tower.vision_tower.vision_model.post_layernorm.weight"]
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(UserError, match=r"missing keys: vision_tower\.vision_tower\.vision_model\.post_layernorm\.weight"):
-        load_scorer(str(folder))
+        load_verifier(str(folder))
 
 
-def test_untied_output_layer_comes_from_the_checkpoint(clip_t5_dir, scorer):
+def test_untied_output_layer_comes_from_the_checkpoint(clip_t5_dir, verifier):
     """config.json says tie_word_embeddings: false (FlanT5), so lm_head is the checkpoint's, not the embeddings."""
     state = torch.load(clip_t5_dir / "pytorch_model.bin", weights_only=True)
-    lm = scorer.model.language_model
+    lm = verifier.model.language_model
     assert torch.equal(lm.lm_head.weight, state["lm_head.weight"])
     assert not torch.equal(state["lm_head.weight"], state["shared.weight"])
     assert lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()
@@ -214,7 +214,7 @@ def test_missing_untied_output_layer_is_an_error(tmp_path):
     del state["lm_head.weight"]
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(UserError) as error:
-        load_scorer(str(folder))
+        load_verifier(str(folder))
     assert "lm_head.weight" in str(error.value) and "tie_word_embeddings" in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -229,5 +229,5 @@ def test_tied_checkpoint_uses_the_embeddings_as_output_layer(tmp_path):
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     del state["lm_head.weight"]
     torch.save(state, folder / "pytorch_model.bin")
-    lm = load_scorer(str(folder)).model.language_model
+    lm = load_verifier(str(folder)).model.language_model
     assert lm.lm_head.weight is lm.shared.weight and lm.config.scale_decoder_outputs is True

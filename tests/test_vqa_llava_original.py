@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from noise_diffusion.errors import UserError
-from noise_diffusion.scorers import load_scorer
-from noise_diffusion.scorers.vqa.llava_original import OriginalLlavaScorer
+from noise_diffusion.verifiers import load_verifier
+from noise_diffusion.verifiers.vqa.llava_original import OriginalLlavaVerifier
 from noise_diffusion.testing.vqa import build_tiny_original_llava
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -54,26 +54,26 @@ def independent_score(folder, pil, prompt):
 
 
 def test_original_layout_loads_and_scores_like_the_parts(folder):
-    scorer = load_scorer(str(folder))  # config model_type "llava" with mm_vision_tower -> the original layout
-    assert isinstance(scorer, OriginalLlavaScorer)
+    verifier = load_verifier(str(folder))  # config model_type "llava" with mm_vision_tower -> the original layout
+    assert isinstance(verifier, OriginalLlavaVerifier)
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, size=(16, 10, 3), dtype=np.uint8)  # not square: padded to 16x16, no resize
     image = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
-    score = scorer(image, ["a cat"])
+    score = verifier(image, ["a cat"])
     assert 0 < float(score) < 1
     assert torch.allclose(score, independent_score(folder, Image.fromarray(array), "a cat"), rtol=1e-4)
     image.requires_grad_(True)
-    scorer(image, ["a cat"]).backward()
+    verifier(image, ["a cat"]).backward()
     assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
 
 
 def test_tower_from_its_own_repo_and_wrong_key(tmp_path, folder):
     other = build_tiny_original_llava(tmp_path / "no_tower", tower_in_checkpoint=False)
     images = torch.rand(1, 3, 16, 16)
-    assert torch.allclose(load_scorer(str(other))(images, ["a cat"]), load_scorer(str(folder))(images, ["a cat"]))
+    assert torch.allclose(load_verifier(str(other))(images, ["a cat"]), load_verifier(str(folder))(images, ["a cat"]))
     state = torch.load(other / "pytorch_model.bin", weights_only=True)
     state["model.mm_projector.1.weight"] = state.pop("model.mm_projector.0.weight")
     torch.save(state, other / "pytorch_model.bin")
     with pytest.raises(UserError, match=r"missing keys: model\.mm_projector\.0\.weight; "
                                         r"unexpected keys: model\.mm_projector\.1\.weight"):
-        load_scorer(str(other))
+        load_verifier(str(other))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from noise_diffusion.testing import vqa as tv
-from noise_diffusion.scorers import ARCHITECTURES, SCORERS, load_scorer
+from noise_diffusion.verifiers import ARCHITECTURES, VERIFIERS, load_verifier
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -37,8 +37,8 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorers(folders):
-    return {family: load_scorer(str(folder)) for family, folder in folders.items()}
+def verifiers(folders):
+    return {family: load_verifier(str(folder)) for family, folder in folders.items()}
 
 
 def loss_score(model, labels_from, **inputs):
@@ -52,85 +52,85 @@ def test_registered_names_and_architectures():
     for name in ("clip-flant5-xxl", "clip-flant5-xl", "llava-v1.5-7b", "llava-v1.5-13b", "instructblip-flant5-xl",
                  "instructblip-flant5-xxl", "qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m", "sharegpt4v-7b",
                  "sharegpt4v-13b"):
-        assert name in SCORERS
+        assert name in VERIFIERS
     for model_type in ("clip_t5", "llava", "instructblip", "qwen2_5_vl", "qwen2_vl", "idefics3", "smolvlm", "share4v"):
         assert model_type in ARCHITECTURES
 
 
-def test_llava(folders, scorers):
+def test_llava(folders, verifiers):
     from transformers import AutoTokenizer, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    scorer, folder = scorers["llava"], folders["llava"]
+    verifier, folder = verifiers["llava"], folders["llava"]
     image_processor = CLIPImageProcessorPil.from_pretrained(folder)
     images, pils = random_images((2, 3, 16, 16))  # the tower's size: no resize, exact up to float rounding
-    assert torch.allclose(scorer.preprocess(images), image_processor(pils, return_tensors="pt")["pixel_values"], atol=1e-5)
+    assert torch.allclose(verifier.preprocess(images), image_processor(pils, return_tensors="pt")["pixel_values"], atol=1e-5)
     # the processor expands <image> into the image tokens; the answer is "Yes</s>" as VQAScore scores LLaVA-1.5
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder),
                                patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1)
     prompt = f"{SYSTEM} USER: <image>\n{QUESTION.format('a cat')} ASSISTANT:"
     n_prompt = processor(text=[prompt], images=pils[:1], return_tensors="pt")["input_ids"].shape[1]
     inputs = processor(text=[prompt + " Yes</s>"], images=pils[:1], return_tensors="pt")
-    expected = loss_score(scorer.model, n_prompt, **inputs)
-    assert torch.allclose(scorer(images[:1], ["a cat"]), expected, rtol=1e-4)
+    expected = loss_score(verifier.model, n_prompt, **inputs)
+    assert torch.allclose(verifier(images[:1], ["a cat"]), expected, rtol=1e-4)
 
 
-def test_qwen2_5_vl(folders, scorers):
+def test_qwen2_5_vl(folders, verifiers):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    scorer, folder = scorers["qwen"], folders["qwen"]
+    verifier, folder = verifiers["qwen"], folders["qwen"]
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
     images, pils = random_images((1, 3, 32, 24), seed=1)  # multiples of patch*merge = 8: no resize
-    ours = scorer.image_inputs(images)
+    ours = verifier.image_inputs(images)
     theirs = image_processor(pils, return_tensors="pt")
     assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
     assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=1e-5)
     # resized (36x28 -> 32x32) white noise, the worst case: torch bicubic vs PIL (two 8-bit passes); measured max 0.06,
     # mean 0.0014 in [0, 1]; tolerance (normalised units, /0.27) max 0.25, mean 0.01
     images2, pils2 = random_images((1, 3, 36, 28), seed=2)
-    resized, reference = scorer.image_inputs(images2), image_processor(pils2, return_tensors="pt")
+    resized, reference = verifier.image_inputs(images2), image_processor(pils2, return_tensors="pt")
     assert torch.equal(resized["image_grid_thw"], reference["image_grid_thw"])
     diff = (resized["pixel_values"] - reference["pixel_values"]).abs()
     assert diff.max() < 0.25 and diff.mean() < 0.01, (diff.max(), diff.mean())
     # inputs built directly (Qwen2VLProcessor needs torchvision): Qwen's chat format, grid 8x6 / merge 4 = 12 tokens
-    tok = scorer.tokenizer
+    tok = verifier.tokenizer
     prompt = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
               + "<|image_pad|>" * 12 + f"<|vision_end|>{QUESTION.format('a cat')}<|im_end|>\n<|im_start|>assistant\n")
     ids = torch.tensor([tok(prompt + "Yes").input_ids])
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
-    expected = loss_score(scorer.model, len(tok(prompt).input_ids), input_ids=ids, pixel_values=theirs["pixel_values"],
+    expected = loss_score(verifier.model, len(tok(prompt).input_ids), input_ids=ids, pixel_values=theirs["pixel_values"],
                           image_grid_thw=theirs["image_grid_thw"], mm_token_type_ids=(ids == image_id).int())
-    assert torch.allclose(scorer(images, ["a cat"]), expected, rtol=1e-4)
+    assert torch.allclose(verifier(images, ["a cat"]), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
-def test_smolvlm(folders, scorers, family):
+def test_smolvlm(folders, verifiers, family):
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    scorer, folder = scorers[family], folders[family]
+    verifier, folder = verifiers[family], folders[family]
     image_processor = SmolVLMImageProcessorPil.from_pretrained(folder)
     images, pils = random_images((1, 3, 16, 16), seed=3)
     theirs = image_processor([pils], return_tensors="pt")["pixel_values"]  # [1, 1, 3, 16, 16], one global image
-    assert torch.allclose(scorer.image_inputs(images)["pixel_values"], theirs, atol=1e-5)
+    assert torch.allclose(verifier.image_inputs(images)["pixel_values"], theirs, atol=1e-5)
     # SmolVLM's chat format; (16 / 4)^2 patches / scale 2^2 = 4 image tokens
     prompt = ("<|im_start|>User:<fake_token_around_image><global-img>" + "<image>" * 4
               + f"<fake_token_around_image>{QUESTION.format('a cat')}<end_of_utterance>\nAssistant:")
-    tok = scorer.tokenizer
+    tok = verifier.tokenizer
     ids = torch.tensor([tok(prompt + " Yes").input_ids])
-    expected = loss_score(scorer.model, len(tok(prompt).input_ids), input_ids=ids, pixel_values=theirs)
-    assert torch.allclose(scorer(images, ["a cat"]), expected, rtol=1e-4)
+    expected = loss_score(verifier.model, len(tok(prompt).input_ids), input_ids=ids, pixel_values=theirs)
+    assert torch.allclose(verifier(images, ["a cat"]), expected, rtol=1e-4)
 
 
-def test_instructblip(folders, scorers):
+def test_instructblip(folders, verifiers):
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-    scorer, folder = scorers["instructblip"], folders["instructblip"]
+    verifier, folder = verifiers["instructblip"], folders["instructblip"]
     image_processor = BlipImageProcessorPil.from_pretrained(folder)
     images, pils = random_images((1, 3, 16, 16), seed=4)
     pixels = image_processor(pils, return_tensors="pt")["pixel_values"]
-    assert torch.allclose(scorer.preprocess(images), pixels, atol=1e-5)
+    assert torch.allclose(verifier.preprocess(images), pixels, atol=1e-5)
     # VQAScore's InstructBLIP defaults: "Question: ..." and the answer "yes" (with </s>); query tokens before the text
-    model, tok, qtok = scorer.model, scorer.tokenizer, scorer.qformer_tokenizer
+    model, tok, qtok = verifier.model, verifier.tokenizer, verifier.qformer_tokenizer
     question = "Question: " + QUESTION.format("a cat")
     image_id = tok.convert_tokens_to_ids("<image>")
     ids = torch.tensor([[image_id] * model.config.num_query_tokens + tok(question).input_ids])
@@ -138,13 +138,13 @@ def test_instructblip(folders, scorers):
     labels = torch.tensor([tok("yes").input_ids])
     loss = model(pixel_values=pixels, input_ids=ids, qformer_input_ids=q.input_ids,
                  qformer_attention_mask=q.attention_mask, labels=labels).loss
-    assert torch.allclose(scorer(images, ["a cat"]), torch.exp(-loss), rtol=1e-4)
+    assert torch.allclose(verifier(images, ["a cat"]), torch.exp(-loss), rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen", "smolvlm", "idefics3", "instructblip"])
-def test_gradient_wrt_image(scorers, family):
+def test_gradient_wrt_image(verifiers, family):
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
-    scores = scorers[family](images, ["a cat", "a red dog"])
+    scores = verifiers[family](images, ["a cat", "a red dog"])
     assert scores.shape == (2,) and scores.dtype == torch.float32 and ((scores > 0) & (scores < 1)).all()
     scores.sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0

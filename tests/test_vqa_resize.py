@@ -10,8 +10,8 @@ from PIL import Image
 import run as run_cli
 from noise_diffusion import cli
 from noise_diffusion.errors import UserError
-from noise_diffusion.scorers import load_scorer
-from noise_diffusion.scorers.vqa.preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, resize
+from noise_diffusion.verifiers import load_verifier
+from noise_diffusion.verifiers.vqa.preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, resize
 from noise_diffusion.testing.vqa import build_tiny_clip_t5, build_tiny_smolvlm
 
 
@@ -95,8 +95,8 @@ def clip_t5_dir(tmp_path_factory):
     return build_tiny_clip_t5(tmp_path_factory.mktemp("clip_t5_resize"))
 
 
-def test_scorer_option_selects_the_mode(clip_t5_dir):
-    antialias, authors = load_scorer(str(clip_t5_dir)), load_scorer(str(clip_t5_dir), resize="authors")
+def test_verifier_option_selects_the_mode(clip_t5_dir):
+    antialias, authors = load_verifier(str(clip_t5_dir)), load_verifier(str(clip_t5_dir), resize="authors")
     assert antialias.settings()["resize"] == "antialias" and authors.settings()["resize"] == "authors"
     big = smooth_images(1, 48, 48, seed=4)  # the tower takes 16 px
     mean, std = np.array(CLIP_MEAN).reshape(1, 3, 1, 1), np.array(CLIP_STD).reshape(1, 3, 1, 1)
@@ -107,12 +107,12 @@ def test_scorer_option_selects_the_mode(clip_t5_dir):
     native = smooth_images(1, 16, 16, seed=5)  # no resize: the modes agree
     assert torch.equal(authors(native, ["a cat"]), antialias(native, ["a cat"]))
     with pytest.raises(UserError, match="resize 'nearest'"):
-        load_scorer(str(clip_t5_dir), resize="nearest")
+        load_verifier(str(clip_t5_dir), resize="nearest")
 
 
 def test_other_families_take_the_option(tmp_path):
     folder = build_tiny_smolvlm(tmp_path / "smolvlm")
-    authors = load_scorer(str(folder), resize="authors")
+    authors = load_verifier(str(folder), resize="authors")
     big = smooth_images(1, 40, 40, seed=6)
     mean, std = np.array([0.5] * 3).reshape(1, 3, 1, 1), np.array([0.5] * 3).reshape(1, 3, 1, 1)
     expected = torch.from_numpy((bicubic_2d(big.double().numpy(), 16, 16) - mean) / std).float()
@@ -124,7 +124,7 @@ def test_cli_flag_reaches_the_verifier_options(tiny_clip_dir):
     assert cli.verifier_spec(args).options() == {"resize": "authors"}
     assert "resize" not in cli.verifier_spec(run_cli.parse_args(["--prompt", "a cat"])).options()  # verifiers' own default
     with pytest.raises(UserError, match="resize"):  # CLIPScore has no such option: one-line error
-        load_scorer(tiny_clip_dir, resize="authors")
+        load_verifier(tiny_clip_dir, resize="authors")
 
 
 def test_help_explains_the_flag(capsys):

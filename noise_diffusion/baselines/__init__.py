@@ -103,7 +103,7 @@ def generate(
 def run_baseline(
     method: str,
     generator,
-    scorer,
+    verifier,
     prompts: Sequence[str],
     seeds: Sequence[int],
     token_indices: Sequence | None = None,
@@ -135,13 +135,13 @@ def run_baseline(
             attention_res=attention_res, max_iter_to_alter=max_iter_to_alter,
         )
         with torch.no_grad():
-            score = float(scorer(image, [prompt]).float()[0])
+            score = float(verifier(image, [prompt]).float()[0])
         seconds = time.perf_counter() - started
         image = image[0].float().cpu()
         record = {"epoch": 0, "score": score, "accepted": True, "seconds": seconds, method: info}
         result = RunResult(prompt, int(seed), image, score, image, latent[0].float().cpu(), score, 0, [record])
         result.compute = {"generations": 1, "model_evals": counter.forwards, "model_backwards": counter.backwards,
-                          "scorer_forward": 1, "scorer_backward": 0}
+                          "verifier_forward": 1, "verifier_backward": 0}
         result.seconds = seconds
         if on_epoch:
             on_epoch(item, 0, image, record)

@@ -33,7 +33,7 @@ SD3_VAE_FACTORS = (1.5305, 0.0609)
 FLUX_VAE_FACTORS = (0.3611, 0.1159)
 SDXL_VAE_SCALING = 0.13025
 
-#: tiny images are 32x32 pixels (the tiny CLIP scorer's input size); latents 16x16
+#: tiny images are 32x32 pixels (the tiny CLIP verifier's input size); latents 16x16
 TINY_SIZE = 32
 
 

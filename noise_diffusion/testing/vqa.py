@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..scorers.vqa.preprocess import CLIP_MEAN, CLIP_STD
+from ..verifiers.vqa.preprocess import CLIP_MEAN, CLIP_STD
 
 _CHARS = sorted(set(string.printable) - set(" \t\n\r\x0b\x0c"))
 

@@ -16,8 +16,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..scorers.base import Scorer
-from ..scorers.registry import register_verifier
+from ..verifiers.base import Verifier
+from ..verifiers.registry import register_verifier
 from . import models, world
 
 WEIGHTS = Path(__file__).resolve().parent / "assets" / "verifiers"
@@ -27,7 +27,7 @@ VERIFIERS = {"toy-digits-cnn": "cnn", "toy-digits-heldout": "mlp"}
 _BOXES = [("H", 0), ("H", 1), ("V", 0), ("V", 1)]
 
 
-class ToyDigitScorer(Scorer):
+class ToyDigitVerifier(Verifier):
     """A digit classifier applied to the boxes that the prompt's relation implies."""
 
     def __init__(self, classifier: torch.nn.Module, name: str) -> None:
@@ -37,7 +37,7 @@ class ToyDigitScorer(Scorer):
         self.freeze()
 
     @classmethod
-    def load(cls, name: str, device="cpu", dtype: torch.dtype = torch.float32) -> "ToyDigitScorer":
+    def load(cls, name: str, device="cpu", dtype: torch.dtype = torch.float32) -> "ToyDigitVerifier":
         from safetensors.torch import load_file
 
         path = WEIGHTS / f"{name}.safetensors"
@@ -98,8 +98,8 @@ def _base(layout: str) -> int:
 
 
 @register_verifier({name: name for name in VERIFIERS})
-def load_toy_verifier(name: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> ToyDigitScorer:
+def load_toy_verifier(name: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> ToyDigitVerifier:
     given = sorted(k for k, v in options.items() if v is not None)
     if given:  # e.g. a VQA question: these verifiers read the prompt's digits and relation directly
         raise UserError(f"verifier {name!r} takes no options (got {', '.join(given)})")
-    return ToyDigitScorer.load(name, device=device, dtype=dtype)
+    return ToyDigitVerifier.load(name, device=device, dtype=dtype)

@@ -8,12 +8,12 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Scorer, normalize, resize_center_crop
+from .base import Verifier, normalize, resize_center_crop
 from .registry import register_verifier
 
 
-class CLIPScorer(Scorer):
-    """A transformers ``CLIPModel`` as a differentiable scorer.
+class CLIPVerifier(Verifier):
+    """A transformers ``CLIPModel`` as a differentiable verifier.
 
     The image path mirrors ``CLIPImageProcessor`` in torch (bicubic resize of the shortest side, centre crop,
     normalisation with the processor's mean/std) so that gradients reach the pixels.
@@ -37,7 +37,7 @@ class CLIPScorer(Scorer):
     @classmethod
     def from_pretrained(
         cls, name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, mapping: str = "clamp"
-    ) -> "CLIPScorer":
+    ) -> "CLIPVerifier":
         from transformers import AutoTokenizer, CLIPModel
 
         model = CLIPModel.from_pretrained(name_or_path, dtype=dtype)
@@ -116,8 +116,8 @@ CLIP_HUB_IDS = {
 
 
 @register_verifier(CLIP_HUB_IDS, model_types=("clip",))
-def load_clip_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> CLIPScorer:
+def load_clip_verifier(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> CLIPVerifier:
     unknown = sorted(set(options) - {"mapping"})
     if unknown:
         raise UserError(f"CLIPScore takes no {', '.join(unknown)} (it compares the image with the prompt directly)")
-    return CLIPScorer.from_pretrained(name_or_path, device, dtype, **options)
+    return CLIPVerifier.from_pretrained(name_or_path, device, dtype, **options)

@@ -1,6 +1,6 @@
-"""Verifiers behind one protocol (see :class:`Scorer`), selectable by a short name, a Hub id or a local folder.
+"""Verifiers behind one protocol (see :class:`Verifier`), selectable by a short name, a Hub id or a local folder.
 
-``load_scorer(name)`` looks the name up in :data:`SCORERS` (short registered names) and otherwise reads the model's
+``load_verifier(name)`` looks the name up in :data:`VERIFIERS` (short registered names) and otherwise reads the model's
 ``config.json`` and picks the loader from its ``model_type`` (:data:`ARCHITECTURES`). A verifier family registers its
 loader with :func:`register_verifier` and is imported here (the toy world registers its own).
 """
@@ -15,22 +15,22 @@ import torch
 from ..configfiles import folder_file, string_field
 from ..errors import UserError
 from ..images import pil_to_tensor, tensor_to_pil  # noqa: F401 (re-exported)
-from .base import Scorer
-from .clip import CLIPScorer
-from .registry import ARCHITECTURES, SCORERS, register_verifier
+from .base import Verifier
+from .clip import CLIPVerifier
+from .registry import ARCHITECTURES, VERIFIERS, register_verifier
 
 # the verifier families (each registers its loaders); the toy world registers its own from noise_diffusion.toy
 from . import clip, vqa  # noqa: E402,F401  isort: skip
 
 
-def scorer_loader(name: str) -> Callable[..., Scorer]:
+def verifier_loader(name: str) -> Callable[..., Verifier]:
     """The loader for a registered name, folder or Hub id, without loading any weights; :class:`UserError` if none."""
-    if name in SCORERS:
-        loader, path = SCORERS[name]
+    if name in VERIFIERS:
+        loader, path = VERIFIERS[name]
         return lambda **kw: loader(path, **kw)
     model_type = _model_type(name)
     if model_type not in ARCHITECTURES:
-        known = ", ".join(sorted(SCORERS))
+        known = ", ".join(sorted(VERIFIERS))
         raise UserError(
             f"unsupported verifier {name!r} (model_type {model_type!r}); use a registered name ({known}) "
             f"or a folder/Hub id of a supported architecture ({', '.join(sorted(ARCHITECTURES))})"
@@ -39,21 +39,21 @@ def scorer_loader(name: str) -> Callable[..., Scorer]:
     return lambda **kw: loader(name, **kw)
 
 
-def load_scorer(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Scorer:
-    """Load a scorer by registered short name, Hub id or local folder; raise :class:`UserError` when impossible."""
-    loader = scorer_loader(name)
+def load_verifier(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Verifier:
+    """Load a verifier by registered short name, Hub id or local folder; raise :class:`UserError` when impossible."""
+    loader = verifier_loader(name)
     return _load(name, lambda: loader(device=device, dtype=dtype, **options))
 
 
-def _load(name: str, loader: Callable[[], Scorer]) -> Scorer:
+def _load(name: str, loader: Callable[[], Verifier]) -> Verifier:
     try:
-        scorer = loader()
+        verifier = loader()
     except UserError:
         raise
     except (OSError, ValueError) as error:  # missing, unreadable or mismatched checkpoint files
         raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
-    scorer.name = name
-    return scorer
+    verifier.name = name
+    return verifier
 
 
 def _model_type(name: str) -> str:
@@ -61,7 +61,7 @@ def _model_type(name: str) -> str:
         return string_field(folder_file(name, "config.json", "verifier"), "model_type")
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/"))
     if not looks_like_hub_id:
-        known = ", ".join(sorted(SCORERS))
+        known = ", ".join(sorted(VERIFIERS))
         raise UserError(f"unknown verifier {name!r}: not a registered name ({known}), a folder or a Hub id")
     try:
         # read config.json itself: AutoConfig rejects model types transformers does not know (e.g. ShareGPT4V's)
@@ -79,6 +79,6 @@ def _first_line(error: BaseException) -> str:
 
 
 __all__ = [
-    "Scorer", "CLIPScorer", "SCORERS", "ARCHITECTURES", "register_verifier", "load_scorer", "scorer_loader",
+    "Verifier", "CLIPVerifier", "VERIFIERS", "ARCHITECTURES", "register_verifier", "load_verifier", "verifier_loader",
     "pil_to_tensor", "tensor_to_pil",
 ]

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
-from .core import VQAScorer, check_options, mean_answer_logprob, pad_sequences, take_resize_option
+from .core import VQAVerifier, check_options, mean_answer_logprob, pad_sequences, take_resize_option
 from .preprocess import clip_pixels, clip_processor_settings, read_json
 
 SYSTEM_MESSAGE = (
@@ -195,7 +195,7 @@ class _ConfigOnly(nn.Module):
         self.config = config
 
 
-class CLIPT5Scorer(VQAScorer):
+class CLIPT5Verifier(VQAVerifier):
     """VQAScore with CLIP-FlanT5: exp(mean log p) of the answer tokens (with ``</s>``) given image and question."""
 
     def __init__(self, model: CLIPT5, tokenizer, processor: dict, question_template: str | None = None,
@@ -233,9 +233,9 @@ class CLIPT5Scorer(VQAScorer):
         return {**super().settings(), "system_message": self.system_message, "pad_to_square": self.pad}
 
 
-def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, tokenizer: str | None = None,
-                        vision_tower: str | None = None, **options) -> CLIPT5Scorer:
-    """Load a CLIP-T5 checkpoint (short name, Hub id or folder) as a scorer; ``options`` go to :class:`CLIPT5Scorer`."""
+def load_clip_t5_verifier(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, tokenizer: str | None = None,
+                        vision_tower: str | None = None, **options) -> CLIPT5Verifier:
+    """Load a CLIP-T5 checkpoint (short name, Hub id or folder) as a verifier; ``options`` go to :class:`CLIPT5Verifier`."""
     from transformers import AutoTokenizer
 
     check_options(options, {"question_template", "answer_template", "system_message", "pad", "resize"}, "CLIP-T5")
@@ -252,6 +252,6 @@ def load_clip_t5_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = to
             raise UserError(f"no tokenizer in {str(folder)!r}; pass tokenizer= (a FlanT5 tokenizer)")
     processor = clip_processor_settings(read_json(tower_name, "preprocessor_config.json"),
                                         model.vision_tower.config.image_size)
-    scorer = CLIPT5Scorer(model, AutoTokenizer.from_pretrained(tokenizer), processor, name=str(name_or_path), **options)
-    scorer.resize_mode = resize_mode
-    return scorer.to(device)
+    verifier = CLIPT5Verifier(model, AutoTokenizer.from_pretrained(tokenizer), processor, name=str(name_or_path), **options)
+    verifier.resize_mode = resize_mode
+    return verifier.to(device)

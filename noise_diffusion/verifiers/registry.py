@@ -1,5 +1,5 @@
 """Where verifiers are registered: by short name (with the Hub id or path their loader gets) and by the ``model_type``
-of a model folder's ``config.json``. A loader is ``loader(name_or_path, device, dtype, **options) -> Scorer``."""
+of a model folder's ``config.json``. A loader is ``loader(name_or_path, device, dtype, **options) -> Verifier``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class NamedVerifier(NamedTuple):
 
 
 #: short name -> (loader, Hub id or path)
-SCORERS = Registry("verifier name")
+VERIFIERS = Registry("verifier name")
 #: config.json ``model_type`` -> loader
 ARCHITECTURES = Registry("verifier architecture")
 
@@ -25,7 +25,7 @@ def register_verifier(names: dict[str, str] | None = None, model_types: Sequence
 
     def decorate(loader: Callable) -> Callable:
         for name, path in (names or {}).items():
-            SCORERS.add(name, NamedVerifier(loader, path))
+            VERIFIERS.add(name, NamedVerifier(loader, path))
         for model_type in model_types:
             ARCHITECTURES.add(model_type, loader)
         return loader

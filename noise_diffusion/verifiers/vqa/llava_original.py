@@ -20,7 +20,7 @@ import torch
 from ...errors import UserError
 from .checkpoint import describe_keys, read_state_dict, resolve_folder
 from .core import check_options, take_resize_option
-from .native import LLAVA_SYSTEM, LlavaScorer
+from .native import LLAVA_SYSTEM, LlavaVerifier
 from .preprocess import clip_processor_settings, read_json
 
 #: checkpoints in this layout that VQAScore (and the Noise Diffusion paper) use; not tried on the real weights here
@@ -101,7 +101,7 @@ def load_original_llava(folder: Path, dtype: torch.dtype = torch.float32, vision
     return model.to(dtype), vocab
 
 
-class OriginalLlavaScorer(LlavaScorer):
+class OriginalLlavaVerifier(LlavaVerifier):
     """VQAScore's LLaVA-1.5 scoring on an original-layout checkpoint: the chunks either side of ``<image>`` are
     tokenised separately (the second without its BOS), answer ``Yes</s>``, softmax over the original vocabulary."""
 
@@ -130,8 +130,8 @@ def is_original_llava(name_or_path: str) -> bool:
     return "mm_vision_tower" in read_json(name_or_path, "config.json")
 
 
-def load_original_llava_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32,
-                               vision_tower: str | None = None, **options) -> OriginalLlavaScorer:
+def load_original_llava_verifier(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32,
+                               vision_tower: str | None = None, **options) -> OriginalLlavaVerifier:
     """Load ``liuhaotian/llava-v1.5-*``-style checkpoints (and ShareGPT4V's) as VQAScore verifiers; images are padded
     to a square as the original LLaVA-1.5 does (``image_aspect_ratio = "pad"``)."""
     from transformers import AutoTokenizer
@@ -145,7 +145,7 @@ def load_original_llava_scorer(name_or_path: str, device="cpu", dtype: torch.dty
     image_config = clip_processor_settings(read_json(tower, "preprocessor_config.json"), model.config.vision_config.image_size)
     image_config["pad"] = True
     options.setdefault("system_message", LLAVA_SYSTEM)
-    scorer = OriginalLlavaScorer(model, AutoTokenizer.from_pretrained(folder), image_config, str(name_or_path),
+    verifier = OriginalLlavaVerifier(model, AutoTokenizer.from_pretrained(folder), image_config, str(name_or_path),
                                  vocab_size=vocab, **options)
-    scorer.resize_mode = resize_mode
-    return scorer.to(device)
+    verifier.resize_mode = resize_mode
+    return verifier.to(device)

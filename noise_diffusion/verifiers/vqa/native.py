@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ...errors import UserError
 from ..base import normalize
-from .core import (DEFAULT_ANSWER, DEFAULT_QUESTION, VQAScorer, check_options, mean_answer_logprob, pad_sequences,
+from .core import (DEFAULT_ANSWER, DEFAULT_QUESTION, VQAVerifier, check_options, mean_answer_logprob, pad_sequences,
                    positions_from_mask, take_resize_option)
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, clip_processor_settings, read_json, resize
 
@@ -27,7 +27,7 @@ LLAVA_SYSTEM = (
 )
 
 
-class DecoderVQAScorer(VQAScorer):
+class DecoderVQAVerifier(VQAVerifier):
     """A decoder-only VLM: the prompt (with image tokens) then the answer, one forward pass per batch, answer tokens
     scored. Sequences of different lengths are padded on the left with an attention mask, so that every answer ends at
     the last position; the position ids count from each item's first real token (:meth:`extra_inputs`)."""
@@ -95,7 +95,7 @@ class DecoderVQAScorer(VQAScorer):
         return mean_answer_logprob(logits, input_ids[:, -n_max:], answer_mask)
 
 
-class LlavaScorer(DecoderVQAScorer):
+class LlavaVerifier(DecoderVQAVerifier):
     """LLaVA-1.5 (``llava-hf``): VQAScore's LLaVA-1.5 prompt ``{system} USER: <image>\\n{q} ASSISTANT: {a}</s>``.
 
     Pixels: (square padding with the mean colour when the processor pads, or with ``pad_to_square=True`` as the
@@ -152,7 +152,7 @@ def qwen_image_config(processor: dict) -> dict:
     }
 
 
-class QwenVLScorer(DecoderVQAScorer):
+class QwenVLVerifier(DecoderVQAVerifier):
     """Qwen2-VL / Qwen2.5-VL with their chat format (default system prompt, ``<|vision_start|>`` image
     ``<|vision_end|>`` before the question); the answer is ``Yes`` without an end token, as VQAScore does for Qwen."""
 
@@ -183,7 +183,7 @@ def smolvlm_image_config(processor: dict, vision_size: int) -> dict:
             "std": list(processor.get("image_std", [0.5] * 3)), "splitting": processor.get("do_image_splitting", True)}
 
 
-class SmolVLMScorer(DecoderVQAScorer):
+class SmolVLMVerifier(DecoderVQAVerifier):
     """SmolVLM / Idefics3 with one global image (no tiling: ``do_image_splitting`` off, so the image is resized to
     ``max_image_size`` square), chat format ``<|im_start|>User:{image}{q}<end_of_utterance>\\nAssistant: {a}``."""
 
@@ -213,7 +213,7 @@ INSTRUCTBLIP_QUESTION = 'Question: Does this figure show "{prompt}"? Please answ
 INSTRUCTBLIP_ANSWER = "yes"
 
 
-class InstructBlipScorer(VQAScorer):
+class InstructBlipVerifier(VQAVerifier):
     """InstructBLIP-FlanT5: the question goes to the Q-Former and, after the query tokens, to the T5 encoder; the
     answer (lower-case ``yes`` with ``</s>``, VQAScore's InstructBLIP defaults) is teacher-forced in the decoder.
     Pixels: bicubic resize to the processor's square size (no crop), CLIP normalisation."""
@@ -259,7 +259,7 @@ def _image_size(config: dict, default: int) -> int:
     return int(size)
 
 
-def load_native_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> VQAScorer:
+def load_native_verifier(name_or_path: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> VQAVerifier:
     """Load a transformers-native VLM (Hub id or folder) as a VQAScore verifier; the family comes from its config."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
@@ -276,21 +276,21 @@ def load_native_scorer(name_or_path: str, device="cpu", dtype: torch.dtype = tor
     if kind == "llava":
         image_config = clip_processor_settings(processor, config.vision_config.image_size)
         image_config["pad"] = bool(processor.get("do_pad", False))
-        scorer = LlavaScorer(model, tokenizer, image_config, str(name_or_path), **options)
+        verifier = LlavaVerifier(model, tokenizer, image_config, str(name_or_path), **options)
     elif kind in ("qwen2_vl", "qwen2_5_vl"):
-        scorer = QwenVLScorer(model, tokenizer, qwen_image_config(processor), str(name_or_path), **options)
+        verifier = QwenVLVerifier(model, tokenizer, qwen_image_config(processor), str(name_or_path), **options)
     elif kind in ("smolvlm", "idefics3"):
         image_config = smolvlm_image_config(processor, config.vision_config.image_size)
-        scorer = SmolVLMScorer(model, tokenizer, image_config, str(name_or_path), **options)
+        verifier = SmolVLMVerifier(model, tokenizer, image_config, str(name_or_path), **options)
     elif kind == "instructblip":
         qformer_tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder="qformer_tokenizer")
         image_config = {"size": _image_size(processor, config.vision_config.image_size),
                         "mean": list(processor.get("image_mean", CLIP_MEAN)), "std": list(processor.get("image_std", CLIP_STD))}
-        scorer = InstructBlipScorer(model, tokenizer, qformer_tokenizer, image_config, str(name_or_path), **options)
+        verifier = InstructBlipVerifier(model, tokenizer, qformer_tokenizer, image_config, str(name_or_path), **options)
     else:
         raise UserError(f"{name_or_path!r}: model_type {kind!r} is not a supported VQA family")
-    scorer.resize_mode = resize_mode
-    return scorer.to(device)
+    verifier.resize_mode = resize_mode
+    return verifier.to(device)
 
 
 NATIVE_HUB_IDS = {

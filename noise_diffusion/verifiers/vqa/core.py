@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..base import Scorer
+from ..base import Verifier
 
 DEFAULT_QUESTION = 'Does this figure show "{prompt}"? Please answer yes or no.'
 DEFAULT_ANSWER = "Yes"
@@ -40,13 +40,13 @@ def check_template(template: str, what: str) -> str:
     return template
 
 
-#: options every VQA verifier takes (how it computes, not what it scores): see :class:`VQAScorer`
-SCORING_OPTIONS = ("micro_batch", "checkpointing")
+#: options every VQA verifier takes (how it computes, not what it scores): see :class:`VQAVerifier`
+VERIFIER_OPTIONS = ("micro_batch", "checkpointing")
 
 
 def check_options(options: dict, allowed: set[str], what: str) -> None:
     """Unknown loader options are user errors (e.g. a CLIPScore option given to a VQA verifier)."""
-    allowed = set(allowed) | set(SCORING_OPTIONS)
+    allowed = set(allowed) | set(VERIFIER_OPTIONS)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise UserError(f"{what} takes no option {', '.join(unknown)} (options: {', '.join(sorted(allowed))})")
@@ -125,10 +125,10 @@ def set_checkpointing(module: nn.Module, enabled: bool) -> int:
     return len(layers)
 
 
-class VQAScorer(Scorer):
+class VQAVerifier(Verifier):
     """Base of the VQAScore verifiers: subclasses implement :meth:`answer_logprobs` for a batch.
 
-    ``forward`` moves the images to the scorer's device as float32 in [0, 1] (the preprocessing casts to the model's
+    ``forward`` moves the images to the verifier's device as float32 in [0, 1] (the preprocessing casts to the model's
     dtype afterwards), scores the whole batch in one forward pass (prompts of different lengths padded, with attention
     masks) and returns exp(mean log p(answer)) as float32.
 

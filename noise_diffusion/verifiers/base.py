@@ -1,4 +1,4 @@
-"""The scorer protocol: images in [0, 1] and their prompts in, one differentiable faithfulness score each out."""
+"""The verifier protocol: images in [0, 1] and their prompts in, one differentiable faithfulness score each out."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from torch import Tensor, nn
 from ..images import pil_to_tensor
 
 
-class Scorer(nn.Module):
+class Verifier(nn.Module):
     """Base class of every verifier.
 
     ``forward(images, prompts)`` takes ``images`` of shape ``[B, 3, H, W]`` with values in ``[0, 1]`` (on any device, any
-    float dtype) and ``B`` prompts, and returns a float32 tensor ``[B]`` of scores in ``[0, 1]`` on the scorer's device.
+    float dtype) and ``B`` prompts, and returns a float32 tensor ``[B]`` of scores in ``[0, 1]`` on the verifier's device.
     The score is differentiable with respect to ``images``: weights are frozen (``requires_grad_(False)``) but autograd
     stays on, so a caller may back-propagate to the latent that made the image, across devices.
     """
 
     #: Short name recorded in results (the registry name or the model path).
-    name: str = "scorer"
+    name: str = "verifier"
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +38,7 @@ class Scorer(nn.Module):
         """Raise :class:`~noise_diffusion.errors.UserError` for a prompt this verifier cannot score; called for every
         job before the first generation. Open-vocabulary verifiers accept every prompt."""
 
-    def freeze(self) -> "Scorer":
+    def freeze(self) -> "Verifier":
         """Freeze all weights and switch to eval mode; autograd through the inputs still works."""
         self.requires_grad_(False)
         self.eval()

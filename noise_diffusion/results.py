@@ -21,6 +21,7 @@ import platform
 import re
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,8 +402,22 @@ def _try_flock(fd: int) -> bool:
     except OSError as error:
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
+        if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # a file system without locks
+            _warn_no_locks(error)
+            return True
         raise
     return True
+
+
+_warned_no_locks = False
+
+
+def _warn_no_locks(error: OSError) -> None:
+    global _warned_no_locks
+    if not _warned_no_locks:
+        _warned_no_locks = True
+        print(f"warning: no file locks on this file system ({error.strerror}): two processes on one result root could "
+              f"run the same job twice", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------- one run

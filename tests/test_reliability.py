@@ -425,3 +425,18 @@ def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, scorer):
     assert evaluation.held_out_file(folders[0], "judge").is_file()
     assert not evaluation.held_out_file(folders[1], "judge").exists()
     assert evaluation.held_out_todo(folders, "judge") == folders[1:]
+
+
+def test_a_file_system_without_locks_warns_once_and_runs(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(results, "_warned_no_locks", False)
+    for _ in range(2):
+        with results.job_lock(tmp_path / "run") as locked:
+            assert locked
+    assert capsys.readouterr().err.count("no file locks") == 1

@@ -440,3 +440,13 @@ def test_a_file_system_without_locks_warns_once_and_runs(tmp_path, monkeypatch, 
         with results.job_lock(tmp_path / "run") as locked:
             assert locked
     assert capsys.readouterr().err.count("no file locks") == 1
+
+
+def test_the_report_warns_when_a_methods_runs_mix_settings(tmp_path, generator, scorer):
+    run_jobs(make_jobs([PromptEntry("a cat", "c")], [1]), generator, scorer, search(), tmp_path, progress=False)
+    assert report.write_report(tmp_path)["mixed_settings"] == {}
+    run_jobs(make_jobs([PromptEntry("a dog", "c")], [1]), generator, scorer, search(max_epoch=2), tmp_path,
+             progress=False)
+    summary = report.write_report(tmp_path)
+    assert summary["mixed_settings"] == {"noise_diffusion": "max_epoch: 1 / 2"}
+    assert "different settings** (max_epoch: 1 / 2)" in (tmp_path / "summary.md").read_text()

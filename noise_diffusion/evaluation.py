@@ -296,9 +296,10 @@ def held_out_todo(folders: Sequence[str | os.PathLike], verifier: str, overwrite
 
 def _has_held_out(folder: str | os.PathLike, verifier: str) -> bool:
     try:
-        return held_out_problem(read_json(held_out_file(folder, verifier))) is None
+        scores = read_json(held_out_file(folder, verifier))
     except (OSError, ValueError, RecursionError):
         return False
+    return held_out_problem(scores) is None and scores["verifier"] == verifier
 
 
 def held_out_problem(scores) -> str | None:

@@ -310,9 +310,10 @@ def held_out_todo(
 
 def _has_held_out(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> bool:
     try:
-        return held_out_problem(read_json(held_out_file(folder, verifier, prefix))) is None
+        scores = read_json(held_out_file(folder, verifier, prefix))
     except (OSError, ValueError, RecursionError):
         return False
+    return held_out_problem(scores) is None and scores["verifier"] == verifier
 
 
 # ------------------------------------------------------------------------------------------------------ processes

@@ -14,6 +14,7 @@ compute field was renamed (``unet_evals``, now ``model_evals``) read the same.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import statistics
@@ -231,6 +232,7 @@ def write_report(result_root: str | os.PathLike, grid_rows: int = GRID_ROWS) -> 
     remove_temp_files(root, older_than=STALE_SECONDS)
     summary = summarize(runs)
     summary["skipped"] = skipped
+    summary["mixed_settings"] = mixed_settings(runs)
     figures = {"curves": "curves.png", "grids": {}}
     plot_curves(summary, root / figures["curves"])
     for (method, category), group in _groups(runs).items():
@@ -241,6 +243,26 @@ def write_report(result_root: str | os.PathLike, grid_rows: int = GRID_ROWS) -> 
     write_json_atomic(root / "summary.json", _json_safe(summary))
     _write_text_atomic(root / "summary.md", markdown(summary, root))
     return summary
+
+
+#: Settings that must be the same for every run of a method for its means to describe one configuration.
+COMPARED_SETTINGS = ("search.max_epoch", "search.num_candidates", "search.accept", "search.target_score",
+                     "search.step_size", "verifier.name", "generator.model", "generator.num_steps",
+                     "generator.guidance_scale", "generator.height", "generator.width", "generator.negative_prompt")
+
+
+def mixed_settings(runs: Sequence[dict]) -> dict[str, str]:
+    """Per method whose runs differ in any of :data:`COMPARED_SETTINGS`: which settings, with their values."""
+    values: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for run in runs:
+        for key in COMPARED_SETTINGS:
+            have = run["record"]["config"]
+            for part in key.split("."):
+                have = have.get(part) if isinstance(have, dict) else None
+            values[run["method"]][key].add(json.dumps(have))
+    return {method: ", ".join(f"{key.split('.')[-1]}: {' / '.join(sorted(seen))}"
+                              for key, seen in keys.items() if len(seen) > 1)
+            for method, keys in values.items() if any(len(seen) > 1 for seen in keys.values())}
 
 
 def _groups(runs: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -271,6 +293,9 @@ def markdown(summary: dict, root: Path | None = None) -> str:
         lines.append(f"| {method} | {s['runs']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
                      f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['model_evals_per_run'], 1)} | "
                      f"{_fmt(s['seconds_per_run'], 2)} | {held} |")
+    for method, differing in summary.get("mixed_settings", {}).items():
+        lines += ["", f"**Warning: the runs of {method} were made with different settings** ({differing}); their "
+                      "means mix configurations."]
     kinds = dict.fromkeys(info["dataset_kind"] for info in summary["methods"].values() if info["paper"])
     for kind in kinds:
         paper = " · ".join(f"{k} {v:.3f}" for k, v in PAPER[kind].items())

@@ -424,3 +424,28 @@ def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, verifier)
     assert evaluation.held_out_file(folders[0], "judge").is_file()
     assert not evaluation.held_out_file(folders[1], "judge").exists()
     assert evaluation.held_out_todo(folders, "judge") == folders[1:]
+
+
+def test_a_file_system_without_locks_warns_once_and_runs(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(results, "_warned_no_locks", False)
+    for _ in range(2):
+        with results.job_lock(tmp_path / "run") as locked:
+            assert locked
+    assert capsys.readouterr().err.count("no file locks") == 1
+
+
+def test_the_report_warns_when_a_methods_runs_mix_settings(tmp_path, generator, verifier):
+    run_jobs(make_jobs([PromptEntry("a cat", "c")], [1]), generator, verifier, search(), tmp_path, progress=False)
+    assert report.write_report(tmp_path)["mixed_settings"] == {}
+    run_jobs(make_jobs([PromptEntry("a dog", "c")], [1]), generator, verifier, search(max_epoch=2), tmp_path,
+             progress=False)
+    summary = report.write_report(tmp_path)
+    assert summary["mixed_settings"] == {"noise_diffusion": "max_epoch: 1 / 2"}
+    assert "different settings** (max_epoch: 1 / 2)" in (tmp_path / "summary.md").read_text()

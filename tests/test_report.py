@@ -112,3 +112,16 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         report.write_report(tmp_path / "missing")
     assert math.isnan(report.score_stats([], [])["mean_best"])
+
+
+def test_records_written_with_the_earlier_names_read_like_new_ones():
+    from noise_diffusion.results import setting_differences, upgrade_record
+
+    old = {"prompt": "a cat", "config": {"scorer": {"name": "toy-digits-cnn"}, "search": {"method": "none"}},
+           "compute": {"generations": 1, "unet_evals": 50, "scorer_forward": 1, "scorer_backward": 0}}
+    new = upgrade_record(old)
+    assert new["config"]["verifier"] == {"name": "toy-digits-cnn"} and "scorer" not in new["config"]
+    assert new["compute"] == {"generations": 1, "model_evals": 50, "verifier_forward": 1, "verifier_backward": 0}
+    assert old["config"]["scorer"] == {"name": "toy-digits-cnn"}  # the caller's record is left as it was
+    assert setting_differences(new["config"], {"verifier.name": "toy-digits-cnn"}) == {}
+    assert setting_differences(old["config"], {"verifier.name": "toy-digits-cnn"}) != {}

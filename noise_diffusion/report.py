@@ -7,7 +7,8 @@ results and ``evaluate.py --report DIR`` can redo it at any time.
 Statistics, per method and category and over all runs (a run = one prompt and seed):
 mean initial score, mean best score, gain = mean best - mean initial, share of runs whose best (and initial) score is
 above 0.5 and 0.9, median epoch of the best image, mean UNet evaluations, generations and seconds per run; the same
-score statistics for every held-out verifier.
+score statistics for every held-out verifier, and the verifier hacking against each: the guiding verifier's best score
+minus the held-out verifier's score of the same best image, with a 95 % bootstrap interval over prompts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Sequence
 
 from .errors import UserError
 from .evaluation import HELD_OUT_PREFIX
+from .intervals import compare
 from .methods import METHODS
 from .results import RESULT_FILE, read_json, write_bytes_atomic, write_json_atomic
 
@@ -108,6 +110,19 @@ def held_out_stats(runs: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
+def hacking_stats(runs: Sequence[dict]) -> dict[str, dict]:
+    """Per held-out verifier: guiding best score minus held-out best score (same image), mean over prompts with its
+    bootstrap interval; positive means the search found what pleases the guide more than the held-out judge."""
+    out = {}
+    for verifier in sorted({v for r in runs for v in r["held_out"]}):
+        scored = [r for r in runs if verifier in r["held_out"]]
+        result = compare([r["record"]["best_score"] for r in scored],
+                         [r["held_out"][verifier]["best_score"] for r in scored],
+                         [r["record"]["prompt"] for r in scored])
+        out[verifier] = {"runs": len(scored), **result.as_dict()}
+    return out
+
+
 def best_so_far(record: dict) -> list[float]:
     """The best score after each epoch of one run (epoch 0 = the initial image)."""
     curve, best = [], -math.inf
@@ -152,6 +167,7 @@ def summarize(runs: Sequence[dict]) -> dict:
             "paper": PAPER.get(kind),
             "categories": {name: run_stats(group) for name, group in groups.items()},
             "held_out": {name: held_out_stats(group) for name, group in groups.items()},
+            "verifier_hacking": hacking_stats(method_runs),
             "curve": mean_curve([r["record"] for r in method_runs]),
         }
     return summary
@@ -206,15 +222,21 @@ def _fmt(value, digits: int = 3, signed: bool = False) -> str:
 def markdown(summary: dict, root: Path | None = None) -> str:
     """The readable report."""
     lines = [f"# Evaluation summary{f': `{root}`' if root else ''}", ""]
-    lines += ["| method | runs | initial | best | gain | best > 0.9 | UNet evals / run | s / run | held-out initial → best |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| method | runs | initial | best | gain | best > 0.9 | UNet evals / run | s / run | held-out initial → best "
+              "| guide − held-out [95 % CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         held = "; ".join(f"{v}: {_fmt(h['mean_initial'])} → {_fmt(h['mean_best'])}"
                         for v, h in info["held_out"][OVERALL].items()) or "–"
+        hacking = "; ".join(f"{v}: {_fmt(h['mean'], signed=True)} [{_fmt(h['low'], signed=True)}, "
+                            f"{_fmt(h['high'], signed=True)}]" for v, h in info.get("verifier_hacking", {}).items()) or "–"
         lines.append(f"| {method} | {s['runs']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
                      f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['unet_evals_per_run'], 1)} | "
-                     f"{_fmt(s['seconds_per_run'], 2)} | {held} |")
+                     f"{_fmt(s['seconds_per_run'], 2)} | {held} | {hacking} |")
+    if any(info.get("verifier_hacking") for info in summary["methods"].values()):
+        lines += ["", "Guide − held-out: the guiding verifier's best score minus the held-out verifier's score of the same "
+                  "image, mean over prompts (seeds averaged first) with a 95 % bootstrap interval over prompts; "
+                  "meaningful when the two verifiers score on comparable scales."]
     kinds = dict.fromkeys(info["dataset_kind"] for info in summary["methods"].values() if info["paper"])
     for kind in kinds:
         paper = " · ".join(f"{k} {v:.3f}" for k, v in PAPER[kind].items())

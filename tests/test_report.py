@@ -111,3 +111,15 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         report.write_report(tmp_path / "missing")
     assert math.isnan(report.score_stats([], [])["mean_best"])
+
+
+def test_verifier_hacking_is_guide_minus_held_out_per_prompt(results):
+    summary = report.write_report(results)
+    hacking = summary["methods"]["noise_diffusion"]["verifier_hacking"]["judge"]
+    # hand-worked: "a cat and a dog" seed 1: best 0.5 vs held-out 0.4; seed 2: best 0.4 vs 0.2 -> prompt mean 0.15;
+    # one prompt, so the bootstrap over prompts has nothing to vary
+    assert hacking["runs"] == 2 and hacking["prompts"] == 1
+    assert (hacking["mean"], hacking["low"], hacking["high"]) == pytest.approx((0.15, 0.15, 0.15))
+    assert summary["methods"]["none"]["verifier_hacking"] == {}
+    text = (results / "summary.md").read_text()
+    assert "guide − held-out" in text and "judge: +0.150 [+0.150, +0.150]" in text

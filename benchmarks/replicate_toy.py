@@ -351,7 +351,10 @@ def main(argv: list[str] | None = None) -> dict:
                              "to docs/replication_toy_quick.* unless --out is given")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per sample (default 40; quick 10)")
     parser.add_argument("--samples", type=int, default=2, help="disjoint prompt samples (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every prompt (default 0 1 2 3; quick 0 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds of every prompt of the first sample (default 0 1 2 3; quick 0 1)")
+    parser.add_argument("--later_seeds", type=int, nargs="+", default=[0, 1],
+                        help="seeds of every prompt of the later samples (default: %(default)s)")
     parser.add_argument("--baseline_epochs", type=int, default=None,
                         help="epochs of best-of-N, random diffusion and gradient ascent at equal generations "
                              "(default 10; quick 5)")
@@ -382,9 +385,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
 
     samples = choose_prompt_samples(prompts_per_sample, args.samples)
-    prompts = [p for sample in samples for p in sample for _ in seeds_list]
-    seeds = [s for sample in samples for _ in sample for s in seeds_list]
-    sample_of = np.array([k for k, sample in enumerate(samples) for _ in sample for _ in seeds_list])
+    sample_seeds = [seeds_list] + [args.later_seeds] * (len(samples) - 1)
+    prompts = [p for sample, ss in zip(samples, sample_seeds) for p in sample for _ in ss]
+    seeds = [s for sample, ss in zip(samples, sample_seeds) for _ in sample for s in ss]
+    sample_of = np.array([k for k, (sample, ss) in enumerate(zip(samples, sample_seeds)) for _ in sample for _ in ss])
     masks = [sample_of == k for k in range(len(samples))]
     groups = np.array(prompts)
     groups_by_sample = [groups[m] for m in masks]
@@ -465,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "wall_seconds": wall + (0 if "clock" not in timing or not raw_reused else timing["clock"]["wall_seconds"]),
         "cpu_seconds": cpu + (0 if "clock" not in timing or not raw_reused else timing["clock"]["cpu_seconds"]),
-        "guide": GUIDE, "judges": list(JUDGES), "primary_judge": JUDGE, "seeds": seeds_list, "samples": samples,
+        "guide": GUIDE, "judges": list(JUDGES), "primary_judge": JUDGE, "seeds": sample_seeds, "samples": samples,
         "candidates": args.candidates, "resamples": args.resamples,
         "timing": {"items": len(timing_prompts), "epochs": args.timing_epochs, "rounds": args.timing_rounds,
                    "seconds_per_generation": timing,
@@ -480,18 +484,61 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def both_samples_agree(pair: dict) -> bool:
+    """Each sample's own interval excludes zero, on the same side as the pooled difference."""
+    sign = np.sign(pair["pooled"]["mean"])
+    return all(s["significant"] and np.sign(s["mean"]) == sign for s in pair["samples"])
+
+
+def conclusions(rep: dict) -> list[str]:
+    """The orderings the intervals support, and those they do not, in words (generated, not hand-written)."""
+    judge = rep["primary_judge"]
+
+    def describe(pairs: list[dict]) -> list[str]:
+        supported = [p for p in pairs if p["verdict"].startswith("supported")]
+        split = [p for p in pairs if not p["verdict"].startswith("supported") and p["pooled"]["significant"]]
+        other = [p for p in pairs if not p["pooled"]["significant"]]
+        out = []
+        for p in supported:
+            winner, loser = (p["a"], p["b"]) if p["pooled"]["mean"] > 0 else (p["b"], p["a"])
+            agree = "in both samples on their own too" if both_samples_agree(p) else "not in each sample on its own"
+            out.append(f"- **{winner} > {loser}**: {fmt_ci(p['pooled'])}, sign test p = {p['pooled']['sign_p']:.2g} "
+                       f"({agree}).")
+        if split:
+            out.append("- Interval excludes zero but the sign test does not (not claimed): " + "; ".join(
+                f"{p['a']} vs {p['b']} ({fmt_ci(p['pooled'])}, p = {p['pooled']['sign_p']:.2g})" for p in split) + ".")
+        if other:
+            out.append("- Not significant: " + "; ".join(f"{p['a']} vs {p['b']} ({fmt_ci(p['pooled'])})" for p in other)
+                       + ".")
+        return out
+
+    lines = ["## Conclusions", "",
+             f"Generated from the intervals above (held-out score, `{judge}`, pooled over both samples).", "",
+             "At equal generations:", ""]
+    lines += describe(rep["pairs"][judge])
+    for block in rep["equal_seconds"]:
+        lines += ["", f"At the seconds of Noise Diffusion with {block['nd_epochs']} epochs (ranking "
+                  f"{' > '.join(block['ranking'])}):", ""]
+        lines += describe(block["pairs"])
+    hacked = [r["label"] for r in rep["rows"] if r[judge]["hacking"]["low"] > 0]
+    lines += ["", "Verifier hacking (guide − held-out, interval above zero): "
+              + (", ".join(hacked) if hacked else "none") + ".", ""]
+    return lines
+
+
 def render(rep: dict, figures: str, stem: str) -> str:
     judge, mlp = rep["judges"]
-    n_items = sum(len(s) for s in rep["samples"]) * len(rep["seeds"])
+    n_items = sum(len(s) * len(ss) for s, ss in zip(rep["samples"], rep["seeds"]))
+    sizes = " and ".join(f"{len(s)} prompts x seeds {', '.join(map(str, ss))}" for s, ss in zip(rep["samples"], rep["seeds"]))
     title = "Replication in the toy world" + (" — QUICK RUN (small sample, not the full replication)" if rep["quick"] else "")
     t = rep["timing"]
     rates = {m: t["seconds_per_generation"][m] for m in SEARCHES}
     lines = [f"# {title}", "",
              f"Made by `{rep['command']}` ({rep['date']}, torch {rep['torch']}, CPU, {rep['threads']} thread(s); "
              f"{rep['wall_seconds'] / 60:.1f} min wall, {rep['cpu_seconds'] / 60:.1f} CPU-min).", "",
-             f"{len(rep['samples'])} disjoint prompt samples of {len(rep['samples'][0])} prompts (half of each are "
-             f"held-out combinations, digit pairs never drawn together in the generator's training canvases; every "
-             f"relation) x seeds {', '.join(map(str, rep['seeds']))} = {n_items} items. Guided by `{rep['guide']}` "
+             f"{len(rep['samples'])} disjoint prompt samples, {sizes} = {n_items} items (half of the prompts of each "
+             f"sample are held-out combinations, digit pairs never drawn together in the generator's training "
+             f"canvases; every relation in turn). Guided by `{rep['guide']}` "
              f"({rep['candidates']} candidate noises per Noise Diffusion epoch); every image is judged by `{judge}` "
              f"(**primary**; a residual CNN trained with augmentation on the other half of the digits) and by `{mlp}` "
              f"(the MLP), which the search never sees. A method's result after k generations is the image with the best "
@@ -501,7 +548,7 @@ def render(rep: dict, figures: str, stem: str) -> str:
              "**Statistics.** Every difference is paired by (prompt, seed); the seeds of a prompt are averaged first, "
              f"and the 95 % interval is a percentile bootstrap over prompts ({rep['resamples']:,} resamples). The sign "
              "test counts prompts whose mean difference is positive (two-sided, exact, ties left out). An ordering is "
-             f"called **supported** when the pooled interval (both samples, {len(rep['samples']) * len(rep['samples'][0])} "
+             f"called **supported** when the pooled interval (both samples, {sum(len(x) for x in rep['samples'])} "
              "prompts) excludes zero *and* the sign test gives p < 0.05; otherwise **not significant**. The two "
              "samples' own differences are shown beside it, as the replication within the run. With many pairs, a few "
              "borderline 'supported' verdicts can be chance (no multiplicity correction).", "",
@@ -552,6 +599,7 @@ def render(rep: dict, figures: str, stem: str) -> str:
             lines.append(f"| {p['a']} | {p['b']} | {' | '.join(fmt_ci(s) for s in p['samples'])} | "
                          f"{fmt_ci(p['pooled'])} | {p['pooled']['sign_p']:.2g} | {p['verdict']} |")
         lines.append("")
+    lines += conclusions(rep)
     lines += ["## Verifier hacking", "",
               "Guiding score minus held-out score of the same kept images, mean over prompts with its 95 % interval "
               "(the verifiers are all digit classifiers scoring the same probability, so the scales are comparable; "

@@ -42,7 +42,7 @@ def test_affordable_generations():
 
 def test_tiny_replication_writes_markdown_json_and_figures(tmp_path):
     out = tmp_path / "rep.md"
-    report = replicate_toy.main(["--prompts", "2", "--seeds", "0", "--nd_epochs", "1", "--baseline_epochs", "1",
+    report = replicate_toy.main(["--prompts", "2", "--seeds", "0", "--later_seeds", "0", "1", "--nd_epochs", "1", "--baseline_epochs", "1",
                                  "--timing_items", "2", "--timing_epochs", "0", "--timing_rounds", "1",
                                  "--resamples", "50", "--calibration", "4", "--out", str(out)])
     text = out.read_text()

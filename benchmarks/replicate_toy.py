@@ -67,7 +67,8 @@ class Row:
 
 
 def default_rows(baseline_epochs: int, nd_epochs: list[int]) -> list[Row]:
-    # Other baselines (e.g. InitNO, Attend-and-Excite) get a row here once optimize() can run them.
+    # InitNO and Attend-and-Excite get their rows here once optimize() runs them: one generation each (Row(name, 0)),
+    # with the digits' token positions (world's datasets: indices [2, len(prompt.split())]) passed to optimize().
     return [Row("none", 0)] + [Row(m, baseline_epochs) for m in SEARCHES[:-1]] + [
         Row("noise_diffusion", e) for e in nd_epochs]
 
@@ -514,10 +515,12 @@ def conclusions(rep: dict) -> list[str]:
         other = [p for p in pairs if not p["pooled"]["significant"]]
         out = []
         for p in supported:
-            winner, loser = (p["a"], p["b"]) if p["pooled"]["mean"] > 0 else (p["b"], p["a"])
+            flip = p["pooled"]["mean"] < 0
+            winner, loser = (p["b"], p["a"]) if flip else (p["a"], p["b"])
+            c = p["pooled"]
+            gap = {"mean": -c["mean"], "low": -c["high"], "high": -c["low"]} if flip else c
             agree = "in both samples on their own too" if both_samples_agree(p) else "not in each sample on its own"
-            out.append(f"- **{winner} > {loser}**: {fmt_ci(p['pooled'])}, sign test p = {p['pooled']['sign_p']:.2g} "
-                       f"({agree}).")
+            out.append(f"- **{winner} > {loser}**: {fmt_ci(gap)}, sign test p = {c['sign_p']:.2g} ({agree}).")
         if split:
             out.append("- Interval excludes zero but the sign test does not (not claimed): " + "; ".join(
                 f"{p['a']} vs {p['b']} ({fmt_ci(p['pooled'])}, p = {p['pooled']['sign_p']:.2g})" for p in split) + ".")
@@ -596,10 +599,11 @@ def render(rep: dict, figures: str, stem: str) -> str:
               ". Wall time in the same rounds: " +
               ", ".join(f"{LABELS[m]} {v['wall_rate'] * 1000:.1f} ms ({v['wall_ratio_to_best_of_n']:.2f}x; rounds "
                         f"{v['wall_ratio_min']:.2f}–{v['wall_ratio_max']:.2f}x)" for m, v in rates.items()) +
-              ". In the main runs (one batch of all items per method, not interleaved) the median epoch took " +
+              ". In the main runs (one batch of all items per method, not interleaved) the median epoch took, in wall time, " +
               ", ".join(f"{LABELS[m]} {t['main_run_epoch_seconds'][m] * 1000:.1f} ms" for m in SEARCHES) +
               " per item. Noise Diffusion and gradient ascent also back-propagate through the guide, the VAE decoder "
-              "and the sampling chain every epoch. Each budget below is the time of Noise Diffusion at k epochs; the "
+              "and the scheduler's steps every epoch, with the UNet's predictions held fixed (no backward pass through "
+              "the UNet), which is why their extra cost is small next to 25 guided UNet steps. Each budget below is the time of Noise Diffusion at k epochs; the "
               "other searches get the generations it buys at their own rate (the ratio to best-of-N is measured within "
               "rounds, so the machine's changing load cancels out of it).", ""]
     unmatched = [e for e in rep["nd_epochs"] if e not in {b["nd_epochs"] for b in rep["equal_seconds"]}]

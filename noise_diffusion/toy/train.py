@@ -1,4 +1,4 @@
-"""Train the toy world from scratch on a CPU: the two digit verifiers, the VAE, then the text encoder + UNet.
+"""Train the toy world from scratch on a CPU: the digit verifiers, the VAE, then the text encoder + UNet.
 
 Usage (the run that made the shipped folder; times in ``docs/toy_world.md``)::
 

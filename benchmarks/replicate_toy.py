@@ -1,21 +1,29 @@
 #!/usr/bin/env python
-"""Replicate the paper's claim in the toy world: Noise Diffusion vs the plain sampler, best-of-N and random diffusion.
+"""Replicate the paper's claim in the toy world, with intervals, at equal generations and at equal seconds.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py            # writes docs/replication_toy.md
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py            # docs/replication_toy.md
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py --quick    # docs/replication_toy_quick.md
 
-Every method runs through the library's ``optimize()`` on the shipped ``toy-digits`` pipeline, guided by
-``toy-digits-cnn``, with all (prompt, seed) items in one batch; methods with epochs get the same number of generations
-(``--epochs`` + 1). The final (best) images are then judged by the held-out verifier ``toy-digits-heldout`` (another
-architecture, trained on the other half of the digits), which the search never sees. Prompts: half held-out
-combinations (digit pairs never shown together in training), half seen, over all five relations.
+Every search runs through the library's ``optimize()`` on the shipped ``toy-digits`` pipeline, guided by
+``toy-digits-cnn``, with all items of both prompt samples in one batch per method. Each epoch's image is also judged
+by the held-out verifiers ``toy-digits-heldout-resnet`` (the primary judge) and ``toy-digits-heldout`` (the MLP),
+which the search never sees. A method's result after k generations is the image with the best *guiding* score among
+its first k, as ``optimize()`` keeps it. Two disjoint prompt samples (each half held-out combinations, every relation)
+are run with the same seeds; comparisons are paired by (prompt, seed) and their intervals resample prompts.
+
+Seconds per generation are measured first, all methods interleaved in one process on the same items, so that the
+load of a shared machine affects them alike; the equal-seconds comparison gives each method the generations that the
+Noise Diffusion budget buys at its own measured rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,166 +34,615 @@ if str(ROOT) not in sys.path:  # run from a clean clone without installing
     sys.path.insert(0, str(ROOT))
 
 from noise_diffusion import SearchConfig, load_generator, load_verifier, optimize  # noqa: E402
+from noise_diffusion.intervals import compare, mean_interval  # noqa: E402
 from noise_diffusion.toy import world  # noqa: E402
 
-METHODS = ("none", "best_of_n", "random_diffusion", "noise_diffusion")
+GUIDE = "toy-digits-cnn"
+JUDGE = "toy-digits-heldout-resnet"  # primary held-out judge (the stronger one, see docs/toy_world.md)
+JUDGES = (JUDGE, "toy-digits-heldout")
+SHORT = {JUDGE: "ResNet", "toy-digits-heldout": "MLP", GUIDE: "guide"}
+#: searched methods (``none`` is epoch 0 of any of them: every method starts from the same seeded latent)
+SEARCHES = ("best_of_n", "random_diffusion", "gradient_ascent", "noise_diffusion")
 LABELS = {"none": "plain sampler", "best_of_n": "best-of-N", "random_diffusion": "random diffusion",
-          "noise_diffusion": "Noise Diffusion"}
+          "gradient_ascent": "gradient ascent", "noise_diffusion": "Noise Diffusion"}
+SIGNIFICANCE = 0.05
 
 
-def choose_prompts(count: int, seed: int = 0) -> list[str]:
-    """``count`` prompts, half held-out and half seen combinations, relations in turn (deterministic)."""
+@dataclass(frozen=True)
+class Row:
+    """One line of the equal-generations table: a method after ``epochs`` epochs (``epochs + 1`` generations)."""
+
+    method: str
+    epochs: int
+
+    @property
+    def label(self) -> str:
+        if self.method == "noise_diffusion":
+            return f"Noise Diffusion, {self.epochs} epochs"
+        return LABELS[self.method]
+
+    @property
+    def generations(self) -> int:
+        return self.epochs + 1
+
+
+def default_rows(baseline_epochs: int, nd_epochs: list[int]) -> list[Row]:
+    # InitNO and Attend-and-Excite get their rows here once optimize() runs them: one generation each (Row(name, 0)),
+    # with the digits' token positions (world's datasets: indices [2, len(prompt.split())]) passed to optimize().
+    return [Row("none", 0)] + [Row(m, baseline_epochs) for m in SEARCHES[:-1]] + [
+        Row("noise_diffusion", e) for e in nd_epochs]
+
+
+# -- prompts -----------------------------------------------------------------------------------------------------------
+def choose_prompt_samples(count: int, samples: int = 2, seed: int = 1) -> list[list[str]]:
+    """``samples`` disjoint lists of ``count`` prompts, each half held-out and half seen combinations, relations in
+    turn (deterministic; the prompts are drawn without replacement across the samples)."""
     rng = np.random.default_rng(seed)
     every = [world.make_prompt(a, r, b) for r in world.RELATIONS for a in range(10) for b in range(10) if a != b]
-    held = [p for p in every if world.is_held_out_prompt(p)]
-    seen = [p for p in every if not world.is_held_out_prompt(p)]
-    chosen = []
-    for pool, n in ((held, count // 2), (seen, count - count // 2)):
-        by_relation = {r: [p for p in pool if world.parse_prompt(p).relation == r] for r in world.RELATIONS}
-        for r in by_relation:
-            rng.shuffle(by_relation[r])
-        for i in range(n):
-            chosen.append(by_relation[world.RELATIONS[i % 5]][i // 5])
-    return chosen
+    pools = {}
+    for held in (True, False):
+        for relation in world.RELATIONS:
+            pool = [p for p in every if world.is_held_out_prompt(p) == held and world.parse_prompt(p).relation == relation]
+            rng.shuffle(pool)
+            pools[held, relation] = pool
+    out: list[list[str]] = [[] for _ in range(samples)]
+    for s in range(samples):
+        for held, n in ((True, count // 2), (False, count - count // 2)):
+            for i in range(n):
+                pool = pools[held, world.RELATIONS[i % 5]]
+                if not pool:
+                    raise SystemExit(f"not enough {'held-out' if held else 'seen'} prompts for {samples} x {count}")
+                out[s].append(pool.pop())
+    return out
 
 
-def run_method(generator, guide, judge, prompts, seeds, method: str, epochs: int, candidates: int) -> dict:
-    config = SearchConfig(method=method, max_epoch=epochs, num_candidates=candidates)
+# -- timing ------------------------------------------------------------------------------------------------------------
+def measure_seconds(generator, guide, prompts, seeds, epochs: int, rounds: int, candidates: int) -> dict:
+    """Seconds per generation per item of each search, measured in interleaved rounds (order rotated each round).
+
+    Both the process's CPU time and the wall time are taken. With one thread the CPU time is what the wall time would
+    be on an idle machine, and it hardly moves with the load of other jobs, so ``rate`` (the one the equal-seconds
+    comparison uses) is CPU seconds: the median within-round ratio to best-of-N times best-of-N's median."""
+    cpu: dict[str, list[float]] = {m: [] for m in SEARCHES}
+    wall: dict[str, list[float]] = {m: [] for m in SEARCHES}
+    optimize(generator, guide, prompts, seeds, SearchConfig(method="none"), progress=False)  # warm-up
+    for r in range(rounds):
+        order = SEARCHES[r % len(SEARCHES):] + SEARCHES[: r % len(SEARCHES)]
+        for method in order:
+            config = SearchConfig(method=method, max_epoch=epochs, num_candidates=candidates)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            optimize(generator, guide, prompts, seeds, config, progress=False)
+            count = (epochs + 1) * len(prompts)
+            cpu[method].append((time.process_time() - start_cpu) / count)
+            wall[method].append((time.perf_counter() - start) / count)
+    out = {}
+    for m in SEARCHES:
+        ratio = np.array(cpu[m]) / np.array(cpu["best_of_n"])  # within a round, so a change between rounds cancels
+        wall_ratio = np.array(wall[m]) / np.array(wall["best_of_n"])
+        out[m] = {"rate": float(np.median(ratio) * np.median(cpu["best_of_n"])),
+                  "ratio_to_best_of_n": float(np.median(ratio)),
+                  "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
+                  "wall_rate": float(np.median(wall[m])), "wall_ratio_to_best_of_n": float(np.median(wall_ratio)),
+                  "wall_ratio_min": float(wall_ratio.min()), "wall_ratio_max": float(wall_ratio.max()),
+                  "cpu_rounds": cpu[m], "wall_rounds": wall[m]}
+    return out
+
+
+# -- the searches ------------------------------------------------------------------------------------------------------
+def run_search(generator, guide, judges, prompts, seeds, method: str, epochs: int, candidates: int,
+               keep: list[int]) -> dict:
+    """Scores of every epoch's image: ``guide`` / each judge ``[items, epochs + 1]`` and faithful flags."""
+    config = SearchConfig(method=method, max_epoch=epochs, num_candidates=candidates, keep_epoch_images=True)
     start = time.perf_counter()
-    results = optimize(generator, guide, prompts, seeds, config, progress=False)
+    results = optimize(generator, guide, prompts, seeds, config, progress=True)
     seconds = time.perf_counter() - start
-    images = torch.stack([r.best_image for r in results])
+    out = {"method": method, "epochs": epochs, "seconds": seconds,
+           "guide": np.array([[e["score"] for e in r.epochs] for r in results]),
+           "epoch_seconds": float(np.median([e["seconds"] for r in results for e in r.epochs]))}
+    images = torch.stack([torch.stack(r.epoch_images) for r in results])  # [items, epochs + 1, 3, H, W]
+    flat = images.flatten(0, 1)
+    flat_prompts = [p for p in prompts for _ in range(epochs + 1)]
     with torch.no_grad():
-        held = judge(images, prompts).cpu()
-        faithful = judge.is_faithful(images, prompts)
-    return {
-        "method": method,
-        "epochs": config.epochs,
-        "generations": results[0].compute["generations"],
-        "guiding": [r.best_score for r in results],
-        "held_out": held.tolist(),
-        "faithful": faithful.tolist(),
-        "seconds": seconds,
-        "images": images,
-    }
+        for judge in judges:
+            scores = torch.cat([judge(chunk, flat_prompts[i:i + len(chunk)]) for i, chunk in
+                                zip(range(0, len(flat), 2048), flat.split(2048))])
+            faithful = torch.cat([judge.is_faithful(chunk, flat_prompts[i:i + len(chunk)]) for i, chunk in
+                                  zip(range(0, len(flat), 2048), flat.split(2048))])
+            out[judge.name] = scores.view(len(results), -1).numpy().astype(float)
+            out[judge.name + ":faithful"] = faithful.view(len(results), -1).numpy().astype(float)
+    out["images"] = images[keep]
+    return out
 
 
-def summary_rows(runs: list[dict], held_mask: np.ndarray) -> list[dict]:
-    rows = []
-    for run in runs:
-        g, h, f = (np.asarray(run[k], dtype=float) for k in ("guiding", "held_out", "faithful"))
-        rows.append({
-            "method": run["label"], "generations": run["generations"], "guiding": g.mean(), "held_out": h.mean(),
-            "accuracy": f.mean(), "seen_held_out": h[~held_mask].mean(), "unseen_held_out": h[held_mask].mean(),
-            "seen_accuracy": f[~held_mask].mean(), "unseen_accuracy": f[held_mask].mean(), "seconds": run["seconds"],
-        })
-    return rows
+def best_index(guide: np.ndarray, generations: int) -> np.ndarray:
+    """Per item, the epoch of the best guiding score among the first ``generations`` (the first one on ties)."""
+    return guide[:, :generations].argmax(axis=1)
 
 
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| method | generations | guiding | held-out | held-out accuracy | held-out verifier: seen / held-out combinations "
-        "| accuracy: seen / held-out combinations | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['generations']} | {r['guiding']:.2f} | {r['held_out']:.2f} | {r['accuracy']:.0%} "
-            f"| {r['seen_held_out']:.2f} / {r['unseen_held_out']:.2f} | {r['seen_accuracy']:.0%} / "
-            f"{r['unseen_accuracy']:.0%} | {r['seconds']:.0f} |"
-        )
-    return "\n".join(lines)
+def at_generations(run: dict, key: str, generations: int) -> np.ndarray:
+    """``key`` (a judge, its faithful flags, or ``guide``) of the image kept after ``generations`` generations."""
+    generations = min(generations, run["guide"].shape[1])
+    index = best_index(run["guide"], generations)
+    return run[key][np.arange(len(index)), index]
 
 
-def figure(runs: list[dict], prompts: list[str], seeds: list[int], path: Path, columns: int = 8) -> None:
-    """Rows: methods; columns: the first ``columns`` held-out-combination items of the first seed."""
+def affordable(budget: float, rate: float, available: int) -> tuple[int, bool]:
+    """Generations that ``budget`` seconds buy at ``rate`` seconds per generation (at least 1); and whether the run
+    had fewer (so the method is shown at its last generation, in its disfavour)."""
+    n = max(1, math.floor(budget / rate + 1e-9))
+    return min(n, available), n > available
+
+
+# -- statistics --------------------------------------------------------------------------------------------------------
+def pair_table(values: dict[str, np.ndarray], labels: list[str], groups_by_sample: list[np.ndarray],
+               masks: list[np.ndarray], resamples: int) -> list[dict]:
+    """Every pair (a, b) of labels, with a - b per sample and pooled."""
+    pooled_groups = np.concatenate(groups_by_sample)
+    pairs = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            entry = {"a": a, "b": b, "samples": []}
+            for mask, groups in zip(masks, groups_by_sample):
+                entry["samples"].append(compare(values[a][mask], values[b][mask], groups, resamples=resamples).as_dict())
+            entry["pooled"] = compare(values[a], values[b], pooled_groups, resamples=resamples).as_dict()
+            entry["verdict"] = verdict(a, b, entry["pooled"])
+            pairs.append(entry)
+    return pairs
+
+
+def verdict(a: str, b: str, result: dict) -> str:
+    """Supported when the pooled 95 % interval excludes zero and the sign test agrees; otherwise not significant."""
+    if result["significant"] and result["sign_p"] < SIGNIFICANCE:
+        return f"supported: {a} > {b}" if result["mean"] > 0 else f"supported: {b} > {a}"
+    if result["significant"]:
+        return "interval excludes 0, sign test does not (p = {:.2f})".format(result["sign_p"])
+    return "not significant"
+
+
+# -- output ------------------------------------------------------------------------------------------------------------
+def fmt_ci(result: dict, digits: int = 3) -> str:
+    return f"{result['mean']:+.{digits}f} [{result['low']:+.{digits}f}, {result['high']:+.{digits}f}]"
+
+
+def fmt_mean(triple: tuple[float, float, float], digits: int = 3) -> str:
+    return f"{triple[0]:.{digits}f} [{triple[1]:.{digits}f}, {triple[2]:.{digits}f}]"
+
+
+def curves_figure(runs: dict, rates: dict, groups: np.ndarray, budgets: list[float], path: Path, resamples: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    items = [i for i, p in enumerate(prompts) if world.is_held_out_prompt(p) and seeds[i] == seeds[0]][:columns]
-    fig, axes = plt.subplots(len(runs), len(items), figsize=(1.3 * len(items), 1.45 * len(runs)), squeeze=False)
-    for row, run in enumerate(runs):
-        for col, i in enumerate(items):
-            ax = axes[row][col]
-            ax.imshow(run["images"][i].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            colour = "green" if run["faithful"][i] else "red"
-            ax.set_xlabel(f"{run['held_out'][i]:.2f}", fontsize=8, color=colour, labelpad=1)
-            if row == 0:
-                ax.set_title(prompts[i].removeprefix("a "), fontsize=7)
-            if col == 0:
-                ax.set_ylabel(run["label"], fontsize=7)
+    fig, (by_gen, by_sec) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, run in runs.items():
+        count = run["guide"].shape[1]
+        xs = np.arange(1, count + 1)
+        stats = np.array([mean_interval(at_generations(run, JUDGE, k), groups, resamples=resamples) for k in xs])
+        for axis, x in ((by_gen, xs), (by_sec, xs * rates[method] * 1000)):
+            line, = axis.plot(x, stats[:, 0], label=LABELS[method])
+            axis.fill_between(x, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.18, linewidth=0)
+    for budget in budgets:
+        by_sec.axvline(budget * 1000, color="grey", linestyle=":", linewidth=1)
+    by_gen.set_xlabel("generations per item (1 = the plain sampler)")
+    by_sec.set_xlabel("measured CPU milliseconds per item (dotted: Noise Diffusion's budgets)")
+    for axis in (by_gen, by_sec):
+        axis.set_ylabel(f"held-out score ({JUDGE})")
+        axis.grid(alpha=0.3)
+    by_gen.legend(fontsize=8, loc="lower right")
+    fig.suptitle("mean held-out score of the kept image, 95 % bootstrap band over prompts", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def images_figure(runs: dict, rows: list[Row], prompts: list[str], keep: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.method == "none" or r.method != "noise_diffusion" or r.epochs == rows[1].epochs]
+    fig, axes = plt.subplots(len(shown), len(keep), figsize=(1.3 * len(keep), 1.45 * len(shown)), squeeze=False)
+    for row_index, row in enumerate(shown):
+        run = runs["best_of_n" if row.method == "none" else row.method]
+        index = best_index(run["guide"][keep], row.generations)
+        for col, item in enumerate(keep):
+            ax = axes[row_index][col]
+            ax.imshow(run["images"][col, index[col]].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            score = run[JUDGE][item, index[col]]
+            faithful = run[JUDGE + ":faithful"][item, index[col]]
+            ax.set_xlabel(f"{score:.2f}", fontsize=8, color="green" if faithful else "red", labelpad=1)
+            if row_index == 0:
+                ax.set_title(prompts[item].removeprefix("a "), fontsize=7)
+            if col == 0:
+                ax.set_ylabel(row.label.replace(", ", "\n"), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def calibration(judges, count: int, seed: int = 0) -> list[dict]:
+    """Each judge on rendered canvases from the digit half it never saw: faithful, order swapped, a wrong digit."""
+    rng = np.random.default_rng(seed)
+    cases = {"faithful": [], "swapped": [], "wrong digit": []}
+    while min(len(v) for v in cases.values()) < count:
+        a, b = (int(x) for x in rng.choice(10, size=2, replace=False))
+        relation = world.RELATIONS[rng.integers(5)]
+        prompt = world.make_prompt(a, relation, b)
+        options = world.parse_prompt(prompt).arrangements()
+        layout, first, second = options[rng.integers(len(options))]
+        wrong = int(rng.choice([d for d in range(10) if d not in (a, b)]))
+        for kind, config in (("faithful", (layout, first, second)),
+                             ("swapped", (layout, second, first) if relation != "and" else None),
+                             ("wrong digit", (layout, first, wrong) if rng.random() < 0.5 else (layout, wrong, second))):
+            if config is not None and len(cases[kind]) < count:
+                cases[kind].append((prompt, config))
+    cases["faithful, blurred"] = cases["faithful"]
+    taps = torch.exp(-torch.arange(-2.0, 3.0) ** 2 / (2 * 0.8**2))
+    kernel = (taps[:, None] * taps[None]) / taps.sum() ** 2
+    rows = []
+    for judge in judges:
+        half = "b" if judge.name == GUIDE else "a"  # the guide trained on half a, the judges on half b
+        row = {"verifier": judge.name, "digits": half}
+        for kind, items in cases.items():
+            canvases = torch.from_numpy(world.sample_canvases([c for _, c in items], np.random.default_rng(seed + 1), half=half))
+            if kind == "faithful, blurred":  # softer strokes, as generated digits often have (Gaussian, sigma 0.8 px)
+                canvases = torch.nn.functional.conv2d(canvases, kernel.expand(3, 1, 5, 5), padding=2, groups=3)
+            prompts = [p for p, _ in items]
+            with torch.no_grad():
+                scores = judge(canvases, prompts)
+            row[kind] = {"mean": scores.mean().item(), "above_0.5": (scores > 0.5).float().mean().item(),
+                         "judged_faithful": judge.is_faithful(canvases, prompts).float().mean().item(),
+                         "count": len(items)}
+        rows.append(row)
+    return rows
+
+
+def calibration_table(rows: list[dict]) -> str:
+    kinds = ("faithful", "faithful, blurred", "swapped", "wrong digit")
+    lines = ["| verifier | digits | " + " | ".join(kinds) + " |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[k]['mean']:.3f} / {r[k]['above_0.5']:.1%} / {r[k]['judged_faithful']:.1%}" for k in kinds]
+        lines.append(f"| `{r['verifier']}` | half {r['digits']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure_and_run(generator, guide, judges, prompts, seeds, rows, nd_epochs, keep, args) -> tuple[dict, dict]:
+    """1. seconds per generation, interleaved; 2. every search, long enough for its equal-generations row and for the
+    Noise Diffusion budgets of at most that many epochs (longer budgets only with ``--match_all_budgets``: the CPU
+    budget of the default run does not allow them)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    timing = measure_seconds(generator, guide, prompts[: args.timing_items], seeds[: args.timing_items],
+                             args.timing_epochs, args.timing_rounds, args.candidates)
+    rates = {m: timing[m]["rate"] for m in SEARCHES}
+    print("seconds per generation per item:", {m: f"{v * 1000:.1f} ms" for m, v in rates.items()}, flush=True)
+    budgets = [(e + 1) * rates["noise_diffusion"] for e in nd_epochs]
+    runs = {}
+    for method in SEARCHES:
+        need = max([r.epochs for r in rows if r.method == method] + [0])
+        if method != "noise_diffusion":
+            covered = [b for e, b in zip(nd_epochs, budgets) if args.match_all_budgets or e <= need] or budgets[:1]
+            need = max(need, affordable(max(covered), rates[method], 10**6)[0] - 1)
+        runs[method] = run_search(generator, guide, judges, prompts, seeds, method, need, args.candidates, keep)
+        print(f"{LABELS[method]}: {need} epochs, {runs[method]['seconds']:.0f} s", flush=True)
+    timing["clock"] = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
+    return timing, runs
+
+
+def save_raw(path: Path, timing: dict, runs: dict) -> None:
+    """Every score array (and the kept images) as .npz, the timing as JSON inside it: no pickles."""
+    arrays = {f"{m}/{k}": np.asarray(v) for m, run in runs.items() for k, v in run.items() if k != "method"}
+    arrays["timing"] = np.array(json.dumps(timing))
+    np.savez_compressed(path, **arrays)
+
+
+def load_raw(path: Path) -> tuple[dict, dict]:
+    with np.load(path, allow_pickle=False) as data:
+        timing = json.loads(str(data["timing"]))
+        runs: dict[str, dict] = {}
+        for key in data.files:
+            if key != "timing":
+                method, name = key.split("/", 1)
+                value = data[key]
+                runs.setdefault(method, {"method": method})[name] = value.item() if value.ndim == 0 else value
+    for run in runs.values():
+        run["images"] = torch.from_numpy(run["images"])
+    return timing, {m: runs[m] for m in SEARCHES}
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=40)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20],
-                        help="epochs for the searches; the first is used for all methods, later ones for Noise Diffusion")
-    parser.add_argument("--candidates", type=int, default=50)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smaller run (10 prompts per sample, seeds 0 1 in the first, baselines at 5 epochs, Noise Diffusion 5 and "
+                             "10) written "
+                             "to docs/replication_toy_quick.* unless --out is given")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per sample (default 40; quick 10)")
+    parser.add_argument("--samples", type=int, default=2, help="disjoint prompt samples (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds of every prompt of the first sample (default 0 1 2 3; quick 0 1)")
+    parser.add_argument("--later_seeds", type=int, nargs="+", default=[0],
+                        help="seeds of every prompt of the later samples (default: %(default)s)")
+    parser.add_argument("--baseline_epochs", type=int, default=None,
+                        help="epochs of best-of-N, random diffusion and gradient ascent at equal generations "
+                             "(default 10; quick 5)")
+    parser.add_argument("--nd_epochs", type=int, nargs="+", default=None,
+                        help="Noise Diffusion rows (default 5 10 20; quick 5 10)")
+    parser.add_argument("--candidates", type=int, default=50, help="candidate noises per Noise Diffusion epoch")
+    parser.add_argument("--timing_items", type=int, default=16, help="items per timing run (default: %(default)s)")
+    parser.add_argument("--timing_epochs", type=int, default=2, help="epochs per timing run (default: %(default)s)")
+    parser.add_argument("--timing_rounds", type=int, default=4, help="interleaved timing rounds (default: %(default)s)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--calibration", type=int, default=600, help="canvases per calibration case")
+    parser.add_argument("--match_all_budgets", action="store_true",
+                        help="run the baselines long enough to match every Noise Diffusion budget in seconds (by "
+                             "default only budgets of at most --baseline_epochs epochs)")
+    parser.add_argument("--raw", default=None,
+                        help="keep every score in this .npz; when it exists, re-render from it instead of running")
     parser.add_argument("--model", default="toy-digits", help="pipeline folder or name (default: the shipped one)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "replication_toy.md"))
-    parser.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "toy_replication.png"))
+    parser.add_argument("--out", default=None, help="markdown file; the JSON and figures are written beside it "
+                                                    "(default docs/replication_toy.md, quick: ..._quick.md)")
     args = parser.parse_args(argv)
+    quick = args.quick
+    prompts_per_sample = args.prompts or (10 if quick else 40)
+    seeds_list = args.seeds or ([0, 1] if quick else [0, 1, 2, 3])
+    nd_epochs = sorted(args.nd_epochs or ([5, 10] if quick else [5, 10, 20]))
+    out = Path(args.out or ROOT / "docs" / ("replication_toy_quick.md" if quick else "replication_toy.md"))
+    figures = out.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    stem = out.stem
+    started = time.perf_counter()
+    cpu_started = time.process_time()
     torch.manual_seed(0)
-    base = choose_prompts(args.prompts)
-    prompts = [p for p in base for _ in args.seeds]
-    seeds = [s for _ in base for s in args.seeds]
+
+    samples = choose_prompt_samples(prompts_per_sample, args.samples)
+    sample_seeds = [seeds_list] + [args.later_seeds] * (len(samples) - 1)
+    prompts = [p for sample, ss in zip(samples, sample_seeds) for p in sample for _ in ss]
+    seeds = [s for sample, ss in zip(samples, sample_seeds) for _ in sample for s in ss]
+    sample_of = np.array([k for k, (sample, ss) in enumerate(zip(samples, sample_seeds)) for _ in sample for _ in ss])
+    masks = [sample_of == k for k in range(len(samples))]
+    groups = np.array(prompts)
+    groups_by_sample = [groups[m] for m in masks]
     held_mask = np.array([world.is_held_out_prompt(p) for p in prompts])
+    keep = [i for i, p in enumerate(prompts) if world.is_held_out_prompt(p) and seeds[i] == seeds_list[0]][:8]
+
     generator = load_generator(args.model)
-    guide, judge = load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout")
-    runs = []
-    plan = [(m, args.epochs[0]) for m in METHODS] + [("noise_diffusion", e) for e in args.epochs[1:]]
-    for method, epochs in plan:
-        run = run_method(generator, guide, judge, prompts, seeds, method, epochs, args.candidates)
-        run["label"] = LABELS[method] + (f", {epochs} epochs" if method == "noise_diffusion" else "")
-        print(f"{run['label']}: guiding {np.mean(run['guiding']):.3f} held-out {np.mean(run['held_out']):.3f} "
-              f"accuracy {np.mean(run['faithful']):.0%} ({run['seconds']:.0f} s)", flush=True)
-        runs.append(run)
-    rows = summary_rows(runs, held_mask)
-    out, fig_path = Path(args.out), Path(args.figure)
-    fig_path.parent.mkdir(parents=True, exist_ok=True)
-    figure(runs[: len(METHODS)], prompts, seeds, fig_path)
-    command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py" + (
-        f" {' '.join(argv)}" if argv else ""
-    )
-    report = render(rows, args, len(base), held_mask, command, fig_path.relative_to(out.parent) if fig_path.is_relative_to(out.parent) else fig_path)
-    out.write_text(report, encoding="utf-8")
-    (out.with_suffix(".json")).write_text(json.dumps(rows, indent=1, default=float) + "\n", encoding="utf-8")
-    print(table(rows))
-    print(f"wrote {out} and {fig_path}")
+    guide = load_verifier(GUIDE)
+    judges = [load_verifier(name) for name in JUDGES]
+    rows = default_rows(args.baseline_epochs or (5 if quick else 10), nd_epochs)
+
+    timing_prompts = prompts[: args.timing_items]
+    raw = Path(args.raw) if args.raw else None
+    raw_reused = raw is not None and raw.exists()
+    if raw_reused:  # re-render from the scores of an earlier run with the same settings
+        timing, runs = load_raw(raw)
+        print(f"scores read from {raw}", flush=True)
+    else:
+        timing, runs = measure_and_run(generator, guide, judges, prompts, seeds, rows, nd_epochs, keep, args)
+        if raw is not None:
+            save_raw(raw, timing, runs)
+    rates = {m: timing[m]["rate"] for m in SEARCHES}
+    budgets = [(e + 1) * rates["noise_diffusion"] for e in nd_epochs]
+    runs_for = {r.label: runs["best_of_n" if r.method == "none" else r.method] for r in rows}
+
+    # 3. equal generations
+    table_rows, values, pair_sets = [], {}, {}
+    for judge_name in JUDGES:
+        values[judge_name] = {r.label: at_generations(runs_for[r.label], judge_name, r.generations) for r in rows}
+    guide_values = {r.label: at_generations(runs_for[r.label], "guide", r.generations) for r in rows}
+    labels = [r.label for r in rows]
+    for row in rows:
+        run = runs_for[row.label]
+        entry = {"label": row.label, "method": row.method, "generations": row.generations,
+                 "guiding": mean_interval(guide_values[row.label], groups, resamples=args.resamples)}
+        for judge_name in JUDGES:
+            v = values[judge_name][row.label]
+            faithful = at_generations(run, judge_name + ":faithful", row.generations)
+            entry[judge_name] = {
+                "score": mean_interval(v, groups, resamples=args.resamples),
+                "accuracy": mean_interval(faithful, groups, resamples=args.resamples),
+                "seen": float(v[~held_mask].mean()), "held_out_combinations": float(v[held_mask].mean()),
+                "per_sample": [float(v[m].mean()) for m in masks],
+                "hacking": compare(guide_values[row.label], v, groups, resamples=args.resamples).as_dict(),
+            }
+        table_rows.append(entry)
+    for judge_name in JUDGES:
+        pair_sets[judge_name] = pair_table(values[judge_name], labels, groups_by_sample, masks, args.resamples)
+
+    # 4. equal seconds: each search gets the generations Noise Diffusion's budget buys at its own rate
+    equal_seconds = []
+    for epochs, budget in zip(nd_epochs, budgets):
+        block = {"nd_epochs": epochs, "budget_ms_per_item": budget * 1000, "methods": {}}
+        at_budget = {}
+        for method in SEARCHES:
+            available = runs[method]["guide"].shape[1]
+            n, capped = affordable(budget, rates[method], available) if method != "noise_diffusion" else (epochs + 1, False)
+            if capped:  # the run is shorter than the budget: leave the method out rather than show it handicapped
+                block.setdefault("not_run", []).append(LABELS[method])
+                continue
+            v = at_generations(runs[method], JUDGE, n)
+            at_budget[LABELS[method]] = v
+            block["methods"][LABELS[method]] = {"generations": n,
+                                                "score": mean_interval(v, groups, resamples=args.resamples),
+                                                "guiding": float(at_generations(runs[method], "guide", n).mean())}
+        if len(block["methods"]) < 2:
+            continue  # no baseline ran long enough for this budget
+        block["ranking"] = sorted(block["methods"], key=lambda k: -block["methods"][k]["score"][0])
+        block["pairs"] = pair_table(at_budget, block["ranking"], groups_by_sample, masks, args.resamples)
+        equal_seconds.append(block)
+
+    calib = calibration([guide, *judges], args.calibration)
+    curves_figure(runs, rates, groups, budgets, figures / f"{stem}_curves.png", min(args.resamples, 2000))
+    images_figure(runs, rows, prompts, keep, figures / f"{stem}.png")
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    given = sys.argv[1:] if argv is None else argv
+    command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py" + (f" {' '.join(given)}" if given else "")
+    report = {
+        "command": command, "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "wall_seconds": wall + (0 if "clock" not in timing or not raw_reused else timing["clock"]["wall_seconds"]),
+        "cpu_seconds": cpu + (0 if "clock" not in timing or not raw_reused else timing["clock"]["cpu_seconds"]),
+        "guide": GUIDE, "judges": list(JUDGES), "primary_judge": JUDGE, "seeds": sample_seeds, "samples": samples,
+        "candidates": args.candidates, "resamples": args.resamples, "nd_epochs": nd_epochs,
+        "timing": {"items": len(timing_prompts), "epochs": args.timing_epochs, "rounds": args.timing_rounds,
+                   "seconds_per_generation": timing,
+                   "main_run_epoch_seconds": {m: runs[m]["epoch_seconds"] for m in SEARCHES},
+                   "main_run_seconds": {m: runs[m]["seconds"] for m in SEARCHES},
+                   "main_run_epochs": {m: runs[m]["guide"].shape[1] - 1 for m in SEARCHES}},
+        "rows": table_rows, "pairs": pair_sets, "equal_seconds": equal_seconds, "calibration": calib,
+    }
+    out.write_text(render(report, figures.name, stem), encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out}, {out.with_suffix('.json')} and figures/{stem}*.png ({wall / 60:.1f} min, {cpu / 60:.1f} CPU-min)")
+    return report
 
 
-def render(rows, args, n_prompts, held_mask, command, fig_rel) -> str:
-    return f"""# Replication in the toy world
+def both_samples_agree(pair: dict) -> bool:
+    """Each sample's own interval excludes zero, on the same side as the pooled difference."""
+    sign = np.sign(pair["pooled"]["mean"])
+    return all(s["significant"] and np.sign(s["mean"]) == sign for s in pair["samples"])
 
-Made by `{command}` ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s)).
 
-{n_prompts} prompts x {len(args.seeds)} seeds = {len(held_mask)} items ({int(held_mask.sum())} of them held-out
-combinations: digit pairs that never appear together in the generator's training canvases), every relation of the
-world. Generator `toy-digits` (DDIM 25 steps, guidance 5); the searches are guided by `toy-digits-cnn` with
-{args.candidates} candidate noises per Noise Diffusion epoch; the best image of each search (by the guiding score) is
-then judged by `toy-digits-heldout`, which the search never sees. "Held-out accuracy" is the share of images in which the
-held-out verifier's most likely class is the required digit in both boxes of some arrangement the prompt allows.
-Methods with epochs all make the same number of generations (`generations` column), so the comparison is at equal
-sampling cost; Noise Diffusion additionally back-propagates through the verifier and the VAE decoder once per epoch.
-`seconds` is the wall time of the whole batch of {len(held_mask)} items on this machine (2 CPU cores shared with other
-jobs, so only a rough guide).
+def conclusions(rep: dict) -> list[str]:
+    """The orderings the intervals support, and those they do not, in words (generated, not hand-written)."""
+    judge = rep["primary_judge"]
 
-{table(rows)}
+    def describe(pairs: list[dict]) -> list[str]:
+        supported = [p for p in pairs if p["verdict"].startswith("supported")]
+        split = [p for p in pairs if not p["verdict"].startswith("supported") and p["pooled"]["significant"]]
+        other = [p for p in pairs if not p["pooled"]["significant"]]
+        out = []
+        for p in supported:
+            flip = p["pooled"]["mean"] < 0
+            winner, loser = (p["b"], p["a"]) if flip else (p["a"], p["b"])
+            c = p["pooled"]
+            gap = {"mean": -c["mean"], "low": -c["high"], "high": -c["low"]} if flip else c
+            agree = "in both samples on their own too" if both_samples_agree(p) else "not in each sample on its own"
+            out.append(f"- **{winner} > {loser}**: {fmt_ci(gap)}, sign test p = {c['sign_p']:.2g} ({agree}).")
+        if split:
+            out.append("- Interval excludes zero but the sign test does not (not claimed): " + "; ".join(
+                f"{p['a']} vs {p['b']} ({fmt_ci(p['pooled'])}, p = {p['pooled']['sign_p']:.2g})" for p in split) + ".")
+        if other:
+            out.append("- Not significant: " + "; ".join(f"{p['a']} vs {p['b']} ({fmt_ci(p['pooled'])})" for p in other)
+                       + ".")
+        return out
 
-![best images of the first held-out-combination items (seed {args.seeds[0]}); the number is the held-out verifier's score, green = judged faithful]({fig_rel})
+    lines = ["## Conclusions", "",
+             f"Generated from the intervals above (held-out score, `{judge}`, pooled over both samples).", "",
+             "At equal generations:", ""]
+    lines += describe(rep["pairs"][judge])
+    for block in rep["equal_seconds"]:
+        lines += ["", f"At the seconds of Noise Diffusion with {block['nd_epochs']} epochs (ranking "
+                  f"{' > '.join(block['ranking'])}):", ""]
+        lines += describe(block["pairs"])
+    hacked = [r["label"] for r in rep["rows"] if r[judge]["hacking"]["low"] > 0]
+    lines += ["", "Verifier hacking (guide − held-out, interval above zero): "
+              + (", ".join(hacked) if hacked else "none") + ".", ""]
+    return lines
 
-Rows of the figure: plain sampler, best-of-N, random diffusion, Noise Diffusion ({args.epochs[0]} epochs).
-See `docs/toy_world.md` for the world, the models and their training.
-"""
+
+def render(rep: dict, figures: str, stem: str) -> str:
+    judge, mlp = rep["judges"]
+    n_items = sum(len(s) * len(ss) for s, ss in zip(rep["samples"], rep["seeds"]))
+    sizes = " and ".join(f"{len(s)} prompts x seeds {', '.join(map(str, ss))}" for s, ss in zip(rep["samples"], rep["seeds"]))
+    title = "Replication in the toy world" + (" — QUICK RUN (small sample, not the full replication)" if rep["quick"] else "")
+    t = rep["timing"]
+    rates = {m: t["seconds_per_generation"][m] for m in SEARCHES}
+    lines = [f"# {title}", "",
+             f"Made by `{rep['command']}` ({rep['date']}, torch {rep['torch']}, CPU, {rep['threads']} thread(s); "
+             f"{rep['wall_seconds'] / 60:.1f} min wall, {rep['cpu_seconds'] / 60:.1f} CPU-min).", "",
+             f"{len(rep['samples'])} disjoint prompt samples, {sizes} = {n_items} items (half of the prompts of each "
+             f"sample are held-out combinations, digit pairs never drawn together in the generator's training "
+             f"canvases; every relation in turn). Guided by `{rep['guide']}` "
+             f"({rep['candidates']} candidate noises per Noise Diffusion epoch); every image is judged by `{judge}` "
+             f"(**primary**; a residual CNN trained with augmentation on the other half of the digits) and by `{mlp}` "
+             f"(the MLP), which the search never sees. A method's result after k generations is the image with the best "
+             f"guiding score among its first k. The plain sampler is generation 1 of every search (same seeded latent); "
+             f"the 5- and 10-epoch Noise Diffusion rows are the first epochs of the longest run (the loop's randomness "
+             f"does not depend on the epoch budget).", "",
+             "**Statistics.** Every difference is paired by (prompt, seed); the seeds of a prompt are averaged first, "
+             f"and the 95 % interval is a percentile bootstrap over prompts ({rep['resamples']:,} resamples). The sign "
+             "test counts prompts whose mean difference is positive (two-sided, exact, ties left out). An ordering is "
+             f"called **supported** when the pooled interval (both samples, {sum(len(x) for x in rep['samples'])} "
+             "prompts) excludes zero *and* the sign test gives p < 0.05; otherwise **not significant**. The two "
+             "samples' own differences are shown beside it, as the replication within the run. With many pairs, a few "
+             "borderline 'supported' verdicts can be chance (no multiplicity correction).", "",
+             "## Equal generations", "",
+             f"| method | generations | guiding | held-out ({SHORT[judge]}) [95 % CI] | accuracy ({SHORT[judge]}) | "
+             f"held-out ({SHORT[mlp]}) | accuracy ({SHORT[mlp]}) | {SHORT[judge]}: seen / held-out comb. | "
+             f"{SHORT[judge]}: sample 1 / sample 2 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        j, m = r[judge], r[mlp]
+        lines.append(f"| {r['label']} | {r['generations']} | {r['guiding'][0]:.3f} | {fmt_mean(j['score'])} | "
+                     f"{j['accuracy'][0]:.1%} | {m['score'][0]:.3f} | {m['accuracy'][0]:.1%} | "
+                     f"{j['seen']:.3f} / {j['held_out_combinations']:.3f} | "
+                     f"{' / '.join(f'{x:.3f}' for x in j['per_sample'])} |")
+    lines += ["", f"![held-out score vs generations and vs seconds]({figures}/{stem}_curves.png)", "",
+              f"### Every pair, held-out score ({SHORT[judge]}), a − b", "",
+              "| a | b | sample 1 | sample 2 | pooled [95 % CI] | prompts a > b / a < b | sign test p | "
+              f"pooled with {SHORT[mlp]} | verdict ({SHORT[judge]}) |", "|---|---|---|---|---|---|---|---|---|"]
+    mlp_pairs = {(p["a"], p["b"]): p for p in rep["pairs"][mlp]}
+    for p in rep["pairs"][judge]:
+        pooled = p["pooled"]
+        lines.append(f"| {p['a']} | {p['b']} | {' | '.join(fmt_ci(s) for s in p['samples'])} | {fmt_ci(pooled)} | "
+                     f"{pooled['positive']} / {pooled['negative']} | {pooled['sign_p']:.2g} | "
+                     f"{fmt_ci(mlp_pairs[p['a'], p['b']]['pooled'])} | {p['verdict']} |")
+    lines += ["", "## Equal seconds", "",
+              f"Seconds per generation per item, measured first in {t['rounds']} interleaved rounds of {t['epochs'] + 1} "
+              f"generations on {t['items']} items (order rotated each round, so the load of this shared 2-core machine "
+              "affects all methods alike). The equal-seconds comparison uses the process's **CPU time** (one thread: "
+              "the wall time an idle machine would take; wall time under the other jobs' load is far noisier): " +
+              ", ".join(f"{LABELS[m]} {v['rate'] * 1000:.1f} ms ({v['ratio_to_best_of_n']:.2f}x best-of-N; rounds "
+                        f"{v['ratio_min']:.2f}–{v['ratio_max']:.2f}x)" for m, v in rates.items()) +
+              ". Wall time in the same rounds: " +
+              ", ".join(f"{LABELS[m]} {v['wall_rate'] * 1000:.1f} ms ({v['wall_ratio_to_best_of_n']:.2f}x; rounds "
+                        f"{v['wall_ratio_min']:.2f}–{v['wall_ratio_max']:.2f}x)" for m, v in rates.items()) +
+              ". In the main runs (one batch of all items per method, not interleaved) the median epoch took, in wall time, " +
+              ", ".join(f"{LABELS[m]} {t['main_run_epoch_seconds'][m] * 1000:.1f} ms" for m in SEARCHES) +
+              " per item. Noise Diffusion and gradient ascent also back-propagate through the guide, the VAE decoder "
+              "and the scheduler's steps every epoch, with the UNet's predictions held fixed (no backward pass through "
+              "the UNet), which is why their extra cost is small next to 25 guided UNet steps. Each budget below is the time of Noise Diffusion at k epochs; the "
+              "other searches get the generations it buys at their own rate (the ratio to best-of-N is measured within "
+              "rounds, so the machine's changing load cancels out of it).", ""]
+    unmatched = [e for e in rep["nd_epochs"] if e not in {b["nd_epochs"] for b in rep["equal_seconds"]}]
+    if unmatched:
+        lines += [f"Noise Diffusion at {', '.join(map(str, unmatched))} epochs is compared at equal generations only: "
+                  "the baselines were not run long enough to match its seconds (`--match_all_budgets` does).", ""]
+    for block in rep["equal_seconds"]:
+        lines += [f"### Budget of Noise Diffusion at {block['nd_epochs']} epochs "
+                  f"({block['budget_ms_per_item']:.0f} ms per item)", "",
+                  f"| rank | method | generations | held-out ({SHORT[judge]}) [95 % CI] | guiding |", "|---|---|---|---|---|"]
+        for rank, name in enumerate(block["ranking"], 1):
+            m = block["methods"][name]
+            lines.append(f"| {rank} | {name} | {m['generations']} | {fmt_mean(m['score'])} | {m['guiding']:.3f} |")
+        if block.get("not_run"):
+            lines += ["", f"Not run long enough for this budget: {', '.join(block['not_run'])}."]
+        lines += ["", "| a | b | sample 1 | sample 2 | pooled [95 % CI] | sign test p | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in block["pairs"]:
+            lines.append(f"| {p['a']} | {p['b']} | {' | '.join(fmt_ci(s) for s in p['samples'])} | "
+                         f"{fmt_ci(p['pooled'])} | {p['pooled']['sign_p']:.2g} | {p['verdict']} |")
+        lines.append("")
+    lines += conclusions(rep)
+    lines += ["## Verifier hacking", "",
+              "Guiding score minus held-out score of the same kept images, mean over prompts with its 95 % interval "
+              "(the verifiers are all digit classifiers scoring the same probability, so the scales are comparable; "
+              "the guide also scores images drawn from the same digits, so part of the gap would exist without search).",
+              "", f"| method | generations | guide − {SHORT[judge]} | guide − {SHORT[mlp]} |", "|---|---|---|---|"]
+    for r in rep["rows"]:
+        lines.append(f"| {r['label']} | {r['generations']} | {fmt_ci(r[judge]['hacking'])} | {fmt_ci(r[mlp]['hacking'])} |")
+    lines += ["", "## Judges on rendered canvases", "",
+              "Each verifier on canvases drawn from the specification with the digit images it never saw in training "
+              f"({rep['calibration'][0]['faithful']['count']} per case): a faithful scene, the order swapped (spatial "
+              "prompts), one digit replaced by a third, and the faithful canvases blurred (Gaussian, sigma 0.8 px). Cells: mean "
+              "score / share above 0.5 / share judged faithful.", "",
+              calibration_table(rep["calibration"]), "",
+              "![best images of the first held-out-combination items (first seed); the number is the primary judge's "
+              f"score, green = judged faithful]({figures}/{stem}.png)", "",
+              "See `docs/toy_world.md` for the world, the models and their training.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

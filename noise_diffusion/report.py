@@ -7,8 +7,10 @@ results and ``evaluate.py --report DIR`` can redo it at any time.
 Statistics, per method and category and over all runs (a run = one prompt and seed):
 mean initial score, mean best score, gain = mean best - mean initial, share of runs whose best (and initial) score is
 above 0.5 and 0.9, median epoch of the best image, mean model (UNet/transformer) forward and backward evaluations,
-generations and seconds per run; the same score statistics for every held-out verifier. Results written before the
-compute field was renamed (``unet_evals``, now ``model_evals``) read the same.
+generations and seconds per run; the same score statistics for every held-out verifier, and the verifier hacking
+against each: the guiding verifier's best score minus the held-out verifier's score of the same best image, with a
+95 % bootstrap interval over prompts. Results written before the compute field was renamed (``unet_evals``, now
+``model_evals``) read the same.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
+from .intervals import compare
 from .methods import METHODS
 from .paper_table import paper_table
 from .results import (
@@ -158,6 +161,19 @@ def held_out_stats(runs: Sequence[dict], key: str = "held_out") -> dict[str, dic
     return out
 
 
+def hacking_stats(runs: Sequence[dict]) -> dict[str, dict]:
+    """Per held-out verifier: guiding best score minus held-out best score (same image), mean over prompts with its
+    bootstrap interval; positive means the search found what pleases the guide more than the held-out judge."""
+    out = {}
+    for verifier in sorted({v for r in runs for v in r["held_out"]}):
+        scored = [r for r in runs if verifier in r["held_out"]]
+        result = compare([r["record"]["best_score"] for r in scored],
+                         [r["held_out"][verifier]["best_score"] for r in scored],
+                         [r["record"]["prompt"] for r in scored])
+        out[verifier] = {"runs": len(scored), **result.as_dict()}
+    return out
+
+
 def best_so_far(record: dict) -> list[float]:
     """The best score after each epoch of one run (epoch 0 = the initial image)."""
     curve, best = [], -math.inf
@@ -204,6 +220,7 @@ def summarize(runs: Sequence[dict]) -> dict:
             "categories": {name: run_stats(group) for name, group in groups.items()},
             "held_out": {name: held_out_stats(group) for name, group in groups.items()},
             "png": {name: held_out_stats(group, "png") for name, group in groups.items()},
+            "verifier_hacking": hacking_stats(method_runs),
             "curve": mean_curve([r["record"] for r in method_runs]),
         }
     return summary
@@ -284,18 +301,24 @@ def _fmt(value, digits: int = 3, signed: bool = False) -> str:
 def markdown(summary: dict, root: Path | None = None) -> str:
     """The readable report."""
     lines = [f"# Evaluation summary{f': `{root}`' if root else ''}", ""]
-    lines += ["| method | runs | initial | best | gain | best > 0.9 | model evals / run | s / run | held-out initial → best |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| method | runs | initial | best | gain | best > 0.9 | model evals / run | s / run | held-out initial → best "
+              "| guide − held-out [95 % CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         held = "; ".join(f"{v}: {_fmt(h['mean_initial'])} → {_fmt(h['mean_best'])}"
                         for v, h in info["held_out"][OVERALL].items()) or "–"
+        hacking = "; ".join(f"{v}: {_fmt(h['mean'], signed=True)} [{_fmt(h['low'], signed=True)}, "
+                            f"{_fmt(h['high'], signed=True)}]" for v, h in info.get("verifier_hacking", {}).items()) or "–"
         lines.append(f"| {method} | {s['runs']} | {_fmt(s['mean_initial'])} | {_fmt(s['mean_best'])} | "
                      f"{_fmt(s['gain'], signed=True)} | {_fmt(s['best_above_0.9'])} | {_fmt(s['model_evals_per_run'], 1)} | "
-                     f"{_fmt(s['seconds_per_run'], 2)} | {held} |")
+                     f"{_fmt(s['seconds_per_run'], 2)} | {held} | {hacking} |")
     for method, differing in summary.get("mixed_settings", {}).items():
         lines += ["", f"**Warning: the runs of {method} were made with different settings** ({differing}); their "
                       "means mix configurations."]
+    if any(info.get("verifier_hacking") for info in summary["methods"].values()):
+        lines += ["", "Guide − held-out: the guiding verifier's best score minus the held-out verifier's score of the same "
+                  "image, mean over prompts (seeds averaged first) with a 95 % bootstrap interval over prompts; "
+                  "meaningful when the two verifiers score on comparable scales."]
     kinds = dict.fromkeys(info["dataset_kind"] for info in summary["methods"].values() if info["paper"])
     for kind in kinds:
         paper = " · ".join(f"{k} {v:.3f}" for k, v in PAPER[kind].items())

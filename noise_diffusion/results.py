@@ -282,17 +282,17 @@ def _first_line(error: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------- same settings
 
 #: names used by earlier versions of the record -> today's
-RENAMED_COMPUTE = {"unet_evals": "model_evals", "verifier_forward": "verifier_forward",
-                   "verifier_backward": "verifier_backward"}
+RENAMED_COMPUTE = {"unet_evals": "model_evals", "scorer_forward": "verifier_forward",
+                   "scorer_backward": "verifier_backward"}
 
 
 def upgrade_record(record: dict) -> dict:
     """A finished run's record in today's names: results written before the verifier section and the compute counts
-    were renamed (``verifier`` -> ``verifier``, ``unet_evals`` -> ``model_evals``) read like new ones."""
+    were renamed (``scorer`` -> ``verifier``, ``unet_evals`` -> ``model_evals``) read like new ones."""
     record = dict(record)
     config = record.get("config")
-    if isinstance(config, dict) and "verifier" in config and "verifier" not in config:
-        config = {("verifier" if key == "verifier" else key): value for key, value in config.items()}
+    if isinstance(config, dict) and "scorer" in config and "verifier" not in config:
+        config = {("verifier" if key == "scorer" else key): value for key, value in config.items()}
         record["config"] = config
     compute = record.get("compute")
     if isinstance(compute, dict) and any(key in compute for key in RENAMED_COMPUTE):

@@ -114,6 +114,18 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
     assert math.isnan(report.score_stats([], [])["mean_best"])
 
 
+def test_verifier_hacking_is_guide_minus_held_out_per_prompt(results):
+    summary = report.write_report(results)
+    hacking = summary["methods"]["noise_diffusion"]["verifier_hacking"]["judge"]
+    # hand-worked: "a cat and a dog" seed 1: best 0.5 vs held-out 0.4; seed 2: best 0.4 vs 0.2 -> prompt mean 0.15;
+    # one prompt, so the bootstrap over prompts has nothing to vary
+    assert hacking["runs"] == 2 and hacking["prompts"] == 1
+    assert (hacking["mean"], hacking["low"], hacking["high"]) == pytest.approx((0.15, 0.15, 0.15))
+    assert summary["methods"]["none"]["verifier_hacking"] == {}
+    text = (results / "summary.md").read_text()
+    assert "guide − held-out" in text and "judge: +0.150 [+0.150, +0.150]" in text
+
+
 def test_records_written_with_the_earlier_names_read_like_new_ones():
     from noise_diffusion.results import setting_differences, upgrade_record
 

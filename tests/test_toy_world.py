@@ -74,7 +74,7 @@ def toy():
 
 @pytest.fixture(scope="module")
 def verifiers():
-    return load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout")
+    return load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout"), load_verifier("toy-digits-heldout-resnet")
 
 
 def test_shipped_pipeline_loads_by_name_offline(toy):
@@ -91,7 +91,7 @@ def test_shipped_pipeline_loads_by_name_offline(toy):
 
 
 def test_score_is_the_probability_of_the_implied_boxes(verifiers):
-    guide, _ = verifiers
+    guide = verifiers[0]
     canvas = torch.from_numpy(world.sample_canvases([("H", 3, 7)], np.random.default_rng(1)))
     grey = canvas[:, :1]
     probs = [guide.classifier(grey[..., r : r + 16, c : c + 16]).softmax(-1)[0] for r, c in
@@ -133,7 +133,7 @@ def test_verifiers_separate_faithful_from_unfaithful_canvases(verifiers):
 
 
 def test_noise_diffusion_raises_the_held_out_score_on_held_out_prompts(toy, verifiers):
-    guide, judge = verifiers
+    guide, judge = verifiers[:2]
     prompts = [p for p in (world.make_prompt(a, r, b) for r in world.RELATIONS for a in range(10) for b in range(10)
                            if a != b) if world.is_held_out_prompt(p)][::17][:4]
     seeds = [0] * len(prompts)
@@ -147,6 +147,38 @@ def test_noise_diffusion_raises_the_held_out_score_on_held_out_prompts(toy, veri
     assert after > before + 0.1
 
 
+def test_second_held_out_judge_ships_small_and_is_another_architecture(verifiers):
+    from safetensors import safe_open
+
+    from noise_diffusion.toy.verifiers import WEIGHTS
+    from noise_diffusion.toy.models import DigitResNet
+
+    judge = verifiers[2]
+    assert isinstance(judge.classifier, DigitResNet) and not judge.classifier.training
+    path = WEIGHTS / "toy-digits-heldout-resnet.safetensors"
+    assert path.stat().st_size < 3 * 2**20
+    with safe_open(str(path), "pt") as weights:  # batch-norm statistics were trained, not left at their defaults
+        assert not torch.allclose(weights.get_tensor("stem.0.1.running_var"), torch.ones(32))
+    canvas = torch.from_numpy(world.sample_canvases([("V", 4, 9)], np.random.default_rng(3))).requires_grad_(True)
+    score = judge(canvas, ["a 4 above a 9"])
+    assert 0.5 < score.item() <= 1.0
+    score.sum().backward()
+    assert canvas.grad.abs().sum() > 0
+    with pytest.raises(UserError):
+        load_verifier("toy-digits-heldout-resnet", question="x")
+
+
+def test_augmentation_moves_and_softens_boxes_within_range():
+    from noise_diffusion.toy import train
+
+    rng = np.random.default_rng(0)
+    boxes, _ = train.box_batch(64, "b", rng)
+    moved = train.augment_boxes(boxes, rng)
+    assert moved.shape == boxes.shape and moved.min() >= 0 and moved.max() <= 1
+    assert (moved - boxes).abs().mean() > 0.01  # every batch is changed ...
+    assert (moved.mean() - boxes.mean()).abs() < 0.1 * boxes.mean()  # ... without losing the digits' ink
+
+
 # -- training ----------------------------------------------------------------------------------------------------------
 def test_training_script_runs_end_to_end(tmp_path):
     from noise_diffusion.toy import train
@@ -154,7 +186,8 @@ def test_training_script_runs_end_to_end(tmp_path):
     train.main(["--work", str(tmp_path), "--verifier_steps", "2", "--vae_steps", "2", "--unet_steps", "2",
                 "--unet_more_steps", "2", "--unet_dataset", "32", "--unet_batch", "4"])
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert set(timings) == {"toy-digits-cnn", "toy-digits-heldout", "vae", "unet_text_encoder", "unet_text_encoder_stage2"}
+    assert set(timings) == {*train.VERIFIER_RECIPES, "vae", "unet_text_encoder", "unet_text_encoder_stage2"}
+    assert timings["toy-digits-heldout-resnet"]["augment"] and timings["toy-digits-heldout-resnet"]["half"] == "b"
     generator = load_generator(str(tmp_path / "toy-digits-stage2"))
     assert generator.settings()["num_steps"] == train.SAMPLING["num_steps"]
     verifier_weights = tmp_path / "toy-digits-cnn.safetensors"
@@ -166,7 +199,7 @@ def test_training_script_runs_end_to_end(tmp_path):
 
 
 def test_verifiers_reject_prompts_and_options_outside_the_world(verifiers):
-    guide, _ = verifiers
+    guide = verifiers[0]
     with pytest.raises(UserError, match="not a toy-world prompt"):
         guide(torch.zeros(1, 3, 32, 32), ["a cat and a dog"])
     with pytest.raises(UserError, match="takes no options"):

@@ -2,8 +2,9 @@
 
 The generator parts are the real diffusers/transformers classes (``AutoencoderKL``, ``UNet2DConditionModel``,
 ``CLIPTextModel`` with a ``CLIPTokenizer``), only small, so the trained folder loads like SD1.4 does.
-The two verifiers are deliberately different architectures (a CNN and an MLP) trained on disjoint halves of the digits,
-so that the held-out one is an independent judge of images optimised against the guiding one.
+The verifiers are deliberately different architectures trained on disjoint halves of the digits (the guiding CNN on one
+half; the held-out MLP and the held-out residual network on the other), so that the held-out ones are independent
+judges of images optimised against the guiding one.
 """
 
 from __future__ import annotations
@@ -103,4 +104,25 @@ class DigitMLP(nn.Module):
         return self.net(boxes)
 
 
-VERIFIERS = {"cnn": DigitCNN, "mlp": DigitMLP}
+class DigitResNet(nn.Module):
+    """Second held-out verifier: batch-normalised convolutions with a residual block, strided downsampling and global
+    average pooling (no max-pooling and no fully connected hidden layer, unlike the guiding CNN)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
+
+        self.stem = nn.Sequential(conv(1, width, 5), nn.ReLU(), conv(width, 2 * width, 3, stride=2), nn.ReLU())
+        self.block = nn.Sequential(conv(2 * width, 2 * width, 3), nn.ReLU(), conv(2 * width, 2 * width, 3))
+        self.down = nn.Sequential(conv(2 * width, 3 * width, 3, stride=2), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3 * width, NUM_CLASSES))
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        x = self.stem(boxes)
+        x = torch.relu(x + self.block(x))
+        return self.head(self.down(x))
+
+
+VERIFIERS = {"cnn": DigitCNN, "mlp": DigitMLP, "resnet": DigitResNet}

@@ -1,4 +1,4 @@
-"""Train the toy world from scratch on a CPU: the two digit verifiers, the VAE, then the text encoder + UNet.
+"""Train the toy world from scratch on a CPU: the digit verifiers, the VAE, then the text encoder + UNet.
 
 Usage (the run that made the shipped folder; times in ``docs/toy_world.md``)::
 
@@ -31,6 +31,12 @@ ASSETS = Path(__file__).parent / "assets"
 PIPELINE_NAME = "toy-digits"
 #: the world's recommended sampling settings, read by ``generators.sampling_defaults``
 SAMPLING = {"num_steps": 25, "guidance_scale": 5.0}
+#: verifier name -> (architecture, digit half, seed offset, augmentation): the guide sees half "a", the judges half "b"
+VERIFIER_RECIPES = {
+    "toy-digits-cnn": ("cnn", "a", 0, False),
+    "toy-digits-heldout": ("mlp", "b", 1, False),
+    "toy-digits-heldout-resnet": ("resnet", "b", 2, True),
+}
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -76,10 +82,34 @@ def box_batch(count: int, half: str, rng: np.random.Generator) -> tuple[torch.Te
     return torch.from_numpy(np.clip(boxes, 0, 1).astype(np.float32))[:, None], torch.from_numpy(labels)
 
 
+def augment_boxes(boxes: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random geometry and softness per box: rotation up to 15 degrees, scale 0.85-1.15, shift up to 1.5 px, and on
+    half of the boxes a Gaussian blur (sigma 0.3-1.0), as generated digits are rotated, resized and smeared."""
+    count = len(boxes)
+    angle = np.deg2rad(rng.uniform(-15, 15, count))
+    scale = rng.uniform(0.85, 1.15, count)
+    shift = rng.uniform(-1.5, 1.5, (count, 2)) * 2 / world.DIGIT  # pixels -> normalised coordinates
+    theta = np.zeros((count, 2, 3), np.float32)
+    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angle) / scale, -np.sin(angle) / scale
+    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angle) / scale, np.cos(angle) / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(torch.from_numpy(theta), list(boxes.shape), align_corners=False)
+    moved = F.grid_sample(boxes, grid, padding_mode="zeros", align_corners=False)
+    sigma = torch.from_numpy(np.where(rng.random(count) < 0.5, rng.uniform(0.3, 1.0, count), 1e-3).astype(np.float32))
+    taps = torch.arange(-2, 3, dtype=torch.float32)
+    kernel_1d = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel_1d = kernel_1d / kernel_1d.sum(1, keepdim=True)
+    kernels = (kernel_1d[:, :, None] * kernel_1d[:, None, :])[:, None]  # [N, 1, 5, 5]
+    blurred = F.conv2d(moved.view(1, count, *boxes.shape[-2:]), kernels, padding=2, groups=count)
+    return blurred.view_as(boxes).clamp(0, 1)
+
+
 def train_verifier(
-    kind: str, half: str, steps: int, seed: int, batch: int = 128, eval_count: int = 2000
+    kind: str, half: str, steps: int, seed: int, batch: int = 128, eval_count: int = 2000, augment: bool = False
 ) -> tuple[nn.Module, dict]:
-    """Train one digit classifier on half ``half`` of the digits; report its accuracy on the other half."""
+    """Train one digit classifier on half ``half`` of the digits; report its accuracy on the other half.
+
+    ``augment`` adds :func:`augment_boxes` to every training batch (not to the evaluation boxes)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = models.VERIFIERS[kind]()
@@ -87,6 +117,8 @@ def train_verifier(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     for step in range(steps):
         boxes, labels = box_batch(batch, half, rng)
+        if augment:
+            boxes = augment_boxes(boxes, rng)
         loss = F.cross_entropy(net(boxes), labels, label_smoothing=0.05)
         optimizer.zero_grad()
         loss.backward()
@@ -99,7 +131,8 @@ def train_verifier(
     with torch.no_grad():
         boxes, labels = box_batch(eval_count, other, np.random.default_rng(seed + 1))
         accuracy = (net(boxes).argmax(1) == labels).float().mean().item()
-    return net, {"kind": kind, "half": half, "steps": steps, "seed": seed, "box_accuracy_other_half": accuracy}
+    return net, {"kind": kind, "half": half, "steps": steps, "seed": seed, "augment": augment,
+                 "box_accuracy_other_half": accuracy}
 
 
 # -- VAE ----------------------------------------------------------------------------------------------------------------
@@ -273,12 +306,12 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import save_file
 
     if args.only in ("verifiers", "all"):
-        for name, kind, half, seed in (("toy-digits-cnn", "cnn", "a", args.seed), ("toy-digits-heldout", "mlp", "b", args.seed + 1)):
+        for name, (kind, half, seed_offset, augment) in VERIFIER_RECIPES.items():
             path = work / f"{name}.safetensors"
             if path.exists():
                 continue
             start = time.time()
-            net, info = train_verifier(kind, half, args.verifier_steps, seed)
+            net, info = train_verifier(kind, half, args.verifier_steps, args.seed + seed_offset, augment=augment)
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"kind": kind})
             record(name, time.time() - start, info)
     vae_dir = work / "vae"
@@ -330,7 +363,7 @@ def install(work: Path) -> None:
     stage2 = work / f"{PIPELINE_NAME}-stage2"
     shutil.copytree(stage2 if (stage2 / "model_index.json").exists() else work / PIPELINE_NAME, target)
     (ASSETS / "verifiers").mkdir(exist_ok=True)
-    for name in ("toy-digits-cnn", "toy-digits-heldout"):
+    for name in VERIFIER_RECIPES:
         shutil.copy(work / f"{name}.safetensors", ASSETS / "verifiers" / f"{name}.safetensors")
     shutil.copy(work / "timings.json", ASSETS / "training_timings.json")
     _log(f"installed into {ASSETS}")

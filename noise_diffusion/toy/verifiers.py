@@ -1,4 +1,5 @@
-"""The toy world's two verifiers (``toy-digits-cnn`` guides, ``toy-digits-heldout`` only judges).
+"""The toy world's verifiers (``toy-digits-cnn`` guides; ``toy-digits-heldout`` and ``toy-digits-heldout-resnet`` only
+judge).
 
 Score = probability that the image shows the prompt: for each configuration that makes the prompt true (one for a
 spatial relation, four for ``and``), the product of the classifier's probabilities of the two required digits in the
@@ -21,8 +22,9 @@ from ..verifiers.registry import register_verifier
 from . import models, world
 
 WEIGHTS = Path(__file__).resolve().parent / "assets" / "verifiers"
-#: short name -> (architecture in toy.models.VERIFIERS, weights file); the held-out one saw the other half of the digits
-VERIFIERS = {"toy-digits-cnn": "cnn", "toy-digits-heldout": "mlp"}
+#: short name -> architecture in toy.models.VERIFIERS (weights: WEIGHTS/<name>.safetensors); the held-out ones saw the
+#: other half of the digits (recipes in toy.train.VERIFIER_RECIPES)
+VERIFIERS = {"toy-digits-cnn": "cnn", "toy-digits-heldout": "mlp", "toy-digits-heldout-resnet": "resnet"}
 #: the four box positions in a fixed order: (layout, slot)
 _BOXES = [("H", 0), ("H", 1), ("V", 0), ("V", 1)]
 

@@ -3,7 +3,7 @@
 Presets (``--preset``), all built locally with no download:
 
 - ``tiny``: the test suite's tiny SD1.x pipeline (32×32 images, 4×16×16 latents) and tiny CLIP verifier.
-- ``toy``: the project's trained toy world when it is installed (``noise_diffusion/toy/assets``, issue 5), otherwise
+- ``toy``: the project's trained toy world when it is installed (``noise_diffusion/toy/assets``), otherwise
   an untrained pipeline of the toy world's shapes (32×32×3 images, 4×8×8 latents, DDIM 25 steps, guidance 5) with the
   tiny CLIP verifier.
 - ``sd14``: the real architectures of ``CompVis/stable-diffusion-v1-4`` (UNet, VAE, CLIP ViT-L/14 text encoder, PNDM
@@ -43,7 +43,7 @@ from noise_diffusion.verifiers.clip import CLIP_MEAN, CLIP_STD, CLIPVerifier  # 
 from noise_diffusion.testing import build_tiny_clip, build_tiny_sd_pipeline, write_clip_tokenizer  # noqa: E402
 
 PRESETS = ("tiny", "toy", "sd14")
-#: prompts of the toy world's grammar (issue 5): its verifier scores only these
+#: prompts of the toy world's grammar: its verifier scores only these
 TOY_PROMPTS = ["a 3 left of a 7", "a 1 above a 4", "a 2 and a 9", "a 5 right of a 8", "a 6 below a 0"]
 
 # -- published configurations (config.json of CompVis/stable-diffusion-v1-4 and openai/clip-vit-large-patch14) --------
@@ -112,7 +112,7 @@ def tiny_clip_dir() -> str:
 
 
 def toy_world_dir() -> str | None:
-    """The trained toy world's pipeline folder if the project ships it (issue 5), else None."""
+    """The trained toy world's pipeline folder if the project ships it, else None."""
     assets = ROOT / "noise_diffusion" / "toy" / "assets"
     if not assets.is_dir():
         return None

@@ -1,4 +1,4 @@
-"""Prompt datasets: the paper's two sets (DESIGN.md §3), how they are built, and a loader for every supported format.
+"""Prompt datasets: the paper's two sets (after Attend-and-Excite's construction), how they are built, and a loader for every supported format.
 
 Formats the loader reads as they are:
 
@@ -35,7 +35,7 @@ BUILTIN = {
     "toy-complex": "toy_complex.json",
 }
 
-# DESIGN.md §3: Attend-and-Excite's vocabulary.
+# Attend-and-Excite's vocabulary (the objects, animals and colours of its prompt sets).
 ANIMALS = ("bear", "bird", "cat", "dog", "elephant", "frog", "horse", "lion", "monkey", "mouse", "rabbit", "turtle")
 OBJECTS = ("apple", "backpack", "balloon", "bench", "bow", "bowl", "car", "chair", "clock", "crown", "glasses",
            "suitcase")

@@ -11,7 +11,7 @@ jobs (two shells, a shard given twice) never run one job twice or write the same
 Held-out re-scoring (:func:`rescore_held_out`) scores the saved ``initial.png`` and ``best.png`` with a verifier other
 than the one that guided the search, and stores the two scores in ``heldout_<verifier>.json`` next to ``result.json``
 (atomically; a re-run skips folders that have it). The best image stays the one the guiding verifier chose, so the
-held-out gain shows how much of the improvement is not verifier hacking (DESIGN.md §1).
+held-out gain shows how much of the improvement is not verifier hacking.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from .results import (
     write_bytes_atomic, write_json_atomic,
 )
 
-#: DESIGN.md §1, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
+#: the paper's numbers, from a secondary summary of the paper (unverified): mean VQAScore (clip-flant5-xxl) per dataset.
 PAPER = {
     "simple": {"SD1.4": 0.700, "InitNO": 0.872, "Noise Diffusion (50 epochs)": 0.979},
     "complex": {"SD1.4": 0.650, "InitNO": 0.765, "Noise Diffusion (50 epochs)": 0.958},

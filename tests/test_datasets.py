@@ -1,4 +1,4 @@
-"""Prompt datasets: the construction of DESIGN.md §3, the committed files, and the loader's formats and errors."""
+"""Prompt datasets: Attend-and-Excite's construction, the committed files, and the loader's formats and errors."""
 
 import json
 import re

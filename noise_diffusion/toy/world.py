@@ -1,6 +1,6 @@
 """The toy world: two handwritten digits on a 32x32 canvas, and prompts that say which digit is where.
 
-Specification (issue 5; other tools read it, so it is fixed):
+Specification (other tools read it, so it is fixed):
 
 - Digits come from ``sklearn.datasets.load_digits()`` (shipped inside scikit-learn), 8x8 values 0..16 scaled to [0, 1]
   and upsampled to 16x16 (bilinear), drawn white on black.

@@ -382,6 +382,17 @@ def flow_scheduler(pipe_scheduler, choice: str | None):
     return FlowMatchEulerDiscreteScheduler, config
 
 
+def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:
+    """The flow-matching pipelines' resolution-dependent timestep shift ``mu`` (diffusers' ``calculate_shift``, the
+    same function in the SD3 and FLUX pipelines) from the scheduler config; ``max_shift`` is the family's default
+    where the config has none (1.16 for SD3, 1.15 for FLUX)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    config = scheduler.config
+    return calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                           config.get("base_shift", 0.5), config.get("max_shift", max_shift))
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]

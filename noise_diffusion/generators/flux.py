@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator
+from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator, resolution_shift
 
 #: recommended settings per variant (chosen by the transformer's ``guidance_embeds``) where the caller passes None:
 #: schnell: 4 steps without guidance (its model card); dev: diffusers' FluxPipeline defaults, 28 steps with distilled
@@ -106,17 +106,8 @@ class FluxGenerator(DiffusersGenerator):
         }
 
     def _set_timesteps(self, scheduler) -> None:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        n = self.num_steps
-        _, h, w = self.latent_shape
-        mu = calculate_shift(
-            (h // 2) * (w // 2),  # packed sequence length
-            scheduler.config.get("base_image_seq_len", 256),
-            scheduler.config.get("max_image_seq_len", 4096),
-            scheduler.config.get("base_shift", 0.5),
-            scheduler.config.get("max_shift", 1.15),
-        )
+        n, (_, h, w) = self.num_steps, self.latent_shape
+        mu = resolution_shift(scheduler, (h // 2) * (w // 2), max_shift=1.15)  # the packed sequence length
         if scheduler.config.get("use_flow_sigmas"):
             scheduler.set_timesteps(n, device=self.device, mu=mu)
         else:

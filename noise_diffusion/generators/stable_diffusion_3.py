@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator
+from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator, resolution_shift
 
 
 @register_generator
@@ -98,19 +98,10 @@ class StableDiffusion3Generator(DiffusersGenerator):
     def _set_timesteps(self, scheduler) -> None:
         """The pipeline's timesteps: default sigmas, static shift, or the resolution-dependent shift ``mu`` when the
         checkpoint asks for dynamic shifting (SD3's own constants)."""
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting"):
-            patch = self.transformer.config.patch_size
-            _, h, w = self.latent_shape
-            kwargs["mu"] = calculate_shift(
-                (h // patch) * (w // patch),
-                scheduler.config.get("base_image_seq_len", 256),
-                scheduler.config.get("max_image_seq_len", 4096),
-                scheduler.config.get("base_shift", 0.5),
-                scheduler.config.get("max_shift", 1.16),
-            )
+            patch, (_, h, w) = self.transformer.config.patch_size, self.latent_shape
+            kwargs["mu"] = resolution_shift(scheduler, (h // patch) * (w // patch), max_shift=1.16)
         scheduler.set_timesteps(self.num_steps, device=self.device, **kwargs)
 
     def _start(self, z: Tensor, scheduler) -> Tensor:

@@ -42,7 +42,7 @@ def compare(batched, alone) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="datasets/toy_complex.json")
+    parser.add_argument("--dataset", default="toy-complex")
     parser.add_argument("--prompts", type=int, default=8, help="first N prompts of the dataset (default: 8)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--batch_size", type=int, default=4)

@@ -18,7 +18,6 @@ Noise Diffusion budget buys at its own measured rate.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,6 +33,8 @@ if str(ROOT) not in sys.path:  # run from a clean clone without installing
     sys.path.insert(0, str(ROOT))
 
 from noise_diffusion import SearchConfig, load_generator, load_verifier, optimize  # noqa: E402
+from noise_diffusion.cli import ArgumentParser, main_guard, non_negative_int, positive_int  # noqa: E402
+from noise_diffusion.errors import UserError  # noqa: E402
 from noise_diffusion.intervals import compare, mean_interval  # noqa: E402
 from noise_diffusion.toy import world  # noqa: E402
 
@@ -91,7 +92,7 @@ def choose_prompt_samples(count: int, samples: int = 2, seed: int = 1) -> list[l
             for i in range(n):
                 pool = pools[held, world.RELATIONS[i % 5]]
                 if not pool:
-                    raise SystemExit(f"not enough {'held-out' if held else 'seen'} prompts for {samples} x {count}")
+                    raise UserError(f"not enough {'held-out' if held else 'seen'} prompts for {samples} samples of {count}")
                 out[s].append(pool.pop())
     return out
 
@@ -354,28 +355,28 @@ def load_raw(path: Path) -> tuple[dict, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smaller run (10 prompts per sample, seeds 0 1 in the first, baselines at 5 epochs, Noise Diffusion 5 and "
                              "10) written "
                              "to docs/replication_toy_quick.* unless --out is given")
-    parser.add_argument("--prompts", type=int, default=None, help="prompts per sample (default 40; quick 10)")
-    parser.add_argument("--samples", type=int, default=2, help="disjoint prompt samples (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--prompts", type=positive_int, default=None, help="prompts per sample (default 40; quick 10)")
+    parser.add_argument("--samples", type=positive_int, default=2, help="disjoint prompt samples (default: %(default)s)")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=None,
                         help="seeds of every prompt of the first sample (default 0 1 2 3; quick 0 1)")
-    parser.add_argument("--later_seeds", type=int, nargs="+", default=[0],
+    parser.add_argument("--later_seeds", type=non_negative_int, nargs="+", default=[0],
                         help="seeds of every prompt of the later samples (default: %(default)s)")
-    parser.add_argument("--baseline_epochs", type=int, default=None,
+    parser.add_argument("--baseline_epochs", type=non_negative_int, default=None,
                         help="epochs of best-of-N, random diffusion and gradient ascent at equal generations "
                              "(default 10; quick 5)")
-    parser.add_argument("--nd_epochs", type=int, nargs="+", default=None,
+    parser.add_argument("--nd_epochs", type=non_negative_int, nargs="+", default=None,
                         help="Noise Diffusion rows (default 5 10 20; quick 5 10)")
-    parser.add_argument("--candidates", type=int, default=50, help="candidate noises per Noise Diffusion epoch")
-    parser.add_argument("--timing_items", type=int, default=16, help="items per timing run (default: %(default)s)")
-    parser.add_argument("--timing_epochs", type=int, default=2, help="epochs per timing run (default: %(default)s)")
-    parser.add_argument("--timing_rounds", type=int, default=4, help="interleaved timing rounds (default: %(default)s)")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
-    parser.add_argument("--calibration", type=int, default=600, help="canvases per calibration case")
+    parser.add_argument("--candidates", type=positive_int, default=50, help="candidate noises per Noise Diffusion epoch")
+    parser.add_argument("--timing_items", type=positive_int, default=16, help="items per timing run (default: %(default)s)")
+    parser.add_argument("--timing_epochs", type=non_negative_int, default=2, help="epochs per timing run (default: %(default)s)")
+    parser.add_argument("--timing_rounds", type=positive_int, default=4, help="interleaved timing rounds (default: %(default)s)")
+    parser.add_argument("--resamples", type=positive_int, default=10_000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--calibration", type=positive_int, default=600, help="canvases per calibration case")
     parser.add_argument("--match_all_budgets", action="store_true",
                         help="run the baselines long enough to match every Noise Diffusion budget in seconds (by "
                              "default only budgets of at most --baseline_epochs epochs)")
@@ -646,4 +647,4 @@ def render(rep: dict, figures: str, stem: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(lambda: main() and None)

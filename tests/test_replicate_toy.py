@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import replicate_toy  # noqa: E402
 
+from noise_diffusion.errors import UserError  # noqa: E402
 from noise_diffusion.toy import world  # noqa: E402
 
 
@@ -22,6 +23,8 @@ def test_prompt_samples_are_disjoint_and_balanced():
         relations = [world.parse_prompt(p).relation for p in sample]
         assert all(relations.count(r) == 8 for r in world.RELATIONS)
     assert replicate_toy.choose_prompt_samples(40, samples=2) == samples  # deterministic
+    with pytest.raises(UserError, match="not enough held-out prompts"):  # 90 held-out prompts in the world
+        replicate_toy.choose_prompt_samples(100, samples=2)
 
 
 def test_kept_image_is_the_first_best_guiding_score_so_far():

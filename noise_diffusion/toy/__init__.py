@@ -1,7 +1,8 @@
-"""The toy world the project ships: a trained tiny Stable Diffusion pipeline for two-digit canvases and two verifiers.
+"""The toy world the project ships: a trained tiny Stable Diffusion pipeline for two-digit canvases and its verifiers.
 
 Importing this package registers the short model name ``toy-digits`` (``--sd_version toy-digits``) for the shipped
-pipeline folder, and the verifiers ``toy-digits-cnn`` and ``toy-digits-heldout`` (:mod:`.verifiers`).
+pipeline folder, and the verifiers ``toy-digits-cnn`` (the guide), ``toy-digits-heldout`` and
+``toy-digits-heldout-resnet`` (held-out judges; :mod:`.verifiers`).
 See ``docs/toy_world.md``.
 """
 

@@ -2,7 +2,7 @@
 """Draw the README's figure: Noise Diffusion on the shipped toy world, epoch by epoch, for a few prompts.
 
 Each row is one prompt and seed: the plain sampler's image (epoch 0), some later epochs, and the best image, each with
-the guiding verifier's score; the title of the best image also gives the held-out judge's score. Runs on a CPU in
+the guiding verifier's score; the title of the best image also gives the held-out judge's (toy-digits-heldout-resnet) score. Runs on a CPU in
 about a minute:  python scripts/make_readme_figure.py [--out assets/toy_noise_diffusion.png]
 """
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     generator = load_generator("toy-digits")
-    guide, judge = load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout")
+    guide, judge = load_verifier("toy-digits-cnn"), load_verifier("toy-digits-heldout-resnet")
     search = SearchConfig(max_epoch=max(SHOWN_EPOCHS), num_candidates=50, keep_epoch_images=True)
     results = optimize(generator, guide, PROMPTS, [args.seed] * len(PROMPTS), search, progress=False)
 

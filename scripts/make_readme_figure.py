@@ -2,8 +2,8 @@
 """Draw the README's figure: Noise Diffusion on the shipped toy world, epoch by epoch, for a few prompts.
 
 Each row is one prompt and seed: the plain sampler's image (epoch 0), some later epochs, and the best image, each with
-the guiding verifier's score; the title of the best image also gives the held-out judge's (toy-digits-heldout-resnet) score. Runs on a CPU in
-about a minute:  python scripts/make_readme_figure.py [--out assets/toy_noise_diffusion.png]
+the guiding verifier's score; the title of the best image also gives the score of the held-out judge
+(toy-digits-heldout-resnet). Runs on a CPU in about a minute:  python scripts/make_readme_figure.py [--out assets/toy_noise_diffusion.png]
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from noise_diffusion.errors import UserError
 from noise_diffusion.testing import vqa as tv
 from noise_diffusion.verifiers import ARCHITECTURES, VERIFIERS, load_verifier
 
@@ -148,3 +149,19 @@ def test_gradient_wrt_image(verifiers, family):
     assert scores.shape == (2,) and scores.dtype == torch.float32 and ((scores > 0) & (scores < 1)).all()
     scores.sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_loading_converts_bad_files_not_the_verifiers_own_bugs(tmp_path, monkeypatch):
+    from noise_diffusion import verifiers
+
+    (tmp_path / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(UserError, match="cannot load verifier"):  # transformers cannot read the folder: bad input
+        load_verifier(str(tmp_path))
+
+    def buggy(name_or_path, device="cpu", dtype=None, **options):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setitem(verifiers.ARCHITECTURES, "clip", buggy)
+    with pytest.raises(ValueError, match="an internal bug") as caught:
+        load_verifier(str(tmp_path))
+    assert not isinstance(caught.value, UserError)

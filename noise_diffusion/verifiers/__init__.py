@@ -50,10 +50,27 @@ def _load(name: str, loader: Callable[[], Verifier]) -> Verifier:
         verifier = loader()
     except UserError:
         raise
-    except (OSError, ValueError) as error:  # missing, unreadable or mismatched checkpoint files
+    except (OSError, ValueError) as error:
+        if isinstance(error, ValueError) and not _raised_by_loading_libraries(error):
+            raise  # a ValueError of this package's own code is a bug, not bad input
         raise UserError(f"cannot load verifier {name!r}: {_first_line(error)}") from error
     verifier.name = name
     return verifier
+
+
+#: the libraries whose ValueErrors while loading mean a malformed checkpoint (a bad config, tokenizer or weights file)
+LOADING_LIBRARIES = ("transformers", "huggingface_hub", "safetensors", "tokenizers", "sentencepiece", "json")
+
+
+def _raised_by_loading_libraries(error: BaseException) -> bool:
+    """Was ``error`` raised inside one of :data:`LOADING_LIBRARIES` (judged by the innermost frame's file)?"""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    parts = frames[-1].filename.replace("\\", "/").split("/")
+    return any(library in parts for library in LOADING_LIBRARIES)
 
 
 def _model_type(name: str) -> str:

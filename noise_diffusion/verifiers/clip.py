@@ -24,7 +24,7 @@ class CLIPVerifier(Verifier):
     ) -> None:
         super().__init__()
         if mapping not in ("clamp", "affine"):
-            raise ValueError(f"mapping must be 'clamp' (max(cos, 0)) or 'affine' ((1 + cos) / 2), got {mapping!r}")
+            raise UserError(f"mapping must be 'clamp' (max(cos, 0)) or 'affine' ((1 + cos) / 2), got {mapping!r}")
         self.mapping = mapping
         self.model = model
         self.tokenizer = tokenizer

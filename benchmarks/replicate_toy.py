@@ -372,7 +372,9 @@ def save_raw(path: Path, timing: dict, runs: dict) -> None:
     """Every score array (and the kept images) as .npz, the timing as JSON inside it: no pickles."""
     arrays = {f"{m}/{k}": np.asarray(v) for m, run in runs.items() for k, v in run.items() if k != "method"}
     arrays["timing"] = np.array(json.dumps(timing))
-    np.savez_compressed(path, **arrays)
+    partial = path.with_name(path.stem + ".partial.npz")  # an interrupted write never replaces earlier scores
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)
 
 
 def load_raw(path: Path) -> tuple[dict, dict]:

@@ -14,6 +14,10 @@ are run with the same seeds; comparisons are paired by (prompt, seed) and their 
 Seconds per generation are measured first, all methods interleaved in one process on the same items, so that the
 load of a shared machine affects them alike; the equal-seconds comparison gives each method the generations that the
 Noise Diffusion budget buys at its own measured rate.
+
+The attention baselines (InitNO, Attend-and-Excite) make one image per item with many more UNet evaluations than a
+generation of the searches; they run on the items of the first sample with ``--attention_seeds`` (``--attention none``
+leaves them out) and are compared, paired, with the other methods on exactly those items, their compute beside them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ SEARCHES = ("best_of_n", "random_diffusion", "gradient_ascent", "noise_diffusion
 LABELS = {"none": "plain sampler", "best_of_n": "best-of-N", "random_diffusion": "random diffusion",
           "gradient_ascent": "gradient ascent", "noise_diffusion": "Noise Diffusion"}
 SIGNIFICANCE = 0.05
+#: attention baselines: one image per item each, through the same ``optimize()`` (subject tokens found from the prompt)
+ATTENTION = ("initno", "attend_and_excite")
+LABELS.update(initno="InitNO", attend_and_excite="Attend-and-Excite")
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,8 @@ class Row:
 
 
 def default_rows(baseline_epochs: int, nd_epochs: list[int]) -> list[Row]:
-    # InitNO and Attend-and-Excite get their rows here once optimize() runs them: one generation each (Row(name, 0)),
-    # with the digits' token positions (world's datasets: indices [2, len(prompt.split())]) passed to optimize().
+    # InitNO and Attend-and-Excite are not rows of this list: they cover only part of the items and cost far more per
+    # generation, so they get their own table (attention_section), paired with these rows on their items.
     return [Row("none", 0)] + [Row(m, baseline_epochs) for m in SEARCHES[:-1]] + [
         Row("noise_diffusion", e) for e in nd_epochs]
 
@@ -172,6 +179,34 @@ def affordable(budget: float, rate: float, available: int) -> tuple[int, bool]:
     had fewer (so the method is shown at its last generation, in its disfavour)."""
     n = max(1, math.floor(budget / rate + 1e-9))
     return min(n, available), n > available
+
+
+def run_attention(generator, guide, judges, prompts, seeds, items: np.ndarray, method: str) -> dict:
+    """One image per item of ``items`` (indices into ``prompts``) by an attention baseline: guide / judge scores
+    ``[len(items), 1]`` (the shape of a search's scores), and its compute per item (CPU and wall seconds, UNet
+    forwards and backwards from the result's compute record)."""
+    chosen_prompts, chosen_seeds = [prompts[i] for i in items], [seeds[i] for i in items]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    results = optimize(generator, guide, chosen_prompts, chosen_seeds, SearchConfig(method=method), progress=True)
+    out = {"method": method, "items": np.asarray(items), "seconds": time.perf_counter() - start,
+           "cpu_per_item": (time.process_time() - start_cpu) / len(items),
+           "wall_per_item": (time.perf_counter() - start) / len(items),
+           "model_evals": np.array([r.compute["model_evals"] for r in results]),
+           "model_backwards": np.array([r.compute["model_backwards"] for r in results]),
+           "guide": np.array([[r.best_score] for r in results])}
+    images = torch.stack([r.best_image for r in results])
+    with torch.no_grad():
+        for judge in judges:
+            out[judge.name] = judge(images, chosen_prompts).numpy().astype(float)[:, None]
+            out[judge.name + ":faithful"] = judge.is_faithful(images, chosen_prompts).numpy().astype(float)[:, None]
+    return out
+
+
+def search_compute(generator, guide, prompt: str, seed: int, row: Row, candidates: int) -> dict:
+    """The compute record of one item of a search row (the counts do not depend on the item)."""
+    method = "best_of_n" if row.method == "none" else row.method
+    config = SearchConfig(method=method, max_epoch=row.epochs, num_candidates=candidates)
+    return optimize(generator, guide, [prompt], [seed], config, progress=False)[0].compute
 
 
 # -- statistics --------------------------------------------------------------------------------------------------------
@@ -337,7 +372,9 @@ def save_raw(path: Path, timing: dict, runs: dict) -> None:
     """Every score array (and the kept images) as .npz, the timing as JSON inside it: no pickles."""
     arrays = {f"{m}/{k}": np.asarray(v) for m, run in runs.items() for k, v in run.items() if k != "method"}
     arrays["timing"] = np.array(json.dumps(timing))
-    np.savez_compressed(path, **arrays)
+    partial = path.with_name(path.stem + ".partial.npz")  # an interrupted write never replaces earlier scores
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)
 
 
 def load_raw(path: Path) -> tuple[dict, dict]:
@@ -350,8 +387,9 @@ def load_raw(path: Path) -> tuple[dict, dict]:
                 value = data[key]
                 runs.setdefault(method, {"method": method})[name] = value.item() if value.ndim == 0 else value
     for run in runs.values():
-        run["images"] = torch.from_numpy(run["images"])
-    return timing, {m: runs[m] for m in SEARCHES}
+        if "images" in run:  # the attention baselines keep no images
+            run["images"] = torch.from_numpy(run["images"])
+    return timing, {m: runs[m] for m in (*SEARCHES, *ATTENTION) if m in runs}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -380,6 +418,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--match_all_budgets", action="store_true",
                         help="run the baselines long enough to match every Noise Diffusion budget in seconds (by "
                              "default only budgets of at most --baseline_epochs epochs)")
+    parser.add_argument("--attention", choices=("on", "none"), default="on",
+                        help="run InitNO and Attend-and-Excite on the first sample's items with --attention_seeds and "
+                             "add their table (default: %(default)s; 4.5-6 CPU-s per item for the two)")
+    parser.add_argument("--attention_seeds", type=non_negative_int, nargs="+", default=None,
+                        help="seeds of the first sample that the attention baselines run on (default: all of them)")
     parser.add_argument("--raw", default=None,
                         help="keep every score in this .npz; when it exists, re-render from it instead of running")
     parser.add_argument("--model", default="toy-digits", help="pipeline folder or name (default: the shipped one)")
@@ -424,6 +467,21 @@ def main(argv: list[str] | None = None) -> dict:
         timing, runs = measure_and_run(generator, guide, judges, prompts, seeds, rows, nd_epochs, keep, args)
         if raw is not None:
             save_raw(raw, timing, runs)
+    attention = {m: runs.pop(m) for m in ATTENTION if m in runs}
+    attention_seeds = args.attention_seeds or seeds_list
+    if not set(attention_seeds) <= set(seeds_list):
+        raise UserError(f"--attention_seeds {attention_seeds} must be seeds of the first sample ({seeds_list})")
+    attention_items = np.flatnonzero(masks[0] & np.isin(np.array(seeds), attention_seeds))
+    missing: list[str] = []
+    if args.attention == "on":
+        missing = [m for m in ATTENTION if m not in attention or not np.array_equal(attention[m]["items"], attention_items)]
+        for method in missing:  # cached in the raw file too, beside the searches' scores
+            attention[method] = run_attention(generator, guide, judges, prompts, seeds, attention_items, method)
+            print(f"{LABELS[method]}: {len(attention_items)} items, {attention[method]['seconds']:.0f} s", flush=True)
+        if missing and raw is not None:
+            save_raw(raw, timing, {**runs, **attention})
+    else:
+        attention = {}
     rates = {m: timing[m]["rate"] for m in SEARCHES}
     budgets = [(e + 1) * rates["noise_diffusion"] for e in nd_epochs]
     runs_for = {r.label: runs["best_of_n" if r.method == "none" else r.method] for r in rows}
@@ -474,6 +532,12 @@ def main(argv: list[str] | None = None) -> dict:
         block["pairs"] = pair_table(at_budget, block["ranking"], groups_by_sample, masks, args.resamples)
         equal_seconds.append(block)
 
+    attention_report = None
+    if attention:
+        compute = {r.label: search_compute(generator, guide, prompts[0], seeds[0], r, args.candidates) for r in rows}
+        attention_report = attention_table(attention, attention_items, rows, values, guide_values, compute, rates,
+                                           groups, held_mask, args.resamples)
+        attention_report["seeds"] = list(attention_seeds)
     calib = calibration([guide, *judges], args.calibration)
     curves_figure(runs, rates, groups, budgets, figures / f"{stem}_curves.png", min(args.resamples, 2000))
     images_figure(runs, rows, prompts, keep, figures / f"{stem}.png")
@@ -483,8 +547,11 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": command, "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "wall_seconds": wall + (0 if "clock" not in timing or not raw_reused else timing["clock"]["wall_seconds"]),
-        "cpu_seconds": cpu + (0 if "clock" not in timing or not raw_reused else timing["clock"]["cpu_seconds"]),
+        # a re-rendered report counts the cached runs' time too (the searches' clock and the attention baselines')
+        "wall_seconds": wall + (0 if "clock" not in timing or not raw_reused else timing["clock"]["wall_seconds"])
+        + sum(float(r["seconds"]) for m, r in attention.items() if m not in missing),
+        "cpu_seconds": cpu + (0 if "clock" not in timing or not raw_reused else timing["clock"]["cpu_seconds"])
+        + sum(float(r["cpu_per_item"]) * len(r["items"]) for m, r in attention.items() if m not in missing),
         "guide": GUIDE, "judges": list(JUDGES), "primary_judge": JUDGE, "seeds": sample_seeds, "samples": samples,
         "candidates": args.candidates, "resamples": args.resamples, "nd_epochs": nd_epochs,
         "timing": {"items": len(timing_prompts), "epochs": args.timing_epochs, "rounds": args.timing_rounds,
@@ -493,11 +560,89 @@ def main(argv: list[str] | None = None) -> dict:
                    "main_run_seconds": {m: runs[m]["seconds"] for m in SEARCHES},
                    "main_run_epochs": {m: runs[m]["guide"].shape[1] - 1 for m in SEARCHES}},
         "rows": table_rows, "pairs": pair_sets, "equal_seconds": equal_seconds, "calibration": calib,
+        "attention": attention_report, "raw_reused": raw_reused,
+        "run_now": [LABELS[m] for m in (*SEARCHES, *ATTENTION) if not raw_reused and m in SEARCHES or m in missing],
     }
     out.write_text(render(report, figures.name, stem), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {out}, {out.with_suffix('.json')} and figures/{stem}*.png ({wall / 60:.1f} min, {cpu / 60:.1f} CPU-min)")
     return report
+
+
+def attention_table(attention: dict, items: np.ndarray, rows: list[Row], values: dict, guide_values: dict,
+                    compute: dict, rates: dict, groups: np.ndarray, held_mask: np.ndarray, resamples: int) -> dict:
+    """The attention baselines and the equal-generations rows on the baselines' items: scores, compute per item, and
+    each baseline against each row (and each other), paired by item, intervals over prompts."""
+    g, held = groups[items], held_mask[items]
+    table, scores = [], {judge: {} for judge in JUDGES}
+    for row in rows:  # the searches' kept images on the same items
+        method = "best_of_n" if row.method == "none" else row.method
+        c = compute[row.label]
+        entry = {"label": row.label, "generations": row.generations, "model_evals": c["model_evals"],
+                 "model_backwards": c.get("model_backwards", 0), "cpu_seconds": row.generations * rates[method],
+                 "guiding": mean_interval(guide_values[row.label][items], g, resamples=resamples)}
+        table.append(entry)
+    for method, run in attention.items():
+        table.append({"label": LABELS[method], "generations": 1, "model_evals": float(run["model_evals"].mean()),
+                      "model_backwards": float(run["model_backwards"].mean()), "cpu_seconds": float(run["cpu_per_item"]),
+                      "wall_seconds": float(run["wall_per_item"]),
+                      "guiding": mean_interval(run["guide"][:, 0], g, resamples=resamples)})
+    for entry in table:
+        for judge in JUDGES:
+            run = next((r for m, r in attention.items() if LABELS[m] == entry["label"]), None)
+            v = run[judge][:, 0] if run is not None else values[judge][entry["label"]][items]
+            scores[judge][entry["label"]] = v
+            entry[judge] = {"score": mean_interval(v, g, resamples=resamples),
+                            "seen": float(v[~held].mean()), "held_out_combinations": float(v[held].mean())}
+    pairs = {}
+    for judge in JUDGES:
+        pairs[judge] = []
+        names = [LABELS[m] for m in attention]
+        for i, a in enumerate(names):
+            for b in names[i + 1:] + [r.label for r in rows]:
+                result = compare(scores[judge][a], scores[judge][b], g, resamples=resamples).as_dict()
+                pairs[judge].append({"a": a, "b": b, "pooled": result, "verdict": verdict(a, b, result)})
+    return {"items": int(len(items)), "prompts": int(len(set(g))), "rows": table, "pairs": pairs}
+
+
+def attention_section(rep: dict) -> list[str]:
+    a = rep["attention"]
+    judge, mlp = rep["judges"]
+    lines = ["## Attention baselines", "",
+             f"InitNO and Attend-and-Excite, run through the same `optimize()` (the digits' token positions found from "
+             f"the prompt: the two digits, e.g. tokens 2 and 6 of \"a 3 left of a 6\"), each make one image per item "
+             f"from the item's seeded latent. They cover **only {a['items']} items: the {a['prompts']} prompts of the "
+             f"first sample with seeds {', '.join(map(str, a['seeds']))}**; every other row below is the "
+             "same method as in the tables above, restricted to exactly these items, so all differences are paired. "
+             "Their compute per item differs from a generation of the searches: UNet forwards (both halves of "
+             "classifier-free guidance) and backwards through the UNet per item, and CPU seconds per item (the "
+             "searches' from the measured rate above, the attention baselines' from their own run, one thread, "
+             "measured at another time of the shared machine's load, so compare them roughly)."]
+    plain = next((r for r in a["rows"] if r["label"] == LABELS["none"]), None)
+    if plain:
+        costs = [r for r in a["rows"] if r["label"] in (LABELS[m] for m in ATTENTION)]
+        lines[-1] += (" In seconds one image of " + " and one of ".join(
+            f"{r['label']} costs about {r['cpu_seconds'] / plain['cpu_seconds']:.0f} plain generations" for r in costs)
+            + "; they are not in the equal-seconds comparisons, which would give the searches that many generations.")
+    lines += ["",
+             f"| method | generations | UNet forwards / item | UNet backwards / item | CPU s / item | guiding | "
+             f"held-out ({SHORT[judge]}) [95 % CI] | {SHORT[judge]}: seen / held-out comb. | held-out ({SHORT[mlp]}) [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in a["rows"]:
+        j, m = r[judge], r[mlp]
+        lines.append(f"| {r['label']} | {r['generations']} | {r['model_evals']:.0f} | {r['model_backwards']:.0f} | "
+                     f"{r['cpu_seconds']:.2f} | {r['guiding'][0]:.3f} | {fmt_mean(j['score'])} | "
+                     f"{j['seen']:.3f} / {j['held_out_combinations']:.3f} | {fmt_mean(m['score'])} |")
+    lines += ["", f"Held-out score a − b on these items (paired by item, seeds averaged per prompt, bootstrap over "
+              f"the {a['prompts']} prompts; one sample, so no replication within the run):", "",
+              f"| a | b | {SHORT[judge]} [95 % CI] | prompts a > b / a < b | sign test p | verdict ({SHORT[judge]}) | "
+              f"{SHORT[mlp]} [95 % CI] | verdict ({SHORT[mlp]}) |", "|---|---|---|---|---|---|---|---|"]
+    for p, q in zip(a["pairs"][judge], a["pairs"][mlp]):
+        c = p["pooled"]
+        lines.append(f"| {p['a']} | {p['b']} | {fmt_ci(c)} | {c['positive']} / {c['negative']} | {c['sign_p']:.2g} | "
+                     f"{p['verdict']} | {fmt_ci(q['pooled'])} | {q['verdict']} |")
+    lines.append("")
+    return lines
 
 
 def both_samples_agree(pair: dict) -> bool:
@@ -553,7 +698,10 @@ def render(rep: dict, figures: str, stem: str) -> str:
     rates = {m: t["seconds_per_generation"][m] for m in SEARCHES}
     lines = [f"# {title}", "",
              f"Made by `{rep['command']}` ({rep['date']}, torch {rep['torch']}, CPU, {rep['threads']} thread(s); "
-             f"{rep['wall_seconds'] / 60:.1f} min wall, {rep['cpu_seconds'] / 60:.1f} CPU-min).", "",
+             f"{rep['wall_seconds'] / 60:.1f} min wall, {rep['cpu_seconds'] / 60:.1f} CPU-min" +
+             (f"; scores read from the `--raw` file of an earlier run with the same settings"
+              + (f", {', '.join(rep['run_now'])} run now" if rep.get("run_now") else "")
+              + ", times summed over both" if rep.get("raw_reused") else "") + ").", "",
              f"{len(rep['samples'])} disjoint prompt samples, {sizes} = {n_items} items (half of the prompts of each "
              f"sample are held-out combinations, digit pairs never drawn together in the generator's training "
              f"canvases; every relation in turn). Guided by `{rep['guide']}` "
@@ -627,6 +775,8 @@ def render(rep: dict, figures: str, stem: str) -> str:
                          f"{fmt_ci(p['pooled'])} | {p['pooled']['sign_p']:.2g} | {p['verdict']} |")
         lines.append("")
     lines += conclusions(rep)
+    if rep.get("attention"):
+        lines += attention_section(rep)
     lines += ["## Verifier hacking", "",
               "Guiding score minus held-out score of the same kept images, mean over prompts with its 95 % interval "
               "(the verifiers are all digit classifiers scoring the same probability, so the scales are comparable; "

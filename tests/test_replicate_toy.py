@@ -47,7 +47,7 @@ def test_tiny_replication_writes_markdown_json_and_figures(tmp_path):
     out = tmp_path / "rep.md"
     report = replicate_toy.main(["--prompts", "2", "--seeds", "0", "--later_seeds", "0", "1", "--nd_epochs", "1", "--baseline_epochs", "1",
                                  "--timing_items", "2", "--timing_epochs", "0", "--timing_rounds", "1",
-                                 "--resamples", "50", "--calibration", "4", "--out", str(out)])
+                                 "--resamples", "50", "--calibration", "4", "--attention", "none", "--out", str(out)])
     text = out.read_text()
     assert "## Equal generations" in text and "## Equal seconds" in text and "## Verifier hacking" in text
     assert (tmp_path / "figures" / "rep_curves.png").stat().st_size > 0 and (tmp_path / "figures" / "rep.png").exists()
@@ -58,3 +58,31 @@ def test_tiny_replication_writes_markdown_json_and_figures(tmp_path):
     assert all(len(p["samples"]) == 2 for p in saved["pairs"][replicate_toy.JUDGE])
     plain = saved["rows"][0][replicate_toy.JUDGE]["score"][0]
     assert plain == pytest.approx(np.mean(report["rows"][0][replicate_toy.JUDGE]["per_sample"]))
+
+
+def test_attention_baselines_on_the_first_sample_cached_in_the_raw_file(tmp_path):
+    out, raw = tmp_path / "rep.md", tmp_path / "raw.npz"
+    args = ["--prompts", "2", "--seeds", "0", "1", "--later_seeds", "0", "--nd_epochs", "1", "--baseline_epochs", "1",
+            "--timing_items", "2", "--timing_epochs", "0", "--timing_rounds", "1", "--resamples", "50",
+            "--calibration", "4", "--attention_seeds", "1", "--out", str(out), "--raw", str(raw)]
+    report = replicate_toy.main(args)
+    attention = report["attention"]
+    assert "## Attention baselines" in out.read_text() and attention["items"] == 2 and attention["seeds"] == [1]
+    by_label = {r["label"]: r for r in attention["rows"]}
+    assert by_label["InitNO"]["generations"] == 1 and by_label["InitNO"]["model_backwards"] > 0
+    assert by_label["plain sampler"]["model_backwards"] == 0
+    # the searches' rows are restricted to the baselines' items: the first sample's prompts with seed 1 only
+    saved = np.load(raw)
+    items = saved["initno/items"]
+    assert items.tolist() == [1, 3]  # item order: prompt-major, seeds 0 1 within each prompt of the first sample
+    plain_on_items = saved[f"best_of_n/{replicate_toy.JUDGE}"][items, 0]
+    assert by_label["plain sampler"][replicate_toy.JUDGE]["score"][0] == pytest.approx(plain_on_items.mean())
+    initno = saved[f"initno/{replicate_toy.JUDGE}"][:, 0]
+    assert by_label["InitNO"][replicate_toy.JUDGE]["score"][0] == pytest.approx(initno.mean())
+    pair = next(p for p in attention["pairs"][replicate_toy.JUDGE] if (p["a"], p["b"]) == ("InitNO", "plain sampler"))
+    assert pair["pooled"]["mean"] == pytest.approx((initno - plain_on_items).mean())
+    # re-rendered from the raw file: the same numbers, nothing run again
+    again = replicate_toy.main(args)
+    assert again["raw_reused"] and again["attention"]["rows"] == attention["rows"]
+    with pytest.raises(UserError, match="attention_seeds"):
+        replicate_toy.main(args[:-6] + ["--attention_seeds", "7", "--out", str(out), "--raw", str(raw)])

@@ -59,7 +59,7 @@ def test_cpu_timesteps_give_identical_runs(tiny_sd_dir, verifier, scheduler):
     generator = load_generator(tiny_sd_dir, num_steps=3, scheduler=scheduler)
     plain = run(generator, verifier)
     epoch_cost.use_cpu_timesteps(generator)
-    assert generator._fresh_scheduler().timesteps.device.type == "cpu"
+    assert generator.fresh_scheduler().timesteps.device.type == "cpu"
     assert same_runs(plain, run(generator, verifier))
 
 

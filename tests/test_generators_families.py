@@ -111,7 +111,7 @@ def _expected_coefficient(generator, family) -> float:
     sigma = sqrt((1 - alpha_bar) / alpha_bar) at the first timestep (each Euler step has coefficient 1)."""
     if family != "sdxl":
         return 1.0
-    scheduler = generator._fresh_scheduler()
+    scheduler = generator.fresh_scheduler()
     alpha_bar = float(scheduler.alphas_cumprod[int(scheduler.timesteps[0])])
     return math.sqrt((1 - alpha_bar) / alpha_bar + 1)
 

@@ -65,8 +65,7 @@ def generate(
     [0, 1], the (optimised) initial latent, what the method did, and its UNet evaluations.
     """
     unet, device = generator.unet, generator.device
-    scheduler = generator.scheduler_class.from_config(generator.scheduler_config)
-    scheduler.set_timesteps(generator.num_steps, device=device)
+    scheduler = generator.fresh_scheduler()
     sigma = scheduler.init_noise_sigma
     conditioning = generator.encode_prompts([prompt])
     embeddings = conditioning["embeds"]  # [2, L, D], the unconditional row first

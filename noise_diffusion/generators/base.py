@@ -226,7 +226,7 @@ class DiffusersGenerator:
     @property
     def model_evals_per_generation(self) -> int:
         if getattr(self, "_model_evals", None) is None:  # PNDM makes N + 1 calls for N steps: count them once
-            self._model_evals = (2 if self.do_cfg else 1) * len(self._fresh_scheduler().timesteps)
+            self._model_evals = (2 if self.do_cfg else 1) * len(self.fresh_scheduler().timesteps)
         return self._model_evals
 
     def settings(self) -> dict:
@@ -288,7 +288,7 @@ class DiffusersGenerator:
         return latents
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def _fresh_scheduler(self):
+    def fresh_scheduler(self):
         """A new scheduler for every pass: some (PNDM, Euler) keep state between steps."""
         scheduler = self.scheduler_class.from_config(self.scheduler_config)
         self._set_timesteps(scheduler)
@@ -301,7 +301,7 @@ class DiffusersGenerator:
         fixed in the replay) and returns the model's prediction for step ``i``. Sampling and replay are this one
         loop with two callables, which is why the replay reproduces the sampler exactly.
         """
-        scheduler = self._fresh_scheduler()
+        scheduler = self.fresh_scheduler()
         latents = self._start(z, scheduler)
         # Euler-type schedulers also need the call for their bookkeeping; DDIM and PNDM return the input unchanged
         scale_input = getattr(scheduler, "scale_model_input", None)
@@ -328,7 +328,7 @@ class DiffusersGenerator:
 
     def replay(self, z: Tensor, record: list[Tensor]) -> Tensor:
         """The scheduler steps from ``z`` with the recorded predictions held fixed: differentiable, no model call."""
-        steps = len(self._fresh_scheduler().timesteps)
+        steps = len(self.fresh_scheduler().timesteps)
         if len(record) != steps:
             raise ValueError(f"record has {len(record)} steps, the scheduler {steps}")
         return self.denoise(z, lambda model_input, t, i: record[i])

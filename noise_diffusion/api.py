@@ -29,7 +29,7 @@ from .results import (
     job_lock, run_config,
     run_folder, save_image_atomic, save_run, setting_differences,
 )
-from .specs import GeneratorSpec, VerifierSpec, resolve_device  # noqa: F401 (resolve_device: for the CLIs)
+from .specs import GeneratorSpec, VerifierSpec
 
 
 def run(

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .datasets import PromptEntry
 from .specs import GeneratorSpec, VerifierSpec
+from .verifiers.base import check_prompts
 from .errors import UserError
 from .optimize import SearchConfig, optimize
 from .results import (
@@ -215,19 +216,6 @@ def _written_since(folder: Path, moment: float) -> bool:
         return (folder / RESULT_FILE).stat().st_mtime >= moment
     except OSError:
         return False
-
-
-def check_prompts(verifier, prompts: Sequence[str]) -> None:
-    """Ask the verifier about every prompt before anything is generated (verifiers with a fixed language, such as the
-    toy world's, reject others); :class:`UserError` naming the first bad one."""
-    check = getattr(verifier, "check_prompt", None)
-    if check is None:
-        return
-    for prompt in dict.fromkeys(prompts):
-        try:
-            check(prompt)
-        except UserError as error:
-            raise UserError(f"prompt {prompt!r}: {error}") from None
 
 
 # ------------------------------------------------------------------------------------------------ held-out scores

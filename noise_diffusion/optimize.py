@@ -25,7 +25,7 @@ from .generators.base import Generator, initial_latents
 from .methods import METHODS
 from .results import RunResult  # noqa: F401 (re-exported: the loop returns them)
 from .results import MAX_SEED, check_seed
-from .verifiers.base import Verifier
+from .verifiers.base import Verifier, check_prompts
 
 ACCEPT_RULES = ("always", "improved")
 
@@ -95,12 +95,9 @@ def optimize(
     prompts, seeds = list(prompts), [check_seed(int(s)) for s in seeds]
     if len(prompts) != len(seeds) or not prompts:
         raise UserError("give one seed per prompt, and at least one prompt")
-    check = getattr(verifier, "check_prompt", None)
-    for prompt in prompts:
-        if not prompt.strip():
-            raise UserError("the prompt is empty")
-        if check is not None:
-            check(prompt)
+    if any(not prompt.strip() for prompt in prompts):
+        raise UserError("the prompt is empty")
+    check_prompts(verifier, prompts)
     method = METHODS[config.method]
     if method.baseline:
         from .baselines import run_baseline

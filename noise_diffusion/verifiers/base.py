@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..images import pil_to_tensor
 
 
@@ -48,6 +49,19 @@ class Verifier(nn.Module):
     def score_pil(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> Tensor:
         """Score saved images (PIL) without gradients, e.g. to re-score PNGs with a held-out verifier."""
         return self(pil_to_tensor(images), list(prompts)).float().cpu()
+
+
+def check_prompts(verifier, prompts: Sequence[str]) -> None:
+    """Ask the verifier about every prompt before anything is generated (verifiers with a fixed language, such as the
+    toy world's, reject others); :class:`UserError` naming the first bad one."""
+    check = getattr(verifier, "check_prompt", None)
+    if check is None:
+        return
+    for prompt in dict.fromkeys(prompts):
+        try:
+            check(prompt)
+        except UserError as error:
+            raise UserError(f"prompt {prompt!r}: {error}") from None
 
 
 def resize_center_crop(images: Tensor, size: int, crop: int | None = None, mode: str = "bicubic") -> Tensor:

@@ -92,11 +92,15 @@ def measure_qwen(reference: Path) -> dict:
     verifier = load_verifier(str(reference / "qwen2_5_vl" / "qwen2.5-vl-tiny"),
                          question_template=ref["question_template"].replace("{}", "{prompt}"),
                          answer_template=ref["answer_template"])
-    seen = []
+    seen = []  # one model call per (image, prompt), as the reference records them
     hook = verifier.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
     with torch.no_grad():
-        png = torch.stack([verifier.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
+        for path in data["pngs"]:
+            for prompt in data["prompts"]:
+                verifier.score_pil([Image.open(path)], [prompt])
     hook.remove()
+    with torch.no_grad():
+        png = torch.stack([verifier.score_pil([Image.open(p)] * len(data["prompts"]), data["prompts"]) for p in data["pngs"]])
     exact, resized, ids = [], [], True
     for i, kwargs in enumerate(seen):
         ids &= kwargs["input_ids"][0, :-1].tolist() == ref["input_ids"][i] and int(kwargs["input_ids"][0, -1]) == ref["answer_id"]
@@ -118,6 +122,9 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="a folder t2v_reference.py already wrote (default: run it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if not args.reference and not Path(args.python).is_file():
+        raise SystemExit(f"error: no reference environment at {args.python}: `bash .ci/run` builds it (and links it "
+                         "as .venv-t2v), or pass --python")
     if args.reference:
         reference = Path(args.reference)
     else:

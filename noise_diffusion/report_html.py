@@ -229,7 +229,7 @@ td.prompt { max-width: 16em; } td.num { text-align: right; white-space: nowrap; 
 figcaption, small, .held { font-size: 12px; color: #555; }
 img { background: #000; display: block; } img.pixelated { image-rendering: pixelated; }
 .cards { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 2em; }
-.card { border: 1px solid #ccc; padding: 6px; width: 17em; } .gap { color: #b00; }
+.card { border: 1px solid #ccc; padding: 6px; width: 19em; } .gap { color: #b00; }
 #controls { display: flex; gap: 1.5em; align-items: center; flex-wrap: wrap; margin: 1em 0; }
 fieldset { border: 1px solid #ccc; } fieldset label { margin-right: 1em; }
 [hidden] { display: none !important; }

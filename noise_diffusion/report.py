@@ -28,6 +28,7 @@ from .errors import UserError
 from .intervals import compare
 from .methods import METHODS
 from .paper_table import paper_table
+from .report_html import runs_from_collected, write_index_html
 from .results import (
     HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, held_out_problem, inspect_run, read_json, remove_temp_files,
     write_bytes_atomic, write_json_atomic,
@@ -238,7 +239,8 @@ def _mean(values: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------------------- write
 
 def write_report(result_root: str | os.PathLike, grid_rows: int = GRID_ROWS) -> dict:
-    """Build ``summary.json``, ``summary.md``, ``grid_<method>_<category>.png`` and ``curves.png`` in ``result_root``."""
+    """Build ``summary.json``, ``summary.md``, ``grid_<method>_<category>.png``, ``curves.png`` and ``index.html`` in
+    ``result_root``."""
     root = Path(result_root)
     skipped: list[dict] = []
     runs = collect(root, skipped)
@@ -256,6 +258,7 @@ def write_report(result_root: str | os.PathLike, grid_rows: int = GRID_ROWS) -> 
         name = f"grid_{_slug(method)}_{_slug(category)}.png"
         plot_grid(group[:grid_rows], root / name, title=f"{method} / {category}: initial vs best")
         figures["grids"].setdefault(method, {})[category] = name
+    figures["index"] = write_index_html(root, runs_from_collected(runs)).name
     summary["figures"] = figures
     write_json_atomic(root / "summary.json", _json_safe(summary))
     _write_text_atomic(root / "summary.md", markdown(summary, root))

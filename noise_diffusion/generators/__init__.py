@@ -19,7 +19,7 @@ from .base import register_generator
 from .settings import COMMON_OPTIONS, MemoryOptions, Sampling
 
 # the model families (each registers itself with its decorator)
-from . import flux, stable_diffusion, stable_diffusion_3, stable_diffusion_xl  # noqa: E402,F401  isort: skip
+from . import stable_diffusion, stable_diffusion_xl, stable_diffusion_3, flux  # noqa: E402,F401  isort: skip
 from .stable_diffusion import SCHEDULERS, StableDiffusionGenerator  # noqa: E402
 
 

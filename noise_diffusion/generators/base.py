@@ -149,6 +149,8 @@ class DiffusersGenerator:
     #: the recommended sampling settings, used where the caller gives none (a pipeline folder's
     #: ``noise_diffusion.json`` overrides them); a size left ``None`` is the denoiser's native size
     SAMPLING = Sampling()
+    #: what the help says about the recommended image size, where it needs a word
+    SIZE_NOTE = ""
     #: half precision used by ``--dtype auto`` on a GPU
     PREFERRED_DTYPE = "float16"
     #: short model names -> Hub ids, registered with the family
@@ -186,6 +188,11 @@ class DiffusersGenerator:
     def family_sampling(cls, pipe) -> Sampling:
         """The recommended sampling settings for ``pipe`` (a family with variants picks the variant's)."""
         return cls.SAMPLING
+
+    @classmethod
+    def recommended(cls) -> dict[str, Sampling]:
+        """The recommended sampling settings by name (the family's ``LABEL``, or one per variant), for help texts."""
+        return {cls.LABEL: cls.SAMPLING}
 
     @property
     def device(self) -> torch.device:

@@ -86,6 +86,10 @@ class FluxGenerator(DiffusersGenerator):
     def family_sampling(cls, pipe) -> Sampling:
         return VARIANT_SAMPLING[cls.variant_of(pipe)].over(cls.SAMPLING)
 
+    @classmethod
+    def recommended(cls) -> dict[str, Sampling]:
+        return {f"{cls.LABEL}-{variant}": sampling.over(cls.SAMPLING) for variant, sampling in VARIANT_SAMPLING.items()}
+
     def _schedulers(self, pipe_scheduler, choice: str):
         return flow_scheduler(pipe_scheduler, choice)
 

@@ -34,6 +34,7 @@ class StableDiffusionGenerator(DiffusersGenerator):
     LABEL = "SD1.x/2.x"
     #: the paper's settings; the image size is the UNet's native one (512 for SD1.4)
     SAMPLING = Sampling(num_steps=50, guidance_scale=7.5, scheduler="ddim")
+    SIZE_NOTE = "512 for SD1.4"
     PREFERRED_DTYPE = "float16"
     #: SD1.x/2.x always run both branches of classifier-free guidance, as the paper does
     do_cfg = True

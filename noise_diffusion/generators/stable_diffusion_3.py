@@ -37,6 +37,7 @@ class StableDiffusion3Generator(DiffusersGenerator):
     LABEL = "SD3/SD3.5"
     #: the Noise Diffusion authors' SD3.5 settings (512x512, below the native 1024x1024)
     SAMPLING = Sampling(num_steps=28, guidance_scale=7.0, height=512, width=512, scheduler="default")
+    SIZE_NOTE = "the Noise Diffusion authors' setting, below the native 1024"
     #: the published weights are bf16; T5-XXL overflows in float16
     PREFERRED_DTYPE = "bfloat16"
 

@@ -4,8 +4,8 @@ At each of the first ``max_iter_to_alter`` steps the latent is moved down the gr
 ordinary classifier-free-guided step: one conditional UNet forward with gradients fills the attention store, the loss
 is computed from it, and ``x_t ← x_t − α_i ∇loss`` with ``α_i = scale_factor · sqrt(linspace(1, 0.5, steps)[i])``. At
 the refinement steps (e.g. 0, 10 and 20) the update is first repeated until the loss meets its target, at most
-``max_refinement_steps`` times, followed by one forward to measure the refined latent. This is the loop of both
-original pipelines; their extra forwards after the last altered step change nothing and are skipped here. The
+``max_refinement_steps`` times, followed by one forward to measure the refined latent. This is what both
+original pipelines do; their extra forwards after the last altered step change nothing and are skipped here. The
 classifier-free-guided step itself is the generator's (:meth:`~noise_diffusion.generators.base.DiffusersGenerator.denoise`
 with its ``guided`` model), so the baselines have no denoising loop of their own.
 """

@@ -178,7 +178,8 @@ def build_sd14(device, dtype, cpu_offload: bool = False, vae_checkpointing: bool
                **options) -> StableDiffusionGenerator:
     """SD1.4's UNet, VAE and CLIP-L text encoder with random weights (a character-level tokenizer stands in); the
     memory options are applied as the library's loader applies them (``generators.placement``)."""
-    from noise_diffusion.generators.placement import memory_settings, place_pipeline
+    from noise_diffusion.generators import MemoryOptions, Sampling
+    from noise_diffusion.generators.placement import place_pipeline
 
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -192,11 +193,10 @@ def build_sd14(device, dtype, cpu_offload: bool = False, vae_checkpointing: bool
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir), scheduler=PNDMScheduler(**SD14_SCHEDULER),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    placed = place_pipeline(pipe, device, cpu_offload=cpu_offload, vae_checkpointing=vae_checkpointing,
-                            vae_slicing=vae_slicing)
-    memory = memory_settings(cpu_offload, False, vae_slicing, vae_checkpointing)
-    return StableDiffusionGenerator(pipe, device=placed, memory=memory, name="sd14-architecture-random-weights",
-                                    **options)
+    memory = MemoryOptions(cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_checkpointing=vae_checkpointing)
+    placed = place_pipeline(pipe, device, memory)
+    return StableDiffusionGenerator(pipe, Sampling(**options), device=placed, memory=memory,
+                                    name="sd14-architecture-random-weights")
 
 
 def build_clip_l_verifier(device, dtype) -> CLIPVerifier:

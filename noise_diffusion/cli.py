@@ -9,6 +9,7 @@ from .arguments import (  # noqa: F401 (re-exported: the argument types of every
     ArgumentParser, finite_float, main_guard, non_negative_int, positive_float, positive_int, seed_int, unit_float,
 )
 from .errors import UserError
+from .generators import GENERATORS
 from .methods import METHODS
 from .optimize import ACCEPT_RULES, SearchConfig
 from .specs import GeneratorSpec, VerifierSpec
@@ -16,24 +17,38 @@ from .specs import GeneratorSpec, VerifierSpec
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
 
+def family_defaults(field: str) -> str:
+    """Each model family's recommended value of a :class:`~noise_diffusion.generators.Sampling` field, read from the
+    families themselves: e.g. ``"SD1.x/2.x, SDXL: 50; SD3/SD3.5, FLUX.1-dev: 28; FLUX.1-schnell: 4"``."""
+    groups: dict[str, list[str]] = {}
+    for family in dict.fromkeys(GENERATORS.values()):
+        for label, sampling in family.recommended().items():
+            value = getattr(sampling, field)
+            text = "the checkpoint's native size" if value is None else f"{value:g}"
+            if field in ("height", "width") and family.SIZE_NOTE:
+                text += f" ({family.SIZE_NOTE})"
+            groups.setdefault(text, []).append(label)
+    return "; ".join(f"{', '.join(labels)}: {text}" for text, labels in groups.items())
+
+
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("diffusion model")
     g.add_argument("--sd_version", default="CompVis/stable-diffusion-v1-4",
                    help="diffusion checkpoint: Hub id, local diffusers folder or short name (default: %(default)s)")
+    recommended = "the family's recommended setting, unless the model folder's noise_diffusion.json sets its own"
     g.add_argument("--num_denoising_steps", type=positive_int, default=None,
-                   help="sampler steps per generation (default: the model's recommended setting: 50 for SD1.x/2.x "
-                        "as in the paper, 28 for SD3)")
+                   help=f"sampler steps per generation (default: {recommended}: {family_defaults('num_steps')})")
     g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim",
                    help="'ddim' (eta=0, the paper's experiments) or 'default' (the checkpoint's own, e.g. PNDM for "
-                        "SD1.4, as the authors' release script) (default: %(default)s)")
+                        "SD1.4, as the authors' release script); SD3 and FLUX have one sampler, flow-matching Euler, "
+                        "for both (default: %(default)s)")
     g.add_argument("--guidance_scale", type=finite_float, default=None,
-                   help="classifier-free guidance scale (default: the model's recommended setting: 7.5 for SD1.x/2.x "
-                        "as in the paper, 7.0 for SD3)")
+                   help=f"guidance scale, classifier-free or (FLUX.1-dev) distilled (default: {recommended}: "
+                        f"{family_defaults('guidance_scale')})")
     g.add_argument("--negative_prompt", default="", help="negative prompt (default: empty)")
-    g.add_argument("--height", type=positive_int, default=None,
-                   help="image height in pixels (default: the model's native size, 512 for SD1.4)")
-    g.add_argument("--width", type=positive_int, default=None,
-                   help="image width in pixels (default: the model's native size, 512 for SD1.4)")
+    for side in ("height", "width"):
+        g.add_argument(f"--{side}", type=positive_int, default=None,
+                       help=f"image {side} in pixels (default: {recommended}: {family_defaults(side)})")
     g.add_argument("--device", default=None,
                    help="device of the diffusion model (default: cuda:0 when a GPU is present, else cpu)")
     g.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",

@@ -263,8 +263,6 @@ def test_number_of_guided_steps(generator, method):
     from noise_diffusion.baselines.initno import initno_guidance
 
     unet = generator.unet
-    sched = generator.scheduler_class.from_config(generator.scheduler_config)
-    sched.set_timesteps(STEPS)
     guidance = (attend_and_excite_guidance([4, 11], max_iter_to_alter=3, thresholds={}) if method == "attend_and_excite"
                 else initno_guidance(max_iter_to_alter=3, indices=[4, 11]))  # refinement at 10, 20: none of 6 steps
     store, counter = AttentionStore(8), Counter()
@@ -272,8 +270,7 @@ def test_number_of_guided_steps(generator, method):
     z = latent(generator, 2)
     try:
         with attach_store(unet, store):
-            out, info = guided_sample(unet, sched, z, generator.encode_prompts([PROMPT])["embeds"], 7.5, store, guidance,
-                                      counter)
+            out, info = guided_sample(generator, z, generator.encode_prompts([PROMPT]), store, guidance, counter)
     finally:
         handle.remove()
     assert info.guided_steps == 3 and info.refinement_iterations == 0
@@ -290,11 +287,9 @@ def test_attend_and_excite_matches_the_diffusers_pipeline(generator):
     thresholds = {1: 0.05, 3: 0.8}  # refinement at two steps (the authors refine at 0, 10, 20 of 50)
     z = latent(generator, 7)
     indices = subject_token_indices(generator.tokenizer, PROMPT)
-    sched = generator.scheduler_class.from_config(generator.scheduler_config)
-    sched.set_timesteps(STEPS)
     store, counter = AttentionStore(8, ("cross",)), Counter()
     with attach_store(generator.unet, store):
-        ours, info = guided_sample(generator.unet, sched, z, generator.encode_prompts([PROMPT])["embeds"], 7.5, store,
+        ours, info = guided_sample(generator, z, generator.encode_prompts([PROMPT]), store,
                                    attend_and_excite_guidance(indices, 4, thresholds=thresholds), counter)
     assert info.refinement_iterations > 0  # the refinement path is exercised
     p = generator.pipe
@@ -405,12 +400,10 @@ def test_the_toy_world_reads_its_attention_at_8x8_and_is_guided():
     prompt = "a 2 left of a 3"
     indices = positions(toy.tokenizer, prompt)
     assert indices == [2, 6]  # the toy datasets' indices: one token per word
-    sched = toy.scheduler_class.from_config(toy.scheduler_config)
-    sched.set_timesteps(4)
     store, counter = AttentionStore(8, ("cross",)), Counter()
     z = torch.randn((1, *toy.latent_shape), generator=torch.Generator().manual_seed(33))
     with attach_store(toy.unet, store):
-        out, info = guided_sample(toy.unet, sched, z, toy.encode_prompts([prompt])["embeds"], toy.guidance_scale, store,
+        out, info = guided_sample(toy, z, toy.encode_prompts([prompt]), store,
                                   attend_and_excite_guidance(indices, thresholds={}), counter)
     assert store.aggregate("cross").shape == (8, 8, toy.tokenizer.model_max_length)
     assert info.guided_steps == 4 and counter.forwards == 4 + 2 * 4

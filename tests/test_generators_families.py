@@ -64,8 +64,8 @@ def test_short_names_and_family_defaults():
     assert resolve_model("sdxl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
     assert resolve_model("flux.1-schnell") == "black-forest-labs/FLUX.1-schnell"
     assert resolve_model("flux.1-dev") == "black-forest-labs/FLUX.1-dev"
-    sd3 = GENERATORS["StableDiffusion3Pipeline"].DEFAULTS
-    assert sd3 == {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}  # the authors' SD3.5 settings
+    sd3 = GENERATORS["StableDiffusion3Pipeline"].SAMPLING
+    assert (sd3.num_steps, sd3.guidance_scale, sd3.height, sd3.width) == (28, 7.0, 512, 512)  # the authors' SD3.5 ones
     assert "flux.1-dev" in MODEL_ALIASES
 
 
@@ -160,16 +160,16 @@ def test_run_py_three_epochs_end_to_end(folders, family, tiny_clip_dir, tmp_path
 
 
 def test_flux_variants_take_their_own_defaults(folders):
-    from noise_diffusion.generators.flux import VARIANT_DEFAULTS
+    from noise_diffusion.generators.flux import VARIANT_SAMPLING
 
     schnell = _load(folders, "schnell", num_steps=None, guidance_scale=None)
     dev = _load(folders, "flux", num_steps=None, guidance_scale=None)
     assert (schnell.variant, dev.variant) == ("schnell", "dev")
     assert schnell.guidance_scale == 0.0 and schnell.settings()["guidance"] == "none"
-    assert dev.guidance_scale == VARIANT_DEFAULTS["dev"]["guidance_scale"] == 3.5
+    assert dev.guidance_scale == VARIANT_SAMPLING["dev"].guidance_scale == 3.5
     # the folders' noise_diffusion.json sets 4 steps; without it each variant falls back to its own
-    assert schnell.num_steps == 4 and VARIANT_DEFAULTS["schnell"]["num_steps"] == 4
-    assert VARIANT_DEFAULTS["dev"]["num_steps"] == 28
+    assert schnell.num_steps == 4 and VARIANT_SAMPLING["schnell"].num_steps == 4
+    assert VARIANT_SAMPLING["dev"].num_steps == 28
 
 
 def test_flux_distilled_guidance_changes_the_image(folders):

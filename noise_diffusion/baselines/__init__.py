@@ -68,8 +68,7 @@ def generate(
     scheduler = generator.fresh_scheduler()
     sigma = scheduler.init_noise_sigma
     conditioning = generator.encode_prompts([prompt])
-    embeddings = conditioning["embeds"]  # [2, L, D], the unconditional row first
-    text = embeddings[1:]
+    text = conditioning["embeds"][1:]  # the prompt's row (the unconditional one comes first)
     resolution = attention_res or default_resolution(unet, generator.latent_shape[-1])
     kinds = ("cross",) if method == "attend_and_excite" else ("cross", "self")
     store = AttentionStore(resolution, kinds)
@@ -90,8 +89,7 @@ def generate(
         else:
             guidance = (attend_and_excite_guidance(indices, max_iter_to_alter) if method == "attend_and_excite"
                         else initno_guidance(max_iter_to_alter, indices=indices))
-            latents, guided = guided_sample(unet, scheduler, start, embeddings, generator.guidance_scale, store,
-                                            guidance, counter)
+            latents, guided = guided_sample(generator, start / sigma, conditioning, store, guidance, counter)
             info.update(guided_steps=guided.guided_steps, refinement_iterations=guided.refinement_iterations,
                         max_iter_to_alter=max_iter_to_alter)
     with torch.no_grad():

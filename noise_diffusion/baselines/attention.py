@@ -5,9 +5,10 @@ probabilities explicitly (``softmax(QKᵀ·scale)`` per head, as both original p
 ``recording``, keeps the probabilities of the layers whose query grid has ``resolution × resolution`` cells: the
 cross-attention maps ``[heads, HW, tokens]`` and the self-attention maps ``[heads, HW, HW]``. The aggregate of a kind is
 the mean over every kept layer and head, reshaped to ``[r, r, tokens]`` (cross) or ``[r, r, r·r]`` (self); each row of
-it is a probability distribution, so it sums to one over its last axis.
+it is a probability distribution, so it sums to one over its last axis. The layers are summed in the originals' order
+(up blocks, down blocks, mid block, each in call order), so that the mean is theirs to the last bit.
 
-The maps are then prepared as the originals do (:func:`token_maps`): drop the first (start) and the last token of the
+The maps are then prepared as the originals do (:func:`text_softmax`, :func:`smooth`): drop the first (start) and the last token of the
 padded sequence, multiply by 100, softmax over the remaining tokens, take each subject token's map and smooth it with a
 3×3 Gaussian (σ = 0.5; the originals' kernel is exp(-((x-μ)/(2σ))²), normalised) after reflect padding.
 """
@@ -23,8 +24,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KINDS = ("cross", "self")
+#: where a layer sits in the UNet, in the order the originals sum the layers in
+PLACES = ("up", "down", "mid")
 #: the originals' resolution for SD at 512x512 (64x64 latents): a quarter of the latent side
 DEFAULT_RESOLUTION = 16
+
+
+def place_in_unet(processor_name: str) -> str:
+    """``"up"``, ``"down"`` or ``"mid"`` from an attention processor's name (``up_blocks.0.attentions...``)."""
+    for place, prefix in (("up", "up_blocks"), ("down", "down_blocks"), ("mid", "mid_block")):
+        if processor_name.startswith(prefix):
+            return place
+    raise ValueError(f"attention layer {processor_name!r} is in none of the UNet's up, down and mid blocks")
 
 
 class AttentionStore:
@@ -34,15 +45,18 @@ class AttentionStore:
         self.resolution = int(resolution)
         self.kinds = tuple(kinds)
         self.recording = False
-        self.maps: dict[str, list[Tensor]] = {kind: [] for kind in KINDS}
+        self.clear()
 
     def clear(self) -> None:
-        self.maps = {kind: [] for kind in KINDS}
+        #: per kind, the kept maps in call order, and where each layer sits (:data:`PLACES`)
+        self.maps: dict[str, list[Tensor]] = {kind: [] for kind in KINDS}
+        self.places: dict[str, list[str]] = {kind: [] for kind in KINDS}
 
-    def add(self, probabilities: Tensor, is_cross: bool) -> None:
+    def add(self, probabilities: Tensor, is_cross: bool, place: str = "down") -> None:
         kind = "cross" if is_cross else "self"
         if self.recording and kind in self.kinds and probabilities.shape[1] == self.resolution ** 2:
             self.maps[kind].append(probabilities)
+            self.places[kind].append(place)
 
     def aggregate(self, kind: str) -> Tensor:
         """Mean over layers and heads: ``[r, r, tokens]`` for ``cross``, ``[r, r, r*r]`` for ``self``."""
@@ -50,15 +64,16 @@ class AttentionStore:
         if not kept:
             raise RuntimeError(f"no {kind}-attention maps at {self.resolution}x{self.resolution} were recorded")
         r = self.resolution
-        stacked = torch.cat([m.reshape(-1, r, r, m.shape[-1]) for m in kept], dim=0)
+        ordered = [m for place in PLACES for m, where in zip(kept, self.places[kind]) if where == place]
+        stacked = torch.cat([m.reshape(-1, r, r, m.shape[-1]) for m in ordered], dim=0)
         return stacked.sum(0) / stacked.shape[0]
 
 
 class StoreAttnProcessor:
     """Attention with explicit probabilities (the computation of the original pipelines), reported to a store."""
 
-    def __init__(self, store: AttentionStore) -> None:
-        self.store = store
+    def __init__(self, store: AttentionStore, place: str) -> None:
+        self.store, self.place = store, place
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, **kwargs) -> Tensor:
@@ -66,11 +81,11 @@ class StoreAttnProcessor:
         attention_mask = attn.prepare_attention_mask(attention_mask, length, batch)
         is_cross = encoder_hidden_states is not None
         context = encoder_hidden_states if is_cross else hidden_states
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
+        # the originals' order of operations (projections first), so that the backward pass sums in their order too
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
         probabilities = attn.get_attention_scores(query, key, attention_mask)
-        self.store.add(probabilities, is_cross)
+        self.store.add(probabilities, is_cross, self.place)
         out = attn.batch_to_head_dim(torch.bmm(probabilities, value))
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -79,7 +94,7 @@ class StoreAttnProcessor:
 def attach_store(unet, store: AttentionStore) -> Iterator[AttentionStore]:
     """Route every attention layer of ``unet`` through ``store`` for the duration; the processors are restored after."""
     original = unet.attn_processors
-    unet.set_attn_processor({name: StoreAttnProcessor(store) for name in original})
+    unet.set_attn_processor({name: StoreAttnProcessor(store, place_in_unet(name)) for name in original})
     try:
         yield store
     finally:
@@ -148,10 +163,3 @@ def smooth(attention_map: Tensor, size: int = 3, sigma: float = 0.5) -> Tensor:
 def text_softmax(cross_maps: Tensor) -> Tensor:
     """``[r, r, tokens]`` -> ``[r, r, tokens-2]``: drop the first and last token, softmax of 100x over the rest."""
     return torch.softmax(cross_maps[:, :, 1:-1] * 100, dim=-1)
-
-
-def token_maps(cross_maps: Tensor, indices: Sequence[int], smoothed: bool = True) -> list[Tensor]:
-    """The ``[r, r]`` map of each subject token (``indices`` count the start token as 0), after :func:`text_softmax`."""
-    prepared = text_softmax(cross_maps)
-    maps = [prepared[:, :, i - 1] for i in indices]
-    return [smooth(m) for m in maps] if smoothed else maps

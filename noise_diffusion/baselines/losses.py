@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .attention import smooth, text_softmax, token_maps
+from .attention import smooth, text_softmax
 
 
 @dataclass
@@ -32,11 +32,17 @@ class Peaks:
 
 
 def peaks(cross_maps: Tensor, indices: Sequence[int]) -> Peaks:
-    maps = token_maps(cross_maps, indices)
-    values, coords = [], []
-    for m in maps:
-        flat = int(m.detach().reshape(-1).argmax())
-        row, col = divmod(flat, m.shape[1])
+    """The subjects' peaks in the aggregated cross maps ``[r, r, tokens]`` (prepared by :func:`text_softmax` here)."""
+    return subject_peaks(text_softmax(cross_maps), indices)
+
+
+def subject_peaks(prepared: Tensor, indices: Sequence[int]) -> Peaks:
+    """The peaks of the subjects' smoothed maps in the prepared cross maps ``[r, r, tokens - 2]``."""
+    maps, values, coords = [], [], []
+    for i in indices:
+        m = smooth(prepared[:, :, i - 1])
+        row, col = divmod(int(m.detach().reshape(-1).argmax()), m.shape[1])
+        maps.append(m)
         values.append(m[row, col])
         coords.append((row, col))
     return Peaks(maps, values, coords)
@@ -48,17 +54,17 @@ def cross_response_loss(found: Peaks) -> Tensor:
 
 
 def self_conflict_loss(self_maps: Tensor, found: Peaks) -> Tensor:
-    """Overlap of the subjects' self-attention maps at their cross-attention peaks, averaged over subject pairs."""
+    """Overlap of the subjects' self-attention maps at their cross-attention peaks, averaged over subject pairs (summed
+    pair by pair, as the originals do)."""
     r = self_maps.shape[0]
     per_subject = [smooth(self_maps[row, col].reshape(r, r)) for row, col in found.coords]
-    overlaps = []
+    total, pairs = self_maps.new_zeros(()), 0
     for i in range(len(per_subject)):
         for j in range(i + 1, len(per_subject)):
             a, b = per_subject[i], per_subject[j]
-            overlaps.append(torch.minimum(a, b).sum() / ((a + b).sum() + 1e-6))
-    if not overlaps:
-        return self_maps.new_zeros(())
-    return torch.stack(overlaps).mean()
+            total = total + torch.minimum(a, b).sum() / ((a + b).sum() + 1e-6)
+            pairs += 1
+    return total / pairs if pairs else total
 
 
 def otsu_threshold(values: Tensor) -> float:
@@ -123,11 +129,11 @@ def initno_noise_loss(cross_maps: Tensor, self_maps: Tensor, indices: Sequence[i
     """The loss that InitNO's noise optimisation minimises: cross + self + clean, weights 1 : 1 : 1, with the self
     term set to zero while the cross term is above 0.5."""
     found = peaks(cross_maps, indices)
+    clean = clean_loss(found)
     cross = cross_response_loss(found)
     self_ = self_conflict_loss(self_maps, found)
     if cross > 0.5:
         self_ = self_ * 0
-    clean = clean_loss(found)
     return InitNOLosses(cross + self_ + clean, cross, self_, clean)
 
 
@@ -136,17 +142,18 @@ def initno_guidance_loss(cross_maps: Tensor, self_maps: Tensor, indices: Sequenc
 
     Alignment is the L1 distance of each smoothed subject map to the smoothed exponential moving average (0.9 old,
     0.1 new) of the prepared cross maps over the guidance forwards of this generation; ``cache`` (a one-element list,
-    empty at the start of a generation) holds that average.
+    empty at the start of a generation) holds that average. Each subject map is smoothed again for it, as the originals
+    do, so that the gradient sums in their order.
     """
-    found = peaks(cross_maps, indices)
-    cross = cross_response_loss(found)
-    clean = clean_loss(found)
     prepared = text_softmax(cross_maps)
+    found = subject_peaks(prepared, indices)
+    clean = clean_loss(found)
+    cross = cross_response_loss(found)
     new = prepared.detach().clone()
     cache[:] = [new if not cache else cache[0] * 0.9 + new * (1 - 0.9)]  # (1 - 0.9) = 0.09999999999999998, as written
     alignment = found.maps[0].new_zeros(())
-    for i, m in zip(indices, found.maps):
-        alignment = alignment + (m - smooth(cache[0][:, :, i - 1])).abs().mean()
+    for i in indices:
+        alignment = alignment + (smooth(prepared[:, :, i - 1]) - smooth(cache[0][:, :, i - 1])).abs().mean()
     self_ = self_conflict_loss(self_maps, found)
     joint = cross + 0.1 * clean + 0.1 * alignment + self_
     return InitNOLosses(joint, cross, self_, clean)

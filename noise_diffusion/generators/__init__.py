@@ -16,9 +16,10 @@ from ..configfiles import folder_file, read_json_object, string_field
 from ..errors import UserError
 from .base import GENERATORS, MODEL_ALIASES, Conditioning, Generator, Sampled, first_line, initial_latents
 from .base import register_generator
+from .settings import COMMON_OPTIONS, MemoryOptions, Sampling
 
 # the model families (each registers itself with its decorator)
-from . import flux, stable_diffusion, stable_diffusion_3, stable_diffusion_xl  # noqa: E402,F401  isort: skip
+from . import stable_diffusion, stable_diffusion_xl, stable_diffusion_3, flux  # noqa: E402,F401  isort: skip
 from .stable_diffusion import SCHEDULERS, StableDiffusionGenerator  # noqa: E402
 
 
@@ -69,21 +70,24 @@ SAMPLING_DEFAULTS_FILE = "noise_diffusion.json"
 
 
 def sampling_defaults(path: str, cls: type) -> dict:
-    """Settings used where the caller passes ``None``: the folder's :data:`SAMPLING_DEFAULTS_FILE`, else the family's
-    ``DEFAULTS``."""
-    defaults = dict(cls.DEFAULTS)
+    """Settings used where the caller passes ``None``: the folder's :data:`SAMPLING_DEFAULTS_FILE` over the family's
+    recommended :class:`Sampling` (the sampling settings it sets; a family with variants adds its variant's when it
+    is built)."""
+    defaults = cls.SAMPLING.given()
     file = os.path.join(path, SAMPLING_DEFAULTS_FILE)
     if os.path.isfile(file):
         defaults.update(read_json_object(file))
     return defaults
 
 
+#: ``__init__`` parameters that the loader itself fills
+_BUILT_BY_THE_LOADER = {"self", "pipe", "sampling", "device", "memory", "name"}
+
+
 def _check_options(cls: type, options: dict) -> None:
     """Name any option this model family does not take (e.g. ``t5_device`` for SD1.x) instead of a TypeError."""
-    accepted = set(cls.LOAD_OPTIONS)
-    for function in (cls.from_pretrained, cls.__init__):
-        accepted |= {p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD}
-    unknown = sorted(set(options) - accepted)
+    own = {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - COMMON_OPTIONS - (own - _BUILT_BY_THE_LOADER))
     if unknown:
         raise UserError(f"{cls.pipeline} models take no option {', '.join(unknown)}")
 
@@ -92,6 +96,8 @@ __all__ = [
     "Generator",
     "Sampled",
     "Conditioning",
+    "Sampling",
+    "MemoryOptions",
     "StableDiffusionGenerator",
     "SCHEDULERS",
     "GENERATORS",

@@ -23,7 +23,9 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import Registry
-from .placement import memory_settings, place_pipeline, upcast_vae_if_needed
+from .placement import place_pipeline, upcast_vae_if_needed
+from .schedulers import unet_scheduler
+from .settings import MemoryOptions, Sampling
 
 #: ``_class_name`` of a checkpoint's ``model_index.json`` -> the generator class for it
 GENERATORS = Registry("diffusion pipeline")
@@ -123,6 +125,9 @@ class Conditioning:
 
 #: a model callable for :meth:`DiffusersGenerator.denoise`: (scaled model input, timestep, step index) -> prediction
 Predict = Callable[[Tensor, Tensor, int], Tensor]
+#: a per-step hook for :meth:`DiffusersGenerator.denoise`: (latents, timestep, step index) -> the latents that step
+#: ``i`` starts from (the same tensor, or a replacement: e.g. the latent moved by attention guidance)
+StepHook = Callable[[Tensor, Tensor, int], Tensor]
 
 
 class DiffusersGenerator:
@@ -130,85 +135,64 @@ class DiffusersGenerator:
     denoising loop (sampling and replay are two model callables passed to it), classifier-free guidance and decoding.
 
     A family subclass is registered with :func:`register_generator` and sets the class attributes ``pipeline`` (the
-    ``_class_name`` in ``model_index.json``), ``family``, ``DEFAULTS``, ``PREFERRED_DTYPE`` and ``aliases``; its
-    ``__init__`` takes the pipeline and calls :meth:`_setup`. It implements
-    ``encode_prompts`` and ``model_output`` (one network call), and may override ``load_pipeline``, the loading hooks
-    and the latent hooks ``_set_timesteps``, ``_start`` (scale or pack ``z``) and ``_finish`` (unpack).
+    ``_class_name`` in ``model_index.json``), ``family``, ``LABEL``, ``SAMPLING``, ``PREFERRED_DTYPE`` and
+    ``aliases``; its ``__init__`` takes the pipeline and its :class:`Sampling`, sets its own options and calls
+    :meth:`_setup`. It implements ``encode_prompts`` and ``model_output`` (one network call), and may override
+    ``load_pipeline``, ``family_sampling``, ``_schedulers``, ``size_multiple`` and the latent hooks ``_set_timesteps``,
+    ``_start`` (scale or pack ``z``) and ``_finish`` (unpack).
     """
 
     family = "diffusers"
     pipeline = ""
-    #: sampling settings used where the caller passes None (a pipeline folder's ``noise_diffusion.json`` overrides)
-    DEFAULTS: dict = {}
+    #: the family's name in help texts
+    LABEL = ""
+    #: the recommended sampling settings, used where the caller gives none (a pipeline folder's
+    #: ``noise_diffusion.json`` overrides them); a size left ``None`` is the denoiser's native size
+    SAMPLING = Sampling()
+    #: what the help says about the recommended image size, where it needs a word
+    SIZE_NOTE = ""
     #: half precision used by ``--dtype auto`` on a GPU
     PREFERRED_DTYPE = "float16"
     #: short model names -> Hub ids, registered with the family
     aliases: dict[str, str] = {}
-    #: loader options this family takes besides the common memory options (e.g. ``t5_device``)
-    LOAD_OPTIONS: tuple[str, ...] = ()
     #: keep a float16 VAE that overflows (``force_upcast``) in float32, as diffusers' pipeline of this family does
     UPCAST_VAE = False
 
     # -- loading --------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls,
-        name_or_path: str,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        *,
-        cpu_offload: bool = False,
-        vae_tiling: bool = False,
-        vae_slicing: bool = False,
-        vae_checkpointing: bool = False,
-        compile: bool = False,
-        **options,
+        cls, name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options
     ):
-        """Load a pipeline folder or Hub id of this family and place it (memory options: see :mod:`.placement`)."""
-        load_options = {key: options.pop(key) for key in cls.LOAD_OPTIONS if key in options}
+        """Load a pipeline folder or Hub id of this family and place it. ``options``: the fields of :class:`Sampling`
+        and :class:`MemoryOptions` (see :mod:`.placement`) and the keyword arguments of the family's ``__init__``."""
+        sampling, memory = Sampling.take(options), MemoryOptions.take(options)
         try:
-            pipe = cls.load_pipeline(name_or_path, dtype, **load_options)
+            pipe = cls.load_pipeline(name_or_path, dtype, **options)
         except UserError:
             raise
         except (OSError, ValueError) as error:  # missing or malformed files; a family's own bugs stay tracebacks
             raise UserError(f"cannot load diffusion model {name_or_path!r}: {first_line(error)}") from error
-        device = place_pipeline(
-            pipe, device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-            vae_checkpointing=vae_checkpointing, t5=cls.t5_encoder(pipe), t5_device=load_options.get("t5_device"),
-        )
+        device = place_pipeline(pipe, device, memory)
         if cls.UPCAST_VAE:
             upcast_vae_if_needed(pipe.vae)
-        memory = memory_settings(cpu_offload, vae_tiling, vae_slicing, vae_checkpointing, compile=compile,
-                                 **cls.memory_record(load_options))
-        return cls(pipe, device=device, memory=memory, compile=compile, name=str(name_or_path),
-                   **cls.init_options(load_options), **options)
+        return cls(pipe, sampling, device=device, memory=memory, name=str(name_or_path), **options)
 
     @classmethod
-    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, **load_options):
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, **options):
+        """The diffusers pipeline; ``options`` are the family's ``__init__`` options (a loader may need some)."""
         import diffusers
 
         return getattr(diffusers, cls.pipeline).from_pretrained(name_or_path, dtype=dtype)
 
     @classmethod
-    def t5_encoder(cls, pipe):
-        """The T5 text encoder that ``t5_device`` moves (None: the family has none)."""
-        return None
+    def family_sampling(cls, pipe) -> Sampling:
+        """The recommended sampling settings for ``pipe`` (a family with variants picks the variant's)."""
+        return cls.SAMPLING
 
     @classmethod
-    def memory_record(cls, load_options: dict) -> dict:
-        """The T5 options (where the family takes them), recorded with the memory settings."""
-        record = {}
-        if "drop_t5" in cls.LOAD_OPTIONS:
-            record["drop_t5"] = bool(load_options.get("drop_t5"))
-        if "t5_device" in cls.LOAD_OPTIONS:
-            t5_device = load_options.get("t5_device")
-            record["t5_device"] = None if t5_device is None else str(t5_device)
-        return record
-
-    @classmethod
-    def init_options(cls, load_options: dict) -> dict:
-        """Loader options that ``__init__`` needs too."""
-        return {}
+    def recommended(cls) -> dict[str, Sampling]:
+        """The recommended sampling settings by name (the family's ``LABEL``, or one per variant), for help texts."""
+        return {cls.LABEL: cls.SAMPLING}
 
     @property
     def device(self) -> torch.device:
@@ -222,6 +206,11 @@ class DiffusersGenerator:
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return (self.denoiser.config.in_channels, self.height // self.vae_scale, self.width // self.vae_scale)
+
+    @property
+    def do_cfg(self) -> bool:
+        """Whether sampling runs both branches of classifier-free guidance (diffusers' rule: guidance above 1)."""
+        return self.guidance_scale > 1.0
 
     @property
     def model_evals_per_generation(self) -> int:
@@ -239,34 +228,30 @@ class DiffusersGenerator:
             "height": self.height,
             "width": self.width,
             "dtype": str(self.dtype).removeprefix("torch."),
-            **self.memory,
+            **self.memory.record(),
         }
 
-    def _setup(
-        self, pipe, denoiser, *, schedulers: tuple, device: str | torch.device | None, num_steps: int,
-        guidance_scale: float, do_cfg: bool, negative_prompt: str | None, height: int | None, width: int | None,
-        sample_size: int, multiple: int = 1, memory: dict | None, compile: bool, name: str,
-    ) -> None:
-        """What every family's ``__init__`` does: adopt and freeze the pipeline's modules, take the scheduler
-        ``(class, config)``, the sampling settings, the image size (default ``sample_size`` latents, a multiple of
-        ``multiple`` latent cells), the memory record and an optional ``torch.compile`` of the denoiser."""
+    def _setup(self, pipe, denoiser, sampling: Sampling, *, device: str | torch.device | None,
+               memory: MemoryOptions | None, name: str) -> None:
+        """What every family's ``__init__`` does: adopt and freeze the pipeline's modules; resolve ``sampling`` over the
+        family's recommended settings (scheduler, steps, guidance, image size: a multiple of :meth:`size_multiple`
+        latent cells); keep the memory options and ``torch.compile`` the denoiser when they ask for it."""
         self.pipe, self.denoiser, self.vae = pipe, denoiser, pipe.vae
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
                 module.eval()
         self._device = torch.device(device) if device is not None else denoiser.device
-        self.scheduler_class, self.scheduler_config = schedulers
-        self.num_steps = int(num_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.do_cfg = do_cfg
-        self.negative_prompt = negative_prompt or ""
+        sampling = sampling.over(self.family_sampling(pipe))
+        self.scheduler_name = sampling.scheduler
+        self.scheduler_class, self.scheduler_config = self._schedulers(pipe.scheduler, sampling.scheduler)
+        self.num_steps, self.guidance_scale = int(sampling.num_steps), float(sampling.guidance_scale)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        default_size = sample_size * self.vae_scale
-        self.height, self.width = height or default_size, width or default_size
-        check_size(self.height, self.width, multiple * self.vae_scale)
-        self.memory = memory or {}
-        if compile:  # worth it on long GPU runs; the first generations pay the compilation
+        native = (denoiser.config.sample_size * self.vae_scale) if None in (sampling.height, sampling.width) else None
+        self.height, self.width = sampling.height or native, sampling.width or native
+        check_size(self.height, self.width, self.size_multiple() * self.vae_scale)
+        self.memory = memory or MemoryOptions()
+        if self.memory.compile:  # worth it on long GPU runs; the first generations pay the compilation
             self.denoiser = torch.compile(self.denoiser)
         self.name = name
         self._model_evals = None
@@ -275,6 +260,14 @@ class DiffusersGenerator:
     def model_output(self, model_input: Tensor, t: Tensor, conditioning: Conditioning) -> Tensor:
         """One network call on ``model_input`` (both CFG halves stacked when ``do_cfg``)."""
         raise NotImplementedError
+
+    def _schedulers(self, pipe_scheduler, choice: str):
+        """Scheduler class and config for the ``scheduler`` setting (an epsilon-prediction UNet's by default)."""
+        return unet_scheduler(pipe_scheduler, choice)
+
+    def size_multiple(self) -> int:
+        """Image sides must be a multiple of this many latent cells (a transformer's patch size)."""
+        return 1
 
     def _set_timesteps(self, scheduler) -> None:
         scheduler.set_timesteps(self.num_steps, device=self.device)
@@ -294,37 +287,50 @@ class DiffusersGenerator:
         self._set_timesteps(scheduler)
         return scheduler
 
-    def denoise(self, z: Tensor, predict: Predict) -> Tensor:
+    def denoise(self, z: Tensor, predict: Predict, before_step: StepHook | None = None) -> Tensor:
         """The scheduler loop from standard-normal ``z`` to the final latent, with ``predict`` as the model.
 
-        ``predict(model_input, t, i)`` gets the scheduler-scaled latent (without gradient: predictions are held
-        fixed in the replay) and returns the model's prediction for step ``i``. Sampling and replay are this one
-        loop with two callables, which is why the replay reproduces the sampler exactly.
+        At step ``i``, ``before_step(latents, t, i)`` (when given) returns the latents the step starts from;
+        ``predict(model_input, t, i)`` gets them scaled by the scheduler and returns the model's prediction. The
+        model input keeps its autograd history, so a predictor decides what is differentiated: sampling runs without
+        gradients, the replay ignores its input (its predictions are held fixed), and a predictor that calls the
+        network under autograd makes the whole chain differentiable. Sampling and replay are this one loop with two
+        callables, which is why the replay reproduces the sampler exactly.
         """
         scheduler = self.fresh_scheduler()
         latents = self._start(z, scheduler)
         # Euler-type schedulers also need the call for their bookkeeping; DDIM and PNDM return the input unchanged
         scale_input = getattr(scheduler, "scale_model_input", None)
         for i, t in enumerate(scheduler.timesteps):
-            model_input = scale_input(latents.detach(), t) if scale_input is not None else latents.detach()
+            if before_step is not None:
+                latents = before_step(latents, t, i)
+            model_input = scale_input(latents, t) if scale_input is not None else latents
             latents = scheduler.step(predict(model_input, t, i), t, latents, return_dict=False)[0]
         return self._finish(latents)
+
+    def guided(self, conditioning: Conditioning) -> Predict:
+        """The sampler's model: one network call per step, the two halves combined by classifier-free guidance when
+        ``do_cfg`` (the unconditional rows first)."""
+
+        def predict(model_input: Tensor, t: Tensor, i: int) -> Tensor:
+            if not self.do_cfg:
+                return self.model_output(model_input, t, conditioning)
+            uncond, cond = self.model_output(torch.cat([model_input, model_input]), t, conditioning).chunk(2)
+            return uncond + self.guidance_scale * (cond - uncond)
+
+        return predict
 
     @torch.no_grad()
     def sample(self, z: Tensor, conditioning: Conditioning) -> Sampled:
         """Sample without gradients; record the guided prediction of every step."""
         record: list[Tensor] = []
+        guided = self.guided(conditioning)
 
-        def guided(model_input: Tensor, t: Tensor, i: int) -> Tensor:
-            if self.do_cfg:
-                uncond, cond = self.model_output(torch.cat([model_input, model_input]), t, conditioning).chunk(2)
-                prediction = uncond + self.guidance_scale * (cond - uncond)
-            else:
-                prediction = self.model_output(model_input, t, conditioning)
-            record.append(prediction)
-            return prediction
+        def recorded(model_input: Tensor, t: Tensor, i: int) -> Tensor:
+            record.append(guided(model_input, t, i))
+            return record[-1]
 
-        return Sampled(latents=self.denoise(z, guided), record=record)
+        return Sampled(latents=self.denoise(z, recorded), record=record)
 
     def replay(self, z: Tensor, record: list[Tensor]) -> Tensor:
         """The scheduler steps from ``z`` with the recorded predictions held fixed: differentiable, no model call."""
@@ -352,45 +358,6 @@ def decode_latents(vae, latents: Tensor) -> Tensor:
         latents = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
     images = vae.decode(latents, return_dict=False)[0]
     return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
-def unet_scheduler(pipe_scheduler, choice: str):
-    """Scheduler class and config for an epsilon-prediction UNet: ``"ddim"`` (η = 0, built from the checkpoint's config
-    with ``clip_sample`` forced off — clipping x0 inside the step would zero the replay gradient) or ``"default"``
-    (the checkpoint's own, which must be deterministic)."""
-    from diffusers import DDIMScheduler
-
-    if choice == "ddim":
-        return DDIMScheduler, DDIMScheduler.from_config(pipe_scheduler.config, clip_sample=False).config
-    if choice == "default":
-        if pipe_scheduler.config.get("s_churn", 0.0):
-            raise UserError("the checkpoint's scheduler adds noise (s_churn > 0); the replay needs a deterministic one")
-        return type(pipe_scheduler), pipe_scheduler.config
-    raise UserError(f"unknown scheduler {choice!r}; choose from ddim, default")
-
-
-def flow_scheduler(pipe_scheduler, choice: str | None):
-    """The flow-matching Euler scheduler of an SD3/FLUX checkpoint: their one deterministic sampler, selected by both
-    ``"ddim"`` (the command-line default) and ``"default"``."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    if choice not in (None, "ddim", "default"):
-        raise UserError(f"unknown scheduler {choice!r}; flow-matching models use their own Euler scheduler")
-    config = FlowMatchEulerDiscreteScheduler.from_config(pipe_scheduler.config).config
-    if config.get("stochastic_sampling"):
-        raise UserError("the checkpoint's scheduler samples stochastically; the replay needs a deterministic one")
-    return FlowMatchEulerDiscreteScheduler, config
-
-
-def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:
-    """The flow-matching pipelines' resolution-dependent timestep shift ``mu`` (diffusers' ``calculate_shift``, the
-    same function in the SD3 and FLUX pipelines) from the scheduler config; ``max_shift`` is the family's default
-    where the config has none (1.16 for SD3, 1.15 for FLUX)."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    config = scheduler.config
-    return calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                           config.get("base_shift", 0.5), config.get("max_shift", max_shift))
 
 
 def first_line(error: BaseException) -> str:

@@ -25,15 +25,17 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator, resolution_shift
+from .base import Conditioning, DiffusersGenerator, register_generator
+from .placement import place_t5
+from .schedulers import flow_scheduler, resolution_shift
+from .settings import MemoryOptions, Sampling
 
-#: recommended settings per variant (chosen by the transformer's ``guidance_embeds``) where the caller passes None:
+#: recommended settings per variant (chosen by the transformer's ``guidance_embeds``) where the caller gives none:
 #: schnell: 4 steps without guidance (its model card); dev: diffusers' FluxPipeline defaults, 28 steps with distilled
 #: guidance 3.5 (the dev model card shows 50 steps; pass num_steps=50 for that).
-VARIANT_DEFAULTS = {
-    "schnell": {"num_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 256},
-    "dev": {"num_steps": 28, "guidance_scale": 3.5, "max_sequence_length": 512},
-}
+VARIANT_SAMPLING = {"schnell": Sampling(num_steps=4, guidance_scale=0.0), "dev": Sampling(num_steps=28, guidance_scale=3.5)}
+#: T5 tokens per variant, as FluxPipeline's defaults
+VARIANT_MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512}
 
 
 @register_generator
@@ -43,49 +45,56 @@ class FluxGenerator(DiffusersGenerator):
     pipeline = "FluxPipeline"
     family = "flux"
     aliases = {"flux.1-schnell": "black-forest-labs/FLUX.1-schnell", "flux.1-dev": "black-forest-labs/FLUX.1-dev"}
-    #: common to both variants; steps and guidance come from :data:`VARIANT_DEFAULTS`
-    DEFAULTS = {"height": 1024, "width": 1024}
+    LABEL = "FLUX.1"
+    #: common to both variants; steps and guidance come from :data:`VARIANT_SAMPLING`
+    SAMPLING = Sampling(height=1024, width=1024, scheduler="default")
     #: the published weights are bf16; T5-XXL overflows in float16
     PREFERRED_DTYPE = "bfloat16"
-    #: FluxPipeline's own encoders run on the device their weights are on, so ``t5_device`` needs nothing more
-    LOAD_OPTIONS = ("t5_device",)
+    #: guidance distillation: one transformer call per step
+    do_cfg = False
 
     def __init__(
         self,
         pipe,
+        sampling: Sampling = Sampling(),
         *,
-        device: str | torch.device = "cpu",
-        scheduler: str | None = "default",
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
         negative_prompt: str | None = "",
-        height: int | None = None,
-        width: int | None = None,
         max_sequence_length: int | None = None,
-        memory: dict | None = None,
-        compile: bool = False,
+        t5_device: str | torch.device | None = None,
+        device: str | torch.device = "cpu",
+        memory: MemoryOptions | None = None,
         name: str = "flux",
     ) -> None:
+        """``t5_device``: run T5 there (FluxPipeline's encoders run where their weights are, so moving it is all)."""
         if negative_prompt:
             raise UserError("FLUX uses guidance distillation, not classifier-free guidance: no negative prompt")
+        self.negative_prompt = ""
         self.guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
-        self.variant = "dev" if self.guidance_embeds else "schnell"
-        defaults = VARIANT_DEFAULTS[self.variant]
-        guidance = guidance_scale if guidance_scale is not None else defaults["guidance_scale"]
-        self.max_sequence_length = int(max_sequence_length or defaults["max_sequence_length"])
-        # FluxPipeline.default_sample_size is 128 latent cells; the 2x2 packing needs even latent sizes
-        self._setup(
-            pipe, pipe.transformer, schedulers=flow_scheduler(pipe.scheduler, scheduler), device=device,
-            num_steps=num_steps if num_steps is not None else defaults["num_steps"],
-            guidance_scale=float(guidance) if self.guidance_embeds else 0.0,
-            do_cfg=False,  # guidance distillation: one transformer call per step
-            negative_prompt="", height=height, width=width, sample_size=128, multiple=2, memory=memory,
-            compile=compile, name=name,
-        )
+        self.variant = self.variant_of(pipe)
+        self.max_sequence_length = int(max_sequence_length or VARIANT_MAX_SEQUENCE_LENGTH[self.variant])
+        self._setup(pipe, pipe.transformer, sampling, device=device, memory=memory, name=name)
+        if not self.guidance_embeds:  # schnell has no guidance input: recorded as 0
+            self.guidance_scale = 0.0
+        place_t5(pipe.text_encoder_2, t5_device, self.memory)
+        self.t5_placement = None if t5_device is None else str(t5_device)
+
+    @staticmethod
+    def variant_of(pipe) -> str:
+        return "dev" if pipe.transformer.config.guidance_embeds else "schnell"
 
     @classmethod
-    def t5_encoder(cls, pipe):
-        return pipe.text_encoder_2
+    def family_sampling(cls, pipe) -> Sampling:
+        return VARIANT_SAMPLING[cls.variant_of(pipe)].over(cls.SAMPLING)
+
+    @classmethod
+    def recommended(cls) -> dict[str, Sampling]:
+        return {f"{cls.LABEL}-{variant}": sampling.over(cls.SAMPLING) for variant, sampling in VARIANT_SAMPLING.items()}
+
+    def _schedulers(self, pipe_scheduler, choice: str):
+        return flow_scheduler(pipe_scheduler, choice)
+
+    def size_multiple(self) -> int:
+        return 2  # the 2x2 packing needs even latent sizes
 
     @property
     def transformer(self):
@@ -99,6 +108,7 @@ class FluxGenerator(DiffusersGenerator):
     def settings(self) -> dict:
         return {
             **super().settings(),
+            "t5_device": self.t5_placement,
             "variant": self.variant,
             "scheduler": "flow-match-euler",
             "guidance": "distilled" if self.guidance_embeds else "none",

@@ -26,37 +26,24 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from .settings import MemoryOptions
 
 
-def place_pipeline(
-    pipe,
-    device: str | torch.device,
-    *,
-    cpu_offload: bool = False,
-    vae_tiling: bool = False,
-    vae_slicing: bool = False,
-    vae_checkpointing: bool = False,
-    t5: torch.nn.Module | None = None,
-    t5_device: str | torch.device | None = None,
-) -> torch.device:
-    """Move ``pipe`` to ``device`` (or set up model CPU offload onto it), freeze every module, apply the VAE options;
-    put ``t5`` on ``t5_device`` when both are given. Returns the device the denoiser runs on."""
+def place_pipeline(pipe, device: str | torch.device, memory: MemoryOptions) -> torch.device:
+    """Move ``pipe`` to ``device`` (or set up model CPU offload onto it), freeze every module and apply the VAE options.
+    Returns the device the denoiser runs on."""
     device = torch.device(device)
-    if cpu_offload and t5_device is not None:
-        raise UserError("choose either cpu_offload or t5_device, not both")
-    if cpu_offload:
+    if memory.cpu_offload:
         if device.type == "cpu":
             raise UserError("cpu_offload needs an accelerator device (e.g. cuda:0), got cpu")
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
-    if t5 is not None and t5_device is not None:
-        t5.to(torch.device(t5_device))
-    if vae_tiling:
+    if memory.vae_tiling:
         pipe.vae.enable_tiling()
-    if vae_slicing:
+    if memory.vae_slicing:
         pipe.vae.enable_slicing()
-    if vae_checkpointing:
+    if memory.vae_checkpointing:
         pipe.vae.enable_gradient_checkpointing()
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
@@ -66,14 +53,18 @@ def place_pipeline(
     return device
 
 
+def place_t5(encoder: torch.nn.Module | None, t5_device: str | torch.device | None, memory: MemoryOptions) -> None:
+    """Put a family's T5 text encoder on ``t5_device`` (SD3, FLUX); nothing when either is None."""
+    if t5_device is None:
+        return
+    if memory.cpu_offload:
+        raise UserError("choose either cpu_offload or t5_device, not both")
+    if encoder is not None:
+        encoder.to(torch.device(t5_device))
+
+
 def upcast_vae_if_needed(vae) -> None:
     """Keep a VAE that overflows in float16 (``force_upcast`` in its config, e.g. SDXL's) in float32, as diffusers'
     pipelines do before decoding; ``decode`` casts the latents to the VAE's dtype."""
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.to(torch.float32)
-
-
-def memory_settings(cpu_offload: bool, vae_tiling: bool, vae_slicing: bool, vae_checkpointing: bool, **extra) -> dict:
-    """The memory options for the result record."""
-    return {"cpu_offload": cpu_offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing,
-            "vae_checkpointing": vae_checkpointing, **extra}

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Conditioning, DiffusersGenerator, register_generator, unet_scheduler
+from .base import Conditioning, DiffusersGenerator, register_generator
+from .settings import MemoryOptions, Sampling
 
 SCHEDULERS = ("ddim", "default")
 
@@ -30,36 +31,30 @@ class StableDiffusionGenerator(DiffusersGenerator):
         "sd-v2-base": "stabilityai/stable-diffusion-2-base",
         "sd-v2-1-base": "stabilityai/stable-diffusion-2-1-base",
     }
-    #: the paper's settings
-    DEFAULTS = {"num_steps": 50, "guidance_scale": 7.5}
+    LABEL = "SD1.x/2.x"
+    #: the paper's settings; the image size is the UNet's native one (512 for SD1.4)
+    SAMPLING = Sampling(num_steps=50, guidance_scale=7.5, scheduler="ddim")
+    SIZE_NOTE = "512 for SD1.4"
     PREFERRED_DTYPE = "float16"
+    #: SD1.x/2.x always run both branches of classifier-free guidance, as the paper does
+    do_cfg = True
 
     def __init__(
         self,
         pipe,
+        sampling: Sampling = Sampling(),
         *,
-        scheduler: str = "ddim",
-        num_steps: int = 50,
-        guidance_scale: float = 7.5,
         negative_prompt: str = "",
-        height: int | None = None,
-        width: int | None = None,
         device: str | torch.device | None = None,
-        memory: dict | None = None,
-        compile: bool = False,
+        memory: MemoryOptions | None = None,
         name: str = "stable-diffusion",
     ) -> None:
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
-        self.scheduler_name = scheduler
-        self._setup(
-            pipe, pipe.unet, schedulers=unet_scheduler(pipe.scheduler, scheduler), device=device, num_steps=num_steps,
-            guidance_scale=guidance_scale, do_cfg=True,  # SD1.x/2.x always run both branches, as the paper does
-            negative_prompt=negative_prompt, height=height, width=width, sample_size=pipe.unet.config.sample_size,
-            memory=memory, compile=compile, name=name,
-        )
+        self.negative_prompt = negative_prompt or ""
+        self._setup(pipe, pipe.unet, sampling, device=device, memory=memory, name=name)
 
     @classmethod
-    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype):
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, **options):
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline.from_pretrained(

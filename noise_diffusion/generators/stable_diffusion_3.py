@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Conditioning, DiffusersGenerator, flow_scheduler, register_generator, resolution_shift
+from .base import Conditioning, DiffusersGenerator, register_generator
+from .placement import place_t5
+from .schedulers import flow_scheduler, resolution_shift
+from .settings import MemoryOptions, Sampling
 
 
 @register_generator
@@ -31,41 +34,37 @@ class StableDiffusion3Generator(DiffusersGenerator):
         "sd-3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
         "sd-3.5-large": "stabilityai/stable-diffusion-3.5-large",
     }
-    #: the Noise Diffusion authors' SD3.5 settings
-    DEFAULTS = {"num_steps": 28, "guidance_scale": 7.0, "height": 512, "width": 512}
+    LABEL = "SD3/SD3.5"
+    #: the Noise Diffusion authors' SD3.5 settings (512x512, below the native 1024x1024)
+    SAMPLING = Sampling(num_steps=28, guidance_scale=7.0, height=512, width=512, scheduler="default")
+    SIZE_NOTE = "the Noise Diffusion authors' setting, below the native 1024"
     #: the published weights are bf16; T5-XXL overflows in float16
     PREFERRED_DTYPE = "bfloat16"
-    LOAD_OPTIONS = ("drop_t5", "t5_device")
 
     def __init__(
         self,
         pipe,
+        sampling: Sampling = Sampling(),
         *,
-        device: str | torch.device = "cpu",
-        scheduler: str | None = "default",
-        num_steps: int = 28,
-        guidance_scale: float = 7.0,
         negative_prompt: str | None = "",
-        height: int | None = None,
-        width: int | None = None,
         max_sequence_length: int = 256,
         t5_device: str | torch.device | None = None,
-        memory: dict | None = None,
-        compile: bool = False,
+        drop_t5: bool = False,
+        device: str | torch.device = "cpu",
+        memory: MemoryOptions | None = None,
         name: str = "stable-diffusion-3",
     ) -> None:
+        """``t5_device``: run T5 there (e.g. the CPU); ``drop_t5``: the pipeline was loaded without T5 (its embeddings
+        are zeros then, as diffusers does with ``text_encoder_3=None``)."""
+        self.negative_prompt = negative_prompt or ""
         self.max_sequence_length = int(max_sequence_length)
-        self._setup(
-            pipe, pipe.transformer, schedulers=flow_scheduler(pipe.scheduler, scheduler), device=device,
-            num_steps=num_steps, guidance_scale=guidance_scale, do_cfg=float(guidance_scale) > 1.0,
-            negative_prompt=negative_prompt, height=height, width=width,
-            sample_size=pipe.transformer.config.sample_size, multiple=pipe.transformer.config.patch_size,
-            memory=memory, compile=compile, name=name,
-        )
+        self._setup(pipe, pipe.transformer, sampling, device=device, memory=memory, name=name)
+        place_t5(pipe.text_encoder_3, t5_device, self.memory)
         self.t5_device = torch.device(t5_device) if t5_device is not None else self._device
+        self.t5_placement, self.drop_t5 = None if t5_device is None else str(t5_device), bool(drop_t5)
 
     @classmethod
-    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, drop_t5: bool = False, t5_device=None):
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, drop_t5: bool = False, t5_device=None, **options):
         from diffusers import StableDiffusion3Pipeline
 
         if drop_t5 and t5_device is not None:
@@ -73,13 +72,11 @@ class StableDiffusion3Generator(DiffusersGenerator):
         extra = {"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {}
         return StableDiffusion3Pipeline.from_pretrained(name_or_path, dtype=dtype, **extra)
 
-    @classmethod
-    def t5_encoder(cls, pipe):
-        return pipe.text_encoder_3
+    def _schedulers(self, pipe_scheduler, choice: str):
+        return flow_scheduler(pipe_scheduler, choice)
 
-    @classmethod
-    def init_options(cls, load_options: dict) -> dict:
-        return {"t5_device": load_options.get("t5_device")}
+    def size_multiple(self) -> int:
+        return self.denoiser.config.patch_size
 
     @property
     def transformer(self):
@@ -88,6 +85,8 @@ class StableDiffusion3Generator(DiffusersGenerator):
     def settings(self) -> dict:
         return {
             **super().settings(),
+            "drop_t5": self.drop_t5,
+            "t5_device": self.t5_placement,
             "scheduler": "flow-match-euler",
             "shift": self.scheduler_config.get("shift"),
             "negative_prompt": self.negative_prompt,

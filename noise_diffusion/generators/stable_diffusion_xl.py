@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Conditioning, DiffusersGenerator, register_generator, unet_scheduler
+from .base import Conditioning, DiffusersGenerator, register_generator
+from .settings import MemoryOptions, Sampling
 
 
 @register_generator
@@ -28,36 +29,27 @@ class StableDiffusionXLGenerator(DiffusersGenerator):
     pipeline = "StableDiffusionXLPipeline"
     family = "stable-diffusion-xl"
     aliases = {"sdxl-base-1.0": "stabilityai/stable-diffusion-xl-base-1.0"}
+    LABEL = "SDXL"
     #: diffusers' SDXL defaults (guidance 5.0, 50 steps, 1024x1024; the model card shows the same size)
-    DEFAULTS = {"num_steps": 50, "guidance_scale": 5.0, "height": 1024, "width": 1024}
+    SAMPLING = Sampling(num_steps=50, guidance_scale=5.0, height=1024, width=1024, scheduler="ddim")
     PREFERRED_DTYPE = "float16"
     UPCAST_VAE = True  # SDXL's VAE overflows in float16
 
     def __init__(
         self,
         pipe,
+        sampling: Sampling = Sampling(),
         *,
-        device: str | torch.device = "cpu",
-        scheduler: str = "ddim",
-        num_steps: int = 50,
-        guidance_scale: float = 5.0,
         negative_prompt: str | None = "",
-        height: int | None = None,
-        width: int | None = None,
-        memory: dict | None = None,
-        compile: bool = False,
+        device: str | torch.device = "cpu",
+        memory: MemoryOptions | None = None,
         name: str = "stable-diffusion-xl",
     ) -> None:
-        self.scheduler_name = scheduler
-        self._setup(
-            pipe, pipe.unet, schedulers=unet_scheduler(pipe.scheduler, scheduler), device=device, num_steps=num_steps,
-            guidance_scale=guidance_scale, do_cfg=float(guidance_scale) > 1.0, negative_prompt=negative_prompt,
-            height=height, width=width, sample_size=pipe.unet.config.sample_size, memory=memory, compile=compile,
-            name=name,
-        )
+        self.negative_prompt = negative_prompt or ""
+        self._setup(pipe, pipe.unet, sampling, device=device, memory=memory, name=name)
 
     @classmethod
-    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype):
+    def load_pipeline(cls, name_or_path: str, dtype: torch.dtype, **options):
         from diffusers import StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline.from_pretrained(name_or_path, dtype=dtype, add_watermarker=False)

@@ -336,13 +336,13 @@ def doc_paths(text: str) -> list[str]:
     """Repository paths a document names: tokens whose first folder is a top-level folder of the repository (``*`` as
     a glob; paths with placeholders such as ``<seed>`` or ``epoch_XXX`` are not paths).
 
-    Lines that link to another repository (github.com/...) name that repository's files, not ours."""
+    A paragraph or table row that names another repository (github.com/...) names that repository's files, not ours."""
     tops = _tracked_tops()
     found = []
-    for line in text.splitlines():
-        if "github.com/" in line:
+    for block in _blocks(text):
+        if "github.com/" in block:
             continue
-        for token in PATH_TOKEN.findall(line):
+        for token in PATH_TOKEN.findall(block):
             if token.split("/")[0] in tops and "XXX" not in token:
                 found.append(token.rstrip("."))
     return found
@@ -399,9 +399,9 @@ def _check(path: Path, claims, where: str) -> list[str]:
 
 
 def _blocks(text: str) -> list[str]:
-    """Paragraphs and single table rows (the unit a count belongs to)."""
+    """Paragraphs, list items and single table rows (the unit a count or a path belongs to)."""
     blocks = []
-    for paragraph in re.split(r"\n\s*\n", text):
+    for paragraph in re.split(r"\n\s*\n|\n(?=\s*[-*] )", text):
         lines = paragraph.splitlines()
         rows = [line for line in lines if line.startswith("|")]
         blocks += rows + ["\n".join(line for line in lines if not line.startswith("|"))]

@@ -25,7 +25,7 @@ from docs_text import (
 )
 
 
-# ------------------------------------------------------------------------------------------------ --help of every program, in one process
+# ------------------------------------------------------------------------------------------------ --help
 
 HELP_DRIVER = r"""
 import contextlib, importlib, io, json, os, runpy, sys, traceback

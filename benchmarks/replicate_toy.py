@@ -617,7 +617,7 @@ def attention_section(rep: dict) -> list[str]:
              "Their compute per item differs from a generation of the searches: UNet forwards (both halves of "
              "classifier-free guidance) and backwards through the UNet per item, and CPU seconds per item (the "
              "searches' from the measured rate above, the attention baselines' from their own run, one thread, "
-             "measured at another time of the shared machine's load, so compare them roughly)."]
+             "measured at another time, under another load, so compare them roughly)."]
     plain = next((r for r in a["rows"] if r["label"] == LABELS["none"]), None)
     if plain:
         costs = [r for r in a["rows"] if r["label"] in (LABELS[m] for m in ATTENTION)]

@@ -617,7 +617,7 @@ def attention_section(rep: dict) -> list[str]:
              "Their compute per item differs from a generation of the searches: UNet forwards (both halves of "
              "classifier-free guidance) and backwards through the UNet per item, and CPU seconds per item (the "
              "searches' from the measured rate above, the attention baselines' from their own run, one thread, "
-             "measured at another time of the shared machine's load, so compare them roughly)."]
+             "measured at another time, under another load, so compare them roughly)."]
     plain = next((r for r in a["rows"] if r["label"] == LABELS["none"]), None)
     if plain:
         costs = [r for r in a["rows"] if r["label"] in (LABELS[m] for m in ATTENTION)]
@@ -740,9 +740,9 @@ def render(rep: dict, figures: str, stem: str) -> str:
                      f"{fmt_ci(mlp_pairs[p['a'], p['b']]['pooled'])} | {p['verdict']} |")
     lines += ["", "## Equal seconds", "",
               f"Seconds per generation per item, measured first in {t['rounds']} interleaved rounds of {t['epochs'] + 1} "
-              f"generations on {t['items']} items (order rotated each round, so the load of this shared 2-core machine "
-              "affects all methods alike). The equal-seconds comparison uses the process's **CPU time** (one thread: "
-              "the wall time an idle machine would take; wall time under the other jobs' load is far noisier): " +
+              f"generations on {t['items']} items (order rotated each round, so the machine's load affects all methods "
+              "alike). The equal-seconds comparison uses the process's **CPU time** (one thread: the wall time an idle "
+              "machine would take; wall time under load is far noisier): " +
               ", ".join(f"{LABELS[m]} {v['rate'] * 1000:.1f} ms ({v['ratio_to_best_of_n']:.2f}x best-of-N; rounds "
                         f"{v['ratio_min']:.2f}–{v['ratio_max']:.2f}x)" for m, v in rates.items()) +
               ". Wall time in the same rounds: " +

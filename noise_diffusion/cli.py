@@ -66,7 +66,7 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vae_checkpointing", action="store_true",
                    help="gradient checkpointing in the VAE decoder: exact, about half the decode's backward memory")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the denoiser (SD1.x/2.x; pays off on long GPU runs)")
+                   help="torch.compile the denoiser (UNet or transformer, every family; pays off on long GPU runs)")
     g.add_argument("--t5_device", default=None, help="SD3/FLUX: run the T5 text encoder on this device (e.g. cpu)")
     g.add_argument("--drop_t5", action="store_true", help="SD3: load no T5 encoder (less memory, less faithful)")
 

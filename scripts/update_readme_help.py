@@ -6,6 +6,7 @@ tests/test_readme.py fails when the two differ; run this after changing a flag: 
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -30,7 +31,8 @@ def readme_help(text: str) -> str:
     return match.group(2)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     text = README.read_text(encoding="utf-8")
     readme_help(text)  # the block must exist
     README.write_text(BLOCK.sub(lambda m: m.group(1) + run_help() + m.group(3), text, count=1), encoding="utf-8")

@@ -12,50 +12,53 @@ from .compbench import COMPBENCH_FILES, PREFIX, PROMPTS_PER_SPLIT, SPLITS
 
 
 @dataclass(frozen=True)
+class Source:
+    description: str
+    licence: str
+
+
+OURS = Source("this project's own, shipped in datasets/", "MIT licence, this project")
+PAPER = Source("the Noise Diffusion authors' files, downloaded once from a pinned commit", "MIT licence, the authors")
+COMPBENCH = Source("T2I-CompBench's validation splits, downloaded once from a pinned commit", "MIT licence, 2023 HKU")
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     name: str
     prompts: int
-    source: str
-    licence: str
+    source: Source
     tests: str
 
 
-OURS = "this project's own (shipped in datasets/)"
-OUR_LICENCE = "MIT, this project"
-PAPER = "the Noise Diffusion authors' file, downloaded from a pinned commit"
-PAPER_LICENCE = "MIT, the Noise Diffusion authors"
-COMPBENCH = "T2I-CompBench's validation split, downloaded from a pinned commit"
-COMPBENCH_LICENCE = "MIT, 2023 HKU"
 COMPBENCH_TESTS = {
-    "color": "attribute binding: colours ('a red book and a blue bowl')",
-    "shape": "attribute binding: shapes ('an oval mirror and a rectangular painting')",
-    "texture": "attribute binding: textures ('a metallic fork and a wooden desk')",
-    "spatial": "spatial relations ('a cup on the right of a dog')",
-    "non_spatial": "actions and interactions in free sentences ('A man is holding a book ...')",
+    "color": "attribute binding, colours: 'a red book and a blue bowl'",
+    "shape": "attribute binding, shapes: 'an oval mirror and a rectangular painting'",
+    "texture": "attribute binding, textures: 'a metallic fork and a wooden desk'",
+    "spatial": "spatial relations: 'a cup on the right of a dog'",
+    "non_spatial": "actions in free sentences: 'A man is holding a book and ...'",
     "complex": "several objects, attributes and relations in one free sentence",
 }
 
 CATALOGUE: tuple[DatasetInfo, ...] = (
-    DatasetInfo("pairs", 276, OURS, OUR_LICENCE,
-                "two subjects joined by and/with, after Attend-and-Excite's construction: categories animals, "
-                "animals_objects, objects"),
-    DatasetInfo("relations", 100, OURS, OUR_LICENCE,
-                "two subjects joined by a spatial relation (under, on, below, above): category relations"),
-    DatasetInfo("toy-simple", 45, f"{OURS}, the toy world", OUR_LICENCE, "two digits joined by 'and' (toy world)"),
-    DatasetInfo("toy-complex", 360, f"{OURS}, the toy world", OUR_LICENCE,
-                "two digits in a spatial relation (toy world)"),
-    DatasetInfo("paper-simple", 276, PAPER, PAPER_LICENCE,
-                "the paper's simple set: categories animals, animals_objects, objects"),
-    DatasetInfo("paper-complex", 100, PAPER, PAPER_LICENCE, "the paper's complex set"),
-    *(DatasetInfo(name, PROMPTS_PER_SPLIT, COMPBENCH, COMPBENCH_LICENCE, COMPBENCH_TESTS[name[len(PREFIX) + 1:]])
+    DatasetInfo("pairs", 276, OURS, "two subjects joined by and/with, after Attend-and-Excite's construction"),
+    DatasetInfo("relations", 100, OURS, "two subjects joined by a spatial relation (under, on, below, above)"),
+    DatasetInfo("toy-simple", 45, OURS, "the toy world: two digits joined by 'and'"),
+    DatasetInfo("toy-complex", 360, OURS, "the toy world: two digits in a spatial relation"),
+    DatasetInfo("paper-simple", 276, PAPER, "the paper's simple set: animals, animals_objects, objects"),
+    DatasetInfo("paper-complex", 100, PAPER, "the paper's complex set: two subjects in a spatial relation"),
+    *(DatasetInfo(name, PROMPTS_PER_SPLIT, COMPBENCH, COMPBENCH_TESTS[name[len(PREFIX) + 1:]])
       for name in COMPBENCH_FILES),
-    DatasetInfo(PREFIX, PROMPTS_PER_SPLIT * len(SPLITS), "the six T2I-CompBench splits above",
-                COMPBENCH_LICENCE, "all six splits, one category each"),
+    DatasetInfo(PREFIX, PROMPTS_PER_SPLIT * len(SPLITS), COMPBENCH, "all six splits, one category each"),
 )
 
 
 def catalogue_lines() -> list[str]:
-    """One line per set: name, prompts, source, licence, what it tests."""
+    """The sets grouped by source: a heading line with source and licence, then one line per set."""
     width = max(len(info.name) for info in CATALOGUE)
-    return [f"  {info.name:<{width}}  {info.prompts:>4}  {info.tests}; {info.source} ({info.licence})"
-            for info in CATALOGUE]
+    lines, source = [], None
+    for info in CATALOGUE:
+        if info.source is not source:
+            source = info.source
+            lines.append(f"  {source.description} ({source.licence}):")
+        lines.append(f"    {info.name:<{width}} {info.prompts:>5}  {info.tests}")
+    return lines

@@ -25,6 +25,7 @@ from .results import write_bytes_atomic
 REPOSITORY = "Bomingmiao/NoiseDiffusion"
 COMMIT = "4f957f2ada0b5254a6caaea62f2c3328f73aa30d"
 TIMEOUT_S = 30
+RAW_BASE = "https://raw.githubusercontent.com"  # GitHub's raw file server
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class RemoteFile:
 
     @property
     def url(self) -> str:
-        return f"https://raw.githubusercontent.com/{self.repository}/{self.commit}/{self.path}"
+        return f"{RAW_BASE}/{self.repository}/{self.commit}/{self.path}"
 
     @property
     def cached_path(self) -> Path:
@@ -79,7 +80,7 @@ def offline() -> bool:
 
 
 def download(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a fixed https URL)
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a pinned URL of RAW_BASE)
         return response.read()
 
 

@@ -183,6 +183,20 @@ def _colour_and(lower: list[str], at: int) -> bool:
     return 0 < at < len(lower) - 1 and lower[at - 1] in COLOURS and lower[at + 1] in COLOURS
 
 
+def require_subjects(prompts: Sequence[str], method: str) -> None:
+    """Before an attention baseline runs: :class:`UserError` when the word rule finds no subjects in some prompts."""
+    missing = []
+    for prompt in dict.fromkeys(prompts):
+        try:
+            subject_words(prompt)
+        except UserError:
+            missing.append(prompt)
+    if missing:
+        raise UserError(f"{method} needs two subject words, and the word rule finds none in {len(missing)} "
+                        f"prompt{'s' if len(missing) > 1 else ''} (e.g. {missing[0]!r}): give their 'indices' in the "
+                        f"dataset file, or run {method} on other prompts (the other methods run these)")
+
+
 def subject_token_indices(tokenizer, prompt: str) -> list[int]:
     """Token positions (start token = 0) of the prompt's two subjects for ``tokenizer`` (a CLIP tokenizer)."""
     words = word_list(prompt)

@@ -86,3 +86,31 @@ def test_evaluate_stops_before_any_model_for_initno_only(tmp_path, capsys):
     with pytest.raises(UserError) as error:
         evaluate_cli.main([*argv, "--methods", "none", "noise_diffusion"])
     assert "subject" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def letter_tokenizer(tmp_path_factory):
+    """The test models' CLIP tokenizer: one token per letter (the last of a word carries '</w>'), one per '.' or ','."""
+    from transformers import CLIPTokenizer
+
+    from noise_diffusion.testing import write_clip_tokenizer
+
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer")))
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("a cup on the right of a dog", [4, 20]),  # a1 cup2-4 on5-6 the7-9 right10-14 of15-16 a17 dog18-20
+    # The1-3 black4-8 chair9-13 was next to the silver16..31 table32-36 .37: the full stop is a token of its own
+    ("The black chair was next to the silver table.", [13, 36]),
+    # The1-3 soft4-7 ,8 pillowy9-15 bread16-20 contrasted21-30 with31-34 the35-37 crisp38-42 ,43 crunchy44-50
+    # crust51-55 .56
+    ("The soft, pillowy bread contrasted with the crisp, crunchy crust.", [20, 55]),
+])
+def test_token_positions_count_the_punctuation(letter_tokenizer, prompt, expected):
+    from noise_diffusion.baselines.tokens import subject_token_indices
+
+    ids = letter_tokenizer(prompt).input_ids
+    assert subject_token_indices(letter_tokenizer, prompt) == expected
+    tokens = letter_tokenizer.convert_ids_to_tokens([ids[i] for i in expected])
+    words = [word_list(prompt)[i] for i in subject_words(prompt)]
+    assert tokens == [f"{w[-1]}</w>" for w in words]  # each index is its subject's last letter

@@ -198,12 +198,16 @@ def require_subjects(prompts: Sequence[str], method: str) -> None:
 
 
 def subject_token_indices(tokenizer, prompt: str) -> list[int]:
-    """Token positions (start token = 0) of the prompt's two subjects for ``tokenizer`` (a CLIP tokenizer)."""
-    words = word_list(prompt)
+    """Token positions (start token = 0) of the prompt's two subjects for ``tokenizer`` (a CLIP tokenizer).
+
+    The prompt is tokenised piece by piece (its words and its runs of punctuation, where CLIP's own pre-tokeniser
+    splits too), so that a word's last token is known even in a sentence with commas and a full stop.
+    """
     ends, position = [], 0
-    for word in words:
-        position += len(tokenizer(word, add_special_tokens=False).input_ids)
-        ends.append(position)  # the last token of this word, counting the start token as 0
+    for match in re.finditer(r"([A-Za-z0-9']+)|[^\sA-Za-z0-9']+", prompt):
+        position += len(tokenizer(match.group(), add_special_tokens=False).input_ids)
+        if match.group(1):
+            ends.append(position)  # the last token of this word, counting the start token as 0
     full = tokenizer(prompt).input_ids
     if len(full) != position + 2:
         raise UserError(f"cannot locate the words of {prompt!r} in its tokens; give --token_indices")

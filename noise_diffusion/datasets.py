@@ -1,4 +1,5 @@
-"""Prompt datasets: the paper's two sets (after Attend-and-Excite's construction), how they are built, and a loader for every supported format.
+"""Prompt datasets: the project's own two sets (built after Attend-and-Excite's construction), how they are built,
+the shipped and downloadable sets by name, and a loader for every supported format.
 
 Formats the loader reads as they are:
 
@@ -12,6 +13,9 @@ attention-based methods such as InitNO). We compute them with a word-level rule,
 assuming that CLIP's BPE keeps each of these short lowercase vocabulary words as one token. That holds for every word
 used here (they are all whole words in CLIP's 49k vocabulary) and agrees with the authors' files, e.g. "a dog and a
 frog" -> [2, 5] and "a pink crown and a purple bow" -> [3, 7].
+
+The shipped sets live in ``datasets/`` at the top of the repository; ``pip install`` puts that folder into the package
+as ``noise_diffusion/data`` (see pyproject.toml), so they resolve by name from a checkout and from an installation.
 """
 
 from __future__ import annotations
@@ -26,14 +30,24 @@ from typing import Any, Sequence
 
 from .errors import UserError
 
-#: Folder of the datasets shipped with the package.
-DATASET_DIR = Path(__file__).resolve().parent / "data"
+_PACKAGE = Path(__file__).resolve().parent
+#: Folder of the shipped prompt sets: ``noise_diffusion/data`` when installed, else ``datasets/`` of the checkout.
+DATASET_DIR = _PACKAGE / "data" if (_PACKAGE / "data").is_dir() else _PACKAGE.parent / "datasets"
+#: The project's own sets (``pairs``, ``relations``) and the toy world's, by name.
 BUILTIN = {
-    "simple": "simple_cases.json",
-    "complex": "complex_cases.json",
+    "pairs": "pairs.json",
+    "relations": "relations.json",
     "toy-simple": "toy_simple.json",
     "toy-complex": "toy_complex.json",
 }
+#: Names the project's own sets once had, which read as the authors' files: each now names the choice to make.
+RENAMED = {
+    "simple": "'pairs' (the project's own two-subject set) or 'paper-simple' (the authors' simple_cases.json)",
+    "complex": "'relations' (the project's own spatial-relation set) or 'paper-complex' (the authors' "
+               "complex_cases.json)",
+}
+#: The authors' file names, which mark a copy of their sets (the report prints the paper's numbers beside it).
+AUTHORS_FILE_NAMES = {"simple": "simple_cases.json", "complex": "complex_cases.json"}
 
 # Attend-and-Excite's vocabulary (the objects, animals and colours of its prompt sets).
 ANIMALS = ("bear", "bird", "cat", "dog", "elephant", "frog", "horse", "lion", "monkey", "mouse", "rabbit", "turtle")
@@ -134,13 +148,16 @@ def build_complex(seed: int = 0) -> list[dict]:
 # -------------------------------------------------------------------------------------------------------- loading
 
 def resolve(name_or_path: str) -> Path:
-    """A built-in name (``simple``, ``complex``, ``toy-simple``, ``toy-complex``), a paper file (``paper-simple``,
-    ``paper-complex``: the authors' own, downloaded and cached, see :mod:`noise_diffusion.paper_datasets`) or a path
-    to a dataset file."""
+    """A shipped set (:data:`BUILTIN`), a downloadable one (``paper-simple``, ``paper-complex``: the authors' files, see
+    :mod:`noise_diffusion.paper_datasets`; ``t2i-compbench[-<split>]``, see :mod:`noise_diffusion.compbench`), or a
+    path to a dataset file."""
+    from .compbench import NAMES as COMPBENCH_NAMES, compbench_dataset
     from .paper_datasets import PAPER_FILES, paper_dataset
 
     if name_or_path in PAPER_FILES:
         return paper_dataset(name_or_path)
+    if name_or_path in COMPBENCH_NAMES:
+        return compbench_dataset(name_or_path)
     if name_or_path in BUILTIN:
         path = DATASET_DIR / BUILTIN[name_or_path]
         if not path.is_file():
@@ -148,18 +165,17 @@ def resolve(name_or_path: str) -> Path:
         return path
     path = Path(name_or_path)
     if not path.is_file():
-        raise UserError(f"dataset {name_or_path!r} is neither a file nor a built-in name "
-                        f"({', '.join([*BUILTIN, *PAPER_FILES])})")
+        if name_or_path in RENAMED:
+            raise UserError(f"there is no dataset {name_or_path!r}: choose {RENAMED[name_or_path]}")
+        raise UserError(f"dataset {name_or_path!r} is neither a file nor a known name "
+                        f"({', '.join([*BUILTIN, *PAPER_FILES, *COMPBENCH_NAMES])})")
     return path
 
 
 def dataset_kind(path: str | os.PathLike) -> str | None:
     """``simple`` / ``complex`` when the file is (a copy of) one of the paper's sets, judged by its file name."""
     name = Path(path).name
-    for kind in ("simple", "complex"):
-        if name == BUILTIN[kind]:
-            return kind
-    return None
+    return next((kind for kind, file_name in AUTHORS_FILE_NAMES.items() if name == file_name), None)
 
 
 def load_dataset(

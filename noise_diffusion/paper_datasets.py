@@ -1,10 +1,11 @@
-"""The authors' exact prompt files (``--dataset paper-simple``, ``--dataset paper-complex``): downloaded once, checked,
-cached.
+"""Prompt files of other projects, pinned and checked: the authors' exact files (``--dataset paper-simple``,
+``--dataset paper-complex``) and the mechanism every downloadable set uses (downloaded once, checked, cached).
 
 The files are ``datasets/simple_cases.json`` and ``datasets/complex_cases.json`` of github.com/Bomingmiao/NoiseDiffusion
 (MIT licence, © the Noise Diffusion authors) at a pinned commit; each is verified against its SHA-256 before use. They
 are cached under ``$NOISE_DIFFUSION_CACHE``, else ``$XDG_CACHE_HOME/noise-diffusion``, else
-``~/.cache/noise-diffusion`` (the XDG convention), in ``datasets/<commit>/``, so that they work offline once fetched.
+``~/.cache/noise-diffusion`` (the XDG convention), in ``datasets/<commit>/`` (the first 12 hex digits of the pinned
+commit of their repository), so that they work offline once fetched.
 With ``HF_HUB_OFFLINE=1`` (or no network) and no cached copy, or with a file whose checksum differs, the error says
 what to do.
 """
@@ -24,20 +25,33 @@ from .results import write_bytes_atomic
 REPOSITORY = "Bomingmiao/NoiseDiffusion"
 COMMIT = "4f957f2ada0b5254a6caaea62f2c3328f73aa30d"
 TIMEOUT_S = 30
+RAW_BASE = "https://raw.githubusercontent.com"  # GitHub's raw file server
 
 
 @dataclass(frozen=True)
-class PaperFile:
-    path: str  # inside the authors' repository
+class RemoteFile:
+    """One file of a public repository at a pinned commit, known by its SHA-256."""
+
+    path: str  # inside the repository
     sha256: str
+    repository: str = REPOSITORY
+    commit: str = COMMIT
+    cached_name: str = ""  # its name in the cache (default: its own)
 
     @property
     def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
+        return self.cached_name or self.path.rsplit("/", 1)[-1]
 
     @property
     def url(self) -> str:
-        return f"https://raw.githubusercontent.com/{REPOSITORY}/{COMMIT}/{self.path}"
+        return f"{RAW_BASE}/{self.repository}/{self.commit}/{self.path}"
+
+    @property
+    def cached_path(self) -> Path:
+        return cache_dir(self.commit) / self.name
+
+
+PaperFile = RemoteFile  # the authors' files: their repository and commit are the defaults
 
 
 PAPER_FILES = {
@@ -48,13 +62,13 @@ PAPER_FILES = {
 }
 
 
-def cache_dir() -> Path:
+def cache_dir(commit: str = COMMIT) -> Path:
     """Where the files are kept: ``$NOISE_DIFFUSION_CACHE`` or the XDG cache folder, per pinned commit."""
     root = os.environ.get("NOISE_DIFFUSION_CACHE")
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(xdg, "noise-diffusion")
-    return Path(root) / "datasets" / COMMIT[:12]
+    return Path(root) / "datasets" / commit[:12]
 
 
 def sha256(data: bytes) -> str:
@@ -66,7 +80,7 @@ def offline() -> bool:
 
 
 def download(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a fixed https URL)
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a pinned URL of RAW_BASE)
         return response.read()
 
 
@@ -74,8 +88,12 @@ def paper_dataset(name: str) -> Path:
     """The local path of a paper dataset (``paper-simple`` or ``paper-complex``), fetching it when not cached."""
     if name not in PAPER_FILES:
         raise UserError(f"unknown paper dataset {name!r}; choose from {', '.join(PAPER_FILES)}")
-    spec = PAPER_FILES[name]
-    path = cache_dir() / spec.name
+    return fetch_checked(name, PAPER_FILES[name])
+
+
+def fetch_checked(name: str, spec: RemoteFile) -> Path:
+    """The cached copy of ``spec`` (dataset ``name``), downloaded once and checked against its SHA-256."""
+    path = spec.cached_path
     if path.is_file():
         found = sha256(path.read_bytes())
         if found != spec.sha256:

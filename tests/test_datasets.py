@@ -1,14 +1,18 @@
-"""Prompt datasets: Attend-and-Excite's construction, the committed files, and the loader's formats and errors."""
+"""Prompt datasets: Attend-and-Excite's construction, the shipped files in datasets/, the names, and the loader's formats
+and errors."""
 
 import json
 import re
 from collections import Counter
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 
 from noise_diffusion import datasets as ds
 from noise_diffusion.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NOUNS = set(ds.ANIMALS) | set(ds.OBJECTS)
 
@@ -76,12 +80,48 @@ def test_complex_set_follows_the_construction():
 def test_construction_is_seeded_and_the_committed_files_match_it():
     assert ds.build_simple(3) == ds.build_simple(3) and ds.build_complex(3) == ds.build_complex(3)
     assert ds.build_simple(3) != ds.build_simple(4)
-    simple = json.loads((ds.DATASET_DIR / "simple_cases.json").read_text())
-    complex_ = json.loads((ds.DATASET_DIR / "complex_cases.json").read_text())
+    assert ds.DATASET_DIR == ROOT / "datasets"  # a checkout reads the top-level folder, no copy in the package
+    assert not (ROOT / "noise_diffusion" / "data").exists()
+    simple = json.loads((ds.DATASET_DIR / "pairs.json").read_text())
+    complex_ = json.loads((ds.DATASET_DIR / "relations.json").read_text())
     assert simple == ds.build_simple(0) and complex_ == ds.build_complex(0)
-    loaded = ds.load_dataset("simple")
+    loaded = ds.load_dataset("pairs")
     assert Counter(e.category for e in loaded) == {"animals": 66, "animals_objects": 144, "objects": 66}
-    assert {e.category for e in ds.load_dataset("complex")} == {"complex"}
+    assert {e.category for e in ds.load_dataset("relations")} == {"relations"}
+    # the project's own sets never carry the authors' file names (the report prints the paper's numbers beside those)
+    assert ds.dataset_kind(ds.resolve("pairs")) is None and ds.dataset_kind(ds.resolve("relations")) is None
+
+
+def test_the_old_names_say_which_set_to_choose():
+    for old, choices in (("simple", ("'pairs'", "'paper-simple'")), ("complex", ("'relations'", "'paper-complex'"))):
+        with pytest.raises(UserError, match=f"there is no dataset '{old}'") as error:
+            ds.resolve(old)
+        assert all(choice in str(error.value) for choice in choices) and "\n" not in str(error.value)
+
+
+def test_the_catalogue_lists_every_name_with_the_shipped_counts():
+    from noise_diffusion.catalogue import CATALOGUE
+    from noise_diffusion.compbench import NAMES as COMPBENCH_NAMES
+    from noise_diffusion.paper_datasets import PAPER_FILES
+
+    names = [info.name for info in CATALOGUE]
+    assert sorted(names) == sorted([*ds.BUILTIN, *PAPER_FILES, *COMPBENCH_NAMES])
+    counts = {info.name: info.prompts for info in CATALOGUE}
+    for name in ds.BUILTIN:  # counted here from the files
+        assert counts[name] == len(ds.load_dataset(name)), name
+    assert counts["t2i-compbench"] == 1800 and counts["paper-simple"] == 276 and counts["paper-complex"] == 100
+
+
+def test_evaluate_help_lists_every_set(capsys):
+    from noise_diffusion.catalogue import CATALOGUE
+    from noise_diffusion.commands.evaluate import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = capsys.readouterr().out
+    for info in CATALOGUE:
+        assert re.search(rf"^ +{re.escape(info.name)} +{info.prompts} ", shown, re.M), info.name
+    assert "MIT licence, 2023 HKU" in shown and "docs/datasets.md" in shown
 
 
 AUTHORS_SIMPLE = {  # the authors' layout: category -> list of {"prompt", "indices"}
@@ -146,5 +186,5 @@ def test_unknown_category_and_missing_file_are_clear(tmp_path):
     path.write_text(json.dumps(AUTHORS_SIMPLE))
     with pytest.raises(UserError, match=r"unknown category 'animal' in .*known: animals, animals_objects, objects"):
         ds.load_dataset(str(path), categories=["animal"])
-    with pytest.raises(UserError, match="neither a file nor a built-in name"):
+    with pytest.raises(UserError, match="neither a file nor a known name"):
         ds.load_dataset(str(tmp_path / "nope.json"))

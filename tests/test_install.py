@@ -8,20 +8,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHECK = """
 import sys
 from pathlib import Path
 import noise_diffusion
-from noise_diffusion.datasets import load_dataset
+from noise_diffusion.datasets import DATASET_DIR, load_dataset
 from noise_diffusion.generators import resolve_model
 assert Path(noise_diffusion.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), noise_diffusion.__file__
-counts = {name: len(load_dataset(name)) for name in ("simple", "complex", "toy-simple", "toy-complex")}
-assert counts == {"simple": 276, "complex": 100, "toy-simple": 45, "toy-complex": 360}, counts
+assert DATASET_DIR == Path(noise_diffusion.__file__).resolve().parent / "data", DATASET_DIR  # datasets/, installed
+counts = {name: len(load_dataset(name)) for name in ("pairs", "relations", "toy-simple", "toy-complex")}
+assert counts == {"pairs": 276, "relations": 100, "toy-simple": 45, "toy-complex": 360}, counts
 assert (Path(resolve_model("toy-digits")) / "model_index.json").is_file()
 print("ok")
 """
+
+
+def test_the_package_list_names_every_package_folder():
+    # pyproject.toml lists the packages (datasets/ installs as noise_diffusion.data, which a finder cannot see)
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "noise_diffusion").rglob("__init__.py")}
+    assert listed == folders | {"noise_diffusion.data"}
 
 
 def test_installed_package_finds_its_data_from_any_directory(tmp_path):

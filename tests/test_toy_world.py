@@ -50,12 +50,13 @@ def test_prompts_and_held_out_configurations():
     assert not any(world.is_held_out_prompt(p) for p in prompts)
 
 
-def test_committed_datasets_match_the_world(tmp_path):
-    world.write_datasets(tmp_path)
+def test_committed_datasets_match_the_world(tmp_path, capsys):
+    assert world.main(["--out", str(tmp_path)]) == 0  # python -m noise_diffusion.toy.world --out DIR
     for name in ("toy_simple.json", "toy_complex.json"):
-        assert (ROOT / "noise_diffusion" / "data" / name).read_text() == (tmp_path / name).read_text()
-    simple = json.loads((ROOT / "noise_diffusion" / "data" / "toy_simple.json").read_text())
-    complex_ = json.loads((ROOT / "noise_diffusion" / "data" / "toy_complex.json").read_text())
+        assert (ROOT / "datasets" / name).read_text() == (tmp_path / name).read_text()
+    assert capsys.readouterr().out.split() == [str(tmp_path / "toy_simple.json"), str(tmp_path / "toy_complex.json")]
+    simple = json.loads((ROOT / "datasets" / "toy_simple.json").read_text())
+    complex_ = json.loads((ROOT / "datasets" / "toy_complex.json").read_text())
     entries = [e for v in simple.values() for e in v] + complex_
     assert len(complex_) == 360 and len(entries) == 405
     for entry in entries:
@@ -64,6 +65,15 @@ def test_committed_datasets_match_the_world(tmp_path):
         # indices count tokens after the start token: word i - 1 (0-based)
         assert [words[i - 1] for i in entry["indices"]] == [str(parsed.a), str(parsed.b)]
         assert entry["held_out"] == (frozenset((int(words[1]), int(words[-1]))) in {frozenset(p) for p in world.held_out_pairs()})
+
+
+def test_the_regeneration_command_writes_where_the_shipped_sets_live(monkeypatch, tmp_path):
+    from noise_diffusion import datasets
+
+    written = []
+    monkeypatch.setattr(world, "write_datasets", lambda folder: written.append(folder) or [])
+    world.main([])
+    assert written == [str(datasets.DATASET_DIR)] and datasets.DATASET_DIR == ROOT / "datasets"
 
 
 # -- the shipped models ------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Run search methods over a prompt dataset and several seeds, then report scores, compute, image grids and curves.
 
 Examples:
-    python evaluate.py --dataset simple --seeds 33 --method noise_diffusion --result_root results/simple
+    python evaluate.py --dataset pairs --seeds 33 --method noise_diffusion --result_root results/pairs
     python evaluate.py --dataset paper-complex --methods none initno noise_diffusion --seeds paper  # the paper's table
-    python evaluate.py --dataset complex --method best_of_n --result_root results/complex     # same generations
-    accelerate launch evaluate.py --dataset simple --result_root results/simple               # one shard per GPU
-    python evaluate.py --report results/simple                                                # report only
+    python evaluate.py --dataset t2i-compbench-spatial --methods none initno noise_diffusion --seeds paper --result_root results/t2i-compbench-spatial
+    python evaluate.py --dataset relations --method best_of_n --result_root results/relations  # same generations
+    accelerate launch evaluate.py --dataset pairs --result_root results/pairs                 # one shard per GPU
+    python evaluate.py --report results/pairs                                                 # report only
 
 Results go to <result_root>/<method>/<prompt folder>/<seed>/ (the layout of run.py); a re-run skips finished runs.
 """
@@ -16,6 +17,9 @@ import argparse
 import sys
 
 from .. import cli
+from ..baselines.tokens import require_subjects
+from ..catalogue import CATALOGUE, catalogue_lines
+from ..datasets import load_dataset
 from ..evaluation import evaluate
 from ..methods import METHODS
 from ..paper_table import paper_table
@@ -36,16 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = cli.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=110),
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog=__doc__.split("\n\n", 1)[1] + DATASETS_EPILOG,
     )
     parser.add_argument("--report", metavar="DIR", default=None,
                         help="only rebuild the report from the finished results in DIR (no generation)")
     g = parser.add_argument_group("prompts and seeds")
-    g.add_argument("--dataset", default="simple",
-                   help="'simple' or 'complex' (our construction of the paper's sets, shipped in the package), "
-                        "'paper-simple' or 'paper-complex' (the authors' own files, downloaded once and cached), "
-                        "'toy-simple' or 'toy-complex' (the toy world's), or a file: the authors' JSON format, a JSON "
-                        "list of prompts, or a text file with one prompt per line (default: %(default)s)")
+    g.add_argument("--dataset", default="pairs",
+                   help=f"a prompt set by name ({', '.join(info.name for info in CATALOGUE)}: listed below with "
+                        "their size, source and licence; the downloaded ones are fetched once from a pinned commit, "
+                        "checked against their SHA-256 and cached), or a file: the authors' JSON format, a JSON list "
+                        "of prompts, or a text file with one prompt per line (default: %(default)s)")
     g.add_argument("--categories", nargs="+", default=None, help="only these categories (default: all)")
     g.add_argument("--limit", type=cli.positive_int, default=None,
                    help="only the first N prompts of each category (default: all)")
@@ -76,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+DATASETS_EPILOG = ("\nPrompt sets by name (--dataset NAME), with their number of prompts; docs/datasets.md has more:\n"
+                   + "\n".join(catalogue_lines()) + "\n")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
@@ -85,6 +93,7 @@ def main(argv=None) -> int:
 
     searches = [cli.search_config(args, keep_epoch_images=args.save_all_epochs, method=method)
                 for method in dict.fromkeys(args.methods or [args.method])]
+    check_subjects(args.dataset, args.categories, args.limit, [s.method for s in searches])
     summary = evaluate(
         args.dataset, cli.seed_list(args.seeds), searches, cli.generator_spec(args), cli.verifier_spec(args),
         args.result_root, categories=args.categories, limit=args.limit, batch_size=args.batch_size,
@@ -94,6 +103,14 @@ def main(argv=None) -> int:
     if summary is not None:
         print_overall(summary, args.result_root)
     return 0
+
+
+def check_subjects(dataset: str, categories, limit, methods: list[str]) -> None:
+    """The attention baselines need two subjects in every prompt without 'indices': checked before models load."""
+    attention = [m for m in methods if METHODS[m].baseline]
+    if attention:
+        prompts = [e.prompt for e in load_dataset(dataset, categories, limit) if not e.indices]
+        require_subjects(prompts, attention[0])
 
 
 def print_overall(summary: dict, root) -> None:

@@ -210,7 +210,7 @@ def complex_dataset() -> list[dict]:
 
 
 def write_datasets(folder) -> list:
-    """Write ``toy_simple.json`` and ``toy_complex.json`` (the files shipped in ``noise_diffusion/data/``)."""
+    """Write ``toy_simple.json`` and ``toy_complex.json`` into ``folder`` (the shipped ones live in ``datasets/``)."""
     import json
     from pathlib import Path
 
@@ -231,7 +231,23 @@ def write_datasets(folder) -> list:
     return paths
 
 
-if __name__ == "__main__":  # python -m noise_diffusion.toy.world datasets
+def main(argv=None) -> int:
+    """``python -m noise_diffusion.toy.world [--out DIR]``: regenerate the shipped toy sets where they live."""
+    import argparse
+
+    from ..datasets import DATASET_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m noise_diffusion.toy.world",
+                                     description="Regenerate the toy world's prompt sets, toy_simple.json and "
+                                                 "toy_complex.json, from the world's specification.")
+    parser.add_argument("--out", default=str(DATASET_DIR),
+                        help="output folder (default: where the shipped sets live, %(default)s)")
+    args = parser.parse_args(argv)
+    print(*write_datasets(args.out), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
     import sys
 
-    print(*write_datasets(sys.argv[1] if len(sys.argv) > 1 else "datasets"), sep="\n")
+    sys.exit(main())

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 CONSOLE = PYPROJECT["project"]["scripts"]  # command name -> "module:function"
-PACKAGES = [p.rstrip("*").rstrip(".") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]]
+PACKAGES = sorted({name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]})  # top-level packages
 #: Words that describe how the project was made rather than the project.
 WORKPLACE_WORDS = re.compile(r"\b(sessions?|agents?|the issue|device machines?)\b", re.I)
 

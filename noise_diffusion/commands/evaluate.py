@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import cli
-from ..evaluation import evaluate
-from ..methods import METHODS
-from ..paper_table import paper_table
-from ..report import OVERALL, write_report
+from .startup import interruptible_start
+
+with interruptible_start():  # the imports of a starting command
+    from .. import cli
+    from ..evaluation import evaluate
+    from ..methods import METHODS
+    from ..paper_table import paper_table
+    from ..report import OVERALL, write_report
 
 
 def shard_spec(text: str) -> tuple[int, int]:

@@ -398,21 +398,27 @@ def test_a_finished_run_with_another_negative_prompt_scheduler_or_precision_is_n
     assert code == 2 and message in err, err
 
 
-def test_a_run_finished_under_the_old_folder_name_is_moved_not_redone(tmp_path, generator, verifier, capsys):
-    jobs, folder = one_finished_run(tmp_path, generator, verifier)
-    content = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    old = tmp_path / "noise_diffusion" / results.legacy_folder_name(jobs[0].prompt) / "1"
-    old.parent.mkdir()
-    folder.rename(old)  # as an earlier version left it
-    folder.parent.rmdir()
-    # a run of another prompt in the old folder of this one (the collision) stays where it is
-    shared = tmp_path / "noise_diffusion" / results.legacy_folder_name("a frog and a lion") / "1"
-    shutil.copytree(old, shared)
-    assert not results.adopt_legacy_run(tmp_path / "noise_diffusion", "a frog and a lion", 1)
-    assert (shared / "result.json").is_file()
-    assert pending_jobs(jobs, tmp_path, "noise_diffusion") == []
-    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == content
-    assert not old.parent.exists()
+def _as_an_earlier_version_wrote_it(folder: Path) -> None:
+    record = json.loads((folder / "result.json").read_text())
+    del record["format"]
+    (folder / "result.json").write_text(json.dumps(record))
+
+
+def test_a_run_in_an_earlier_layout_is_a_one_line_error_naming_overwrite(tmp_path, generator, verifier, tiny_sd_dir,
+                                                                        tiny_clip_dir, capsys):
+    jobs, folder = one_finished_run(tmp_path / "evaluate", generator, verifier)
+    _as_an_earlier_version_wrote_it(folder)
+    with pytest.raises(UserError, match="earlier version.*redo it with --overwrite"):
+        pending_jobs(jobs, tmp_path / "evaluate", "noise_diffusion")
+    assert pending_jobs(jobs, tmp_path / "evaluate", "noise_diffusion", overwrite=True) == jobs
+    argv = ["--prompt", "a cat", "--sd_version", tiny_sd_dir, "--vqa_model", tiny_clip_dir,
+            "--result_root", str(tmp_path / "run"), *FAST]
+    assert call(run_cli.main, argv, capsys)[0] == 0
+    _as_an_earlier_version_wrote_it(results.run_folder(tmp_path / "run", "a cat", 33))
+    code, out, err = call(run_cli.main, argv, capsys)
+    assert code == 2 and "--overwrite" in err and len(err.splitlines()) == 1
+    assert call(run_cli.main, argv + ["--overwrite"], capsys)[0] == 0
+    assert results.is_finished(results.run_folder(tmp_path / "run", "a cat", 33), "a cat", 33)
 
 
 def test_a_non_finite_held_out_score_is_not_saved(tmp_path, generator, verifier):

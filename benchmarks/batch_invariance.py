@@ -25,11 +25,11 @@ if str(ROOT) not in sys.path:
 from noise_diffusion import api  # noqa: E402
 from noise_diffusion.datasets import load_dataset  # noqa: E402
 from noise_diffusion.optimize import SearchConfig, optimize  # noqa: E402
-from noise_diffusion.verifiers.base import tensor_to_pil  # noqa: E402
+from noise_diffusion.images import tensor_to_pil  # noqa: E402
 
 
 def compare(batched, alone) -> dict:
-    """Differences between two lists of RunResults of the same items."""
+    """Differences between two lists of RunRecords of the same items."""
     score = max(abs(a["score"] - b["score"]) for x, y in zip(batched, alone) for a, b in zip(x.epochs, y.epochs))
     pixel = max(float((x.best_image - y.best_image).abs().max()) for x, y in zip(batched, alone))
     png = sum(tensor_to_pil(x.best_image)[0].tobytes() != tensor_to_pil(y.best_image)[0].tobytes()
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     generator = api.build_generator("toy-digits", "cpu", "float32", num_steps=args.num_denoising_steps)
     verifier = api.build_verifier("toy-digits-cnn", "cpu", "float32")
-    prompts = [e.prompt for e in load_dataset(str(ROOT / args.dataset))[: args.prompts]]
+    prompts = [e.prompt for e in load_dataset(args.dataset)[: args.prompts]]
     items = [(p, s) for p in prompts for s in args.seeds]
     search = SearchConfig(max_epoch=args.max_epoch, num_candidates=args.num_candidate_noises)
     batched = []

@@ -25,7 +25,8 @@ from .images import tensor_to_pil
 from .methods import METHODS
 from .optimize import SearchConfig, optimize
 from .records import RunRecord
-from .results import RunFolder, check_seed, check_writable, run_folder, save_image_atomic  # noqa: F401 (run_folder: the CLI)
+from .results import RunFolder, check_root, check_seed, check_writable, save_image_atomic
+from .results import run_folder  # noqa: F401 (re-exported for the CLI)
 from .settings import RunSpecs, describe, run_context
 from .specs import GeneratorSpec, VerifierSpec
 
@@ -57,6 +58,8 @@ def run(
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
     check_seed(seed)
+    if result_root is not None:
+        check_root(result_root)
     search = (search or SearchConfig()).validate()
     generator_spec = (generator or GeneratorSpec()).check()  # cheap checks before any weights are loaded
     verifier_spec = (verifier or VerifierSpec()).check(generator_spec.device)

@@ -307,6 +307,46 @@ def test_ctrl_c_during_the_imports_exits_130_with_one_line(tmp_path):
         assert done.stderr.strip() == "interrupted"
 
 
+def test_ctrl_c_while_an_installed_command_starts_exits_130_with_one_line(tmp_path):
+    """The console commands as pip installs them: a script named after the command that imports its entry point."""
+    import tomllib
+
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_DURING_IMPORTS)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert len(scripts) == 2
+    for command, target in scripts.items():
+        module, function = target.split(":")
+        script = tmp_path / command
+        script.write_text(f"import sys\nfrom {module} import {function}\nif __name__ == '__main__':\n"
+                          f"    sys.exit({function}())\n")
+        done = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 130, done.stderr
+        assert done.stderr.strip() == "interrupted"
+
+
+def test_importing_the_package_keeps_its_callers_ctrl_c(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_DURING_IMPORTS)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", "import noise_diffusion"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr  # a library does not exit its caller
+
+
+@pytest.mark.parametrize("main, argv", [
+    (run_cli.main, ["--prompt", "a 2 left of a 3", "--result_root", ""]),
+    (evaluate_cli.main, ["--dataset", "toy-simple", "--limit", "1", "--result_root", " "]),
+    (evaluate_cli.main, ["--report", ""]),
+])
+def test_an_empty_result_root_is_one_line(tmp_path, monkeypatch, capsys, main, argv):
+    monkeypatch.chdir(tmp_path)
+    toy = ["--sd_version", "toy-digits", "--vqa_model", "toy-digits-cnn"]
+    code, out, err = call(main, [*argv, *toy, *FAST], capsys)
+    assert code == 2 and "result folder is empty" in err and len(err.splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # nothing written into the current folder
+
+
 # -------------------------------------------------------------------------------------- 5, 7: writing files
 
 def test_stale_temporary_files_go_and_the_latent_has_no_fixed_temporary_name(tmp_path, generator, verifier):

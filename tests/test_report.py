@@ -143,3 +143,32 @@ def test_a_record_of_an_earlier_layout_is_a_one_line_error_naming_overwrite(resu
     summary = report.write_report(results)
     reasons = [item["reason"] for item in summary["skipped"] if item["folder"] == str(folder)]
     assert len(reasons) == 1 and "--overwrite" in reasons[0] and "\n" not in reasons[0]
+
+
+def _cells(line: str) -> int:
+    """The cells of a markdown table row: split at every ``|`` that no backslash escapes."""
+    import re
+
+    return len(re.split(r"(?<!\\)\|", line))
+
+
+def test_categories_whose_slugs_collide_get_a_grid_each_and_a_pipe_breaks_no_table(tmp_path):
+    nd = {"generations": 2, "model_evals": 8, "model_backwards": 0, "verifier_forward": 2, "verifier_backward": 1}
+    for k, category in enumerate(("left/right", "left right", "a|b")):
+        write_run(tmp_path, "noise_diffusion", category, f"a cat number {k}", 1, [0.2, 0.4], nd, (0.1, 0.3))
+        write_run(tmp_path, "none", category, f"a cat number {k}", 1, [0.2], nd, (0.1, 0.1))
+    summary = report.write_report(tmp_path)
+    grids = summary["figures"]["grids"]["noise_diffusion"]
+    assert len(set(grids.values())) == 3  # one file per category, none overwritten by another
+    assert all((tmp_path / name).stat().st_size > 0 for name in grids.values())
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert any("a\\|b" in line for line in lines)
+    tables = 0
+    for k, line in enumerate(lines):
+        if line.startswith("|---"):  # every row under a table's separator has the separator's number of cells
+            tables += 1
+            row = k + 1
+            while row < len(lines) and lines[row].startswith("|"):
+                assert _cells(lines[row]) == _cells(line), lines[row]
+                row += 1
+    assert tables >= 5  # the overview, the paper's table, per method its categories and its held-out verifier

@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.report:
+    if args.report is not None:
         summary = write_report(args.report)
         print_overall(summary, args.report)
         return 0

@@ -40,7 +40,7 @@ class RecordError(ValueError):
 
 
 class OutdatedRecordError(RecordError):
-    """A record in the layout of an earlier version: redone with ``--overwrite``, never read."""
+    """A record in the layout of another (earlier or newer) version: redone with ``--overwrite``, never read."""
 
 
 def check_seed(seed: int) -> int:
@@ -257,9 +257,9 @@ class RunRecord:
         return cls(
             data["prompt"], data["seed"], data["initial_score"], data["best_score"], data["best_epoch"], epochs,
             Compute.from_json(data.get("compute")), data["seconds"],
-            search=_spec(SearchConfig, config.get("search"), "search"),
+            search=_spec(SearchConfig, _object(config.get("search"), "config.search"), "search"),
             generator=_spec(GeneratorSpec, config.get("generator"), "generator"),
-            verifier=_spec(VerifierSpec, config.get("verifier"), "verifier"),
+            verifier=_spec(VerifierSpec, _object(config.get("verifier"), "config.verifier"), "verifier"),
             category=_optional_text(evaluation.get("category"), "category"),
             dataset=None if dataset is None else DatasetRef(_text(dataset, "dataset name"),
                                                             _optional_text(evaluation.get("sha256"), "sha256")),
@@ -298,9 +298,12 @@ def _check_format(data: Any) -> None:
     if not isinstance(data, dict):
         raise RecordError(f"expected a JSON object, got {type(data).__name__}")
     found = data.get("format")
-    if found is None and "config" in data or isinstance(found, int) and found < RECORD_FORMAT:
+    if found is None and "config" in data or _count(found) and found < RECORD_FORMAT:
         raise OutdatedRecordError("written by an earlier version of noise-diffusion, in a layout this one does not "
                                   "read; redo it with --overwrite")
+    if _count(found) and found > RECORD_FORMAT:  # never taken for a damaged run and redone unasked
+        raise OutdatedRecordError(f"written by a newer version of noise-diffusion (record format {found}); read it "
+                                  f"with that version, or redo it with --overwrite")
     if found != RECORD_FORMAT:
         raise RecordError(f"'format' must be {RECORD_FORMAT}, got {found!r}")
 

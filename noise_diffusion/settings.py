@@ -15,11 +15,14 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .search_config import SearchConfig
 from .specs import GeneratorSpec, VerifierSpec, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from .records import DatasetRef, RunRecord
 
 #: GeneratorSpec fields that change the images
 GENERATOR_SETTINGS = ("model", "scheduler", "num_steps", "guidance_scale", "negative_prompt", "height", "width",
@@ -148,16 +151,16 @@ class RunContext:
     command: str = ""
     versions: dict | None = None
     category: str | None = None
-    dataset: Any = None  # a records.DatasetRef
+    dataset: DatasetRef | None = None
 
-    def apply(self, record):
-        """``record`` (a :class:`~noise_diffusion.records.RunRecord`) with this context."""
+    def apply(self, record: RunRecord) -> RunRecord:
+        """``record`` with this context."""
         return replace(record, generator=self.generator, verifier=self.verifier, models=self.models,
                        command=self.command, versions=self.versions or {}, category=self.category,
                        dataset=self.dataset)
 
 
-def run_context(model, verifier, specs: tuple | None = None, dataset=None) -> RunContext:
+def run_context(model, verifier, specs: tuple | None = None, dataset: DatasetRef | None = None) -> RunContext:
     """The context of runs made by the built ``model`` and ``verifier``; ``specs`` (``(GeneratorSpec,
     VerifierSpec)``) are what they were built from, when known."""
     import sys

@@ -172,3 +172,24 @@ def test_categories_whose_slugs_collide_get_a_grid_each_and_a_pipe_breaks_no_tab
                 assert _cells(lines[row]) == _cells(line), lines[row]
                 row += 1
     assert tables >= 5  # the overview, the paper's table, per method its categories and its held-out verifier
+
+
+def test_the_report_warns_of_mixed_schedulers_precisions_and_datasets(tmp_path):
+    nd = {"generations": 2, "model_evals": 8, "model_backwards": 0, "verifier_forward": 2, "verifier_backward": 1}
+    made = {"a cat": ("ddim", "bfloat16", "simple"), "a dog": ("default", "float32", None)}
+    for prompt, (scheduler, dtype, kind) in made.items():
+        folder = write_run(tmp_path, "noise_diffusion", "animals", prompt, 1, [0.2, 0.4], nd, kind=kind)
+        record = json.loads((folder / "result.json").read_text())
+        record["config"]["generator"] = {"model": "some/model", "scheduler": scheduler, "num_steps": 2,
+                                         "guidance_scale": 7.5, "height": 8, "width": 8, "dtype": "float32"}
+        record["config"]["verifier"] = {"model": "guide", "dtype": dtype}
+        write_json_atomic(folder / "result.json", record)
+    summary = report.write_report(tmp_path)
+    assert summary["mixed_settings"] == {
+        "noise_diffusion": 'scheduler: "ddim" / "default", verifier_dtype: "bfloat16" / "float32"'}
+    assert summary["mixed_datasets"] == [f"simple (SHA-256 {DATASET_SHA[k][:12]}…)" for k in (None, "simple")]
+    text = (tmp_path / "summary.md").read_text()
+    assert "different settings** (scheduler" in text and "runs of different datasets" in text
+    # one of the two datasets is the authors' file: the pooled rows are not the paper's set, and the report says so
+    assert summary["methods"]["noise_diffusion"]["paper"] is None
+    assert "No paper numbers for noise_diffusion: their dataset is not byte for byte the authors'" in text

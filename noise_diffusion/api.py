@@ -50,10 +50,9 @@ def run(
     ``token_indices`` are the subject tokens for the attention baselines (``initno``, ``attend_and_excite``; start
     token = 0); by default they are found from the prompt's words. Returns the :class:`RunRecord` with its tensors, or
     — when the run already finished in ``result_root`` and ``overwrite`` is false — the saved record (its ``images``
-    None), untouched. A
-    finished run made with other settings is an error (unless ``overwrite``); a damaged one is redone after a one-line
-    note on stderr. The run holds its folder's lock, so a second process asking for the same prompt and seed stops with
-    an error instead of writing the same folder.
+    None), untouched. A finished run made with other settings is an error (unless ``overwrite``); a damaged one is
+    redone after a one-line note on stderr. The run holds its folder's lock, so a second process asking for the same
+    prompt and seed stops with an error instead of writing the same folder.
     """
     if not prompt or not prompt.strip():
         raise UserError("the prompt is empty")
@@ -75,13 +74,8 @@ def run(
             saved = _saved_run(folder, prompt, seed, overwrite, specs)
             if saved is not None:
                 return saved
-        model = generator_spec.build()
-        judge = verifier_spec.build(generator_spec.device)
-
-        def save_epoch_image(item: int, epoch: int, image: torch.Tensor, record) -> None:
-            save_image_atomic(folder.path / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
-
-        on_epoch = save_epoch_image if folder is not None and save_all_epochs else None
+        model, judge = generator_spec.build(), verifier_spec.build(generator_spec.device)
+        on_epoch = _epoch_saver(folder) if folder is not None and save_all_epochs else None
         (result,) = optimize(model, judge, [prompt], [seed], search, progress=progress, on_epoch=on_epoch,
                              token_indices=[list(token_indices)] if token_indices else None)
         if result.failure:
@@ -90,6 +84,14 @@ def run(
         if folder is not None:
             folder.save(result, epoch_files_written=on_epoch is not None)
     return result
+
+
+def _epoch_saver(folder: RunFolder):
+    """An ``on_epoch`` that saves every epoch's image into the run's ``epochs/`` folder as it is made."""
+    def save_epoch_image(item: int, epoch: int, image: torch.Tensor, record) -> None:
+        save_image_atomic(folder.path / "epochs" / f"epoch_{epoch:03d}.png", tensor_to_pil(image)[0])
+
+    return save_epoch_image
 
 
 def _saved_run(folder: RunFolder, prompt: str, seed: int, overwrite: bool, specs: RunSpecs) -> RunRecord | None:

@@ -27,7 +27,8 @@ from .optimize import SearchConfig, optimize
 from .records import RunRecord
 from .results import RunFolder, check_root, check_seed, check_writable, save_image_atomic
 from .results import run_folder  # noqa: F401 (re-exported for the CLI)
-from .settings import RunSpecs, describe, run_context
+from .context import run_context
+from .settings import RunSpecs, describe
 from .specs import GeneratorSpec, VerifierSpec
 
 

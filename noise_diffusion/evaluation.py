@@ -9,10 +9,10 @@ every job is run under its folder's lock (:func:`~noise_diffusion.results.job_lo
 jobs (two shells, a shard given twice) never run one job twice or write the same folder.
 
 Re-scoring (:func:`rescore`) scores the saved ``initial.png`` and ``best.png`` again into a score file
-(:mod:`noise_diffusion.scorefiles`): by a verifier other than the one that guided the search (``heldout_<verifier>.json``,
-:func:`rescore_held_out`), and by the guiding verifier through PIL (``png_<verifier>.json``), atomically; a re-run
-skips folders that have it. The best image stays the one the guiding verifier chose, so the held-out gain shows how
-much of the improvement is not verifier hacking.
+(:mod:`noise_diffusion.scorefiles`): by a verifier other than the one that guided the search
+(``heldout_<verifier>.json``, :func:`rescore_held_out`), and by the guiding verifier through PIL
+(``png_<verifier>.json``), atomically; a re-run skips folders that have it. The best image stays the one the guiding
+verifier chose, so the held-out gain shows how much of the improvement is not verifier hacking.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from .processes import Processes, processes  # noqa: F401 (re-exported)
 from .records import DatasetRef, RunRecord, check_seed
 from .results import RunFolder, RunState, check_root, check_writable, inspect_run, is_finished, run_folder, save_run
 from .scorefiles import ImageScores, ScoreFile
-from .settings import RunSpecs, describe, run_context
+from .context import run_context
+from .settings import RunSpecs, describe
 from .specs import GeneratorSpec, VerifierSpec
 from .verifiers.base import check_prompts
 
@@ -167,14 +168,16 @@ def run_jobs(
                                               started, locks, bar)
                 if not batch:
                     continue
+                indices = [list(j.indices) if j.indices else None for j in batch]
                 results = optimize(generator, verifier, [j.prompt for j in batch], [j.seed for j in batch], search,
-                                   progress=False, token_indices=[list(j.indices) if j.indices else None for j in batch])
+                                   progress=False, token_indices=indices)
                 for job, result in zip(batch, results):
                     bar.update(1)
                     if result.failure:
                         failures.append(f"{job.prompt!r} seed {job.seed} ({result.failure})")
                         continue
-                    save_run(job_folder(result_root, search.method, job), result, replace(context, category=job.category))
+                    folder = job_folder(result_root, search.method, job)
+                    save_run(folder, result, replace(context, category=job.category))
                     saved, best_total = saved + 1, best_total + result.best_score
                 if saved:
                     bar.set_postfix(mean_best=f"{best_total / saved:.3f}")

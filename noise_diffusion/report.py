@@ -98,8 +98,8 @@ def collect(result_root: str | os.PathLike, skipped: list[dict] | None = None) -
             skipped.append({"folder": str(folder), "reason": state.reason})
             continue
         if state.record.method != folder.parent.parent.name:
-            skipped.append({"folder": str(folder), "reason": f"{folder} holds a run of method "
-                                                             f"{state.record.method!r}, which belongs in another folder"})
+            reason = f"{folder} holds a run of method {state.record.method!r}, which belongs in another folder"
+            skipped.append({"folder": str(folder), "reason": reason})
             continue
         found = {}
         for kind in ("held_out", "png"):

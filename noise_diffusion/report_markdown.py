@@ -39,14 +39,15 @@ def markdown(summary: dict, root: Path | None = None) -> str:
 
 
 def overview_table(summary: dict) -> list[str]:
-    lines = ["| method | runs | initial | best | gain | best > 0.9 | model evals / run | s / run | held-out initial → "
-             "best | guide − held-out [95 % CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | runs | initial | best | gain | best > 0.9 | model evals / run | s / run | held-out "
+             "initial → best | guide − held-out [95 % CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, info in summary["methods"].items():
         s = info["categories"][OVERALL]
         held = "; ".join(f"{cell(v)}: {fmt(h['mean_initial'])} → {fmt(h['mean_best'])}"
                          for v, h in info["held_out"][OVERALL].items()) or "–"
         hacking = "; ".join(f"{cell(v)}: {fmt(h['mean'], signed=True)} [{fmt(h['low'], signed=True)}, "
-                            f"{fmt(h['high'], signed=True)}]" for v, h in info.get("verifier_hacking", {}).items()) or "–"
+                            f"{fmt(h['high'], signed=True)}]"
+                            for v, h in info.get("verifier_hacking", {}).items()) or "–"
         lines.append(f"| {cell(method)} | {s['runs']} | {fmt(s['mean_initial'])} | {fmt(s['mean_best'])} | "
                      f"{fmt(s['gain'], signed=True)} | {fmt(s['best_above_0.9'])} | {fmt(s['model_evals_per_run'], 1)} "
                      f"| {fmt(s['seconds_per_run'], 2)} | {held} | {hacking} |")
@@ -60,11 +61,12 @@ def warnings(summary: dict) -> list[str]:
                       "means mix configurations."]
     if summary.get("mixed_datasets"):
         lines += ["", f"**Warning: this result root holds runs of different datasets** "
-                      f"({', '.join(summary['mixed_datasets'])}); the rows pool them. Keep one result root per dataset."]
+                      f"({', '.join(summary['mixed_datasets'])}); the rows pool them. Keep one result root "
+                      "per dataset."]
     if any(info.get("verifier_hacking") for info in summary["methods"].values()):
-        lines += ["", "Guide − held-out: the guiding verifier's best score minus the held-out verifier's score of the "
-                  "same image, mean over prompts (seeds averaged first) with a 95 % bootstrap interval over prompts; "
-                  "meaningful when the two verifiers score on comparable scales."]
+        lines += ["", "Guide − held-out: the guiding verifier's best score minus the held-out verifier's score of "
+                  "the same image, mean over prompts (seeds averaged first) with a 95 % bootstrap interval over "
+                  "prompts; meaningful when the two verifiers score on comparable scales."]
     return lines
 
 
@@ -95,7 +97,8 @@ def method_section(method: str, info: dict, grids: dict) -> list[str]:
             f"{fmt(s['seconds_per_run'], 2)} |")
     for verifier in sorted({v for groups in info["held_out"].values() for v in groups}):
         lines += ["", f"### held-out verifier {verifier}", "",
-                  "| category | runs | initial | best | gain | best > 0.5 | best > 0.9 |", "|---|---|---|---|---|---|---|"]
+                  "| category | runs | initial | best | gain | best > 0.5 | best > 0.9 |",
+                  "|---|---|---|---|---|---|---|"]
         for category, groups in info["held_out"].items():
             if verifier in groups:
                 h = groups[verifier]

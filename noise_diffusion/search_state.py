@@ -42,7 +42,8 @@ class ItemProgress:
         if self.failure is not None:
             return False
         if epoch.score > self.best_score:
-            self.best_score, self.best_epoch, self.best_image, self.best_latent = epoch.score, epoch.epoch, image, latent
+            self.best_score, self.best_epoch = epoch.score, epoch.epoch
+            self.best_image, self.best_latent = image, latent
         if keep_image:
             self.epoch_images.append(image)
         return True

@@ -1,8 +1,9 @@
 """Which settings of a run matter, with the defaults resolved: the one list that decides whether two runs were made
 alike (a resume refuses finished runs made otherwise; the report warns when one method's runs mix settings).
 
-A run is made with three specs (:class:`RunSpecs`): the diffusion model's :class:`~noise_diffusion.specs.GeneratorSpec`,
-the verifier's :class:`~noise_diffusion.specs.VerifierSpec` and the :class:`~noise_diffusion.search_config.SearchConfig`.
+A run is made with three specs (:class:`RunSpecs`): the diffusion model's
+:class:`~noise_diffusion.specs.GeneratorSpec`, the verifier's :class:`~noise_diffusion.specs.VerifierSpec` and the
+:class:`~noise_diffusion.search_config.SearchConfig`.
 What matters of them is what changes the images or the scores: the search, the model (by the name or the path it
 resolves to), its sampler settings, negative prompt and precision, whether SD3 keeps its T5 encoder, and the verifier
 with its question, answer, resize and precision. Where a device or memory option goes does not matter. A sampling
@@ -15,14 +16,11 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import UserError
 from .search_config import SearchConfig
 from .specs import GeneratorSpec, VerifierSpec, resolve_device, resolve_dtype
-
-if TYPE_CHECKING:
-    from .records import DatasetRef, RunRecord
 
 #: GeneratorSpec fields that change the images
 GENERATOR_SETTINGS = ("model", "scheduler", "num_steps", "guidance_scale", "negative_prompt", "height", "width",
@@ -111,73 +109,3 @@ def resolved_verifier(spec: VerifierSpec, device: str | None = None) -> Verifier
 
 def _dtype_name(name: str, device: str | None, gpu_default: str) -> str:
     return str(resolve_dtype(name, resolve_device(device), gpu_default)).removeprefix("torch.")
-
-
-# --------------------------------------------------------------------------------------------- what is recorded
-
-def recorded_generator(model, given: GeneratorSpec | None = None) -> GeneratorSpec:
-    """The spec to record for a run made by the built ``model``: the one given (or one naming the model), with the
-    sampling settings and precision the model used."""
-    settings = model.settings()
-    spec = given or GeneratorSpec(model=model.name, scheduler=getattr(model, "scheduler_name", "ddim"),
-                                  negative_prompt=getattr(model, "negative_prompt", None) or "")
-    used = {key: settings[key] for key in (*SAMPLING, "dtype") if settings.get(key) is not None}
-    return replace(spec, device=str(model.device), **used)
-
-
-def recorded_verifier(verifier, given: VerifierSpec | None = None) -> VerifierSpec:
-    """The spec to record for a run scored by the built ``verifier``: the one given (or one naming it), on the device
-    it ran on, with a concrete precision."""
-    spec = replace(given or VerifierSpec(model=verifier.name), device=str(verifier.device))
-    return resolved_verifier(spec)
-
-
-def model_settings(model, verifier) -> dict:
-    """The built models' own settings as they report them (recorded for reading, never compared)."""
-    settings = getattr(verifier, "settings", None)
-    return {"generator": model.settings(),
-            "verifier": {"name": verifier.name, "device": str(verifier.device),
-                         **(dict(settings()) if callable(settings) else {})}}
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a run's record holds besides what the loop measured: the specs it was made with (recorded resolved),
-    its category and dataset, the built models' own settings, the command and the library versions."""
-
-    generator: GeneratorSpec
-    verifier: VerifierSpec
-    models: dict
-    command: str = ""
-    versions: dict | None = None
-    category: str | None = None
-    dataset: DatasetRef | None = None
-
-    def apply(self, record: RunRecord) -> RunRecord:
-        """``record`` with this context."""
-        return replace(record, generator=self.generator, verifier=self.verifier, models=self.models,
-                       command=self.command, versions=self.versions or {}, category=self.category,
-                       dataset=self.dataset)
-
-
-def run_context(model, verifier, specs: tuple | None = None, dataset: DatasetRef | None = None) -> RunContext:
-    """The context of runs made by the built ``model`` and ``verifier``; ``specs`` (``(GeneratorSpec,
-    VerifierSpec)``) are what they were built from, when known."""
-    import sys
-
-    given = specs or (None, None)
-    return RunContext(recorded_generator(model, given[0]), recorded_verifier(verifier, given[1]),
-                      model_settings(model, verifier), " ".join(sys.argv), library_versions(), dataset=dataset)
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-    import platform
-
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "diffusers", "transformers", "accelerate", "noise-diffusion"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions

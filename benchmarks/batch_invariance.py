@@ -29,14 +29,17 @@ from noise_diffusion.images import tensor_to_pil  # noqa: E402
 
 
 def compare(batched, alone) -> dict:
-    """Differences between two lists of RunResults of the same items."""
-    score = max(abs(a["score"] - b["score"]) for x, y in zip(batched, alone) for a, b in zip(x.epochs, y.epochs))
+    """Differences between two lists of RunRecords of the same items."""
+    differences = sorted(abs(a["score"] - b["score"]) for x, y in zip(batched, alone) for a, b in zip(x.epochs, y.epochs))
+    score = differences[-1]
     pixel = max(float((x.best_image - y.best_image).abs().max()) for x, y in zip(batched, alone))
     png = sum(tensor_to_pil(x.best_image)[0].tobytes() != tensor_to_pil(y.best_image)[0].tobytes()
               for x, y in zip(batched, alone))
     same_choices = all([e.get("candidate") for e in x.epochs] == [e.get("candidate") for e in y.epochs]
                        and x.best_epoch == y.best_epoch for x, y in zip(batched, alone))
-    return {"runs": len(batched), "max_score_difference": score, "max_pixel_difference": pixel,
+    return {"runs": len(batched), "scores": len(differences), "max_score_difference": score,
+            "median_score_difference": differences[len(differences) // 2],
+            "scores_differing_by_more_than_1e-5": sum(d > 1e-5 for d in differences), "max_pixel_difference": pixel,
             "best_images_differing_in_8_bit": png, "same_candidates_and_best_epochs": same_choices}
 
 

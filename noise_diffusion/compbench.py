@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .paper_datasets import RemoteFile, fetch_checked
-from .results import write_bytes_atomic
+from .atomic import write_bytes_atomic
 
 REPOSITORY = "Karine-Huang/T2I-CompBench"
 COMMIT = "1b7094991a57f3c22abdd4f6e8ba6c1a15517073"  # main on 2026-05-07; the val files last changed on 2025-09-03

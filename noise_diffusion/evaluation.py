@@ -1,4 +1,4 @@
-"""Evaluation over a prompt set: the job list, sharding across processes, resume, and held-out re-scoring.
+"""Evaluation over a prompt set: the job list, sharding across processes, resume, and the whole run of evaluate.py.
 
 A job is one (prompt, seed) for one method; its result lives in ``<result_root>/<method>/<prompt folder>/<seed>/`` in
 the layout of ``run.py`` (:mod:`noise_diffusion.results`). ``result.json`` is written last and atomically, so a job
@@ -8,41 +8,36 @@ loses at most the batch in flight. Each process of ``accelerate launch`` takes e
 every job is run under its folder's lock (:func:`~noise_diffusion.results.job_lock`), so two processes given the same
 jobs (two shells, a shard given twice) never run one job twice or write the same folder.
 
-Held-out re-scoring (:func:`rescore_held_out`) scores the saved ``initial.png`` and ``best.png`` with a verifier other
-than the one that guided the search, and stores the two scores in ``heldout_<verifier>.json`` next to ``result.json``
-(atomically; a re-run skips folders that have it). The best image stays the one the guiding verifier chose, so the
-held-out gain shows how much of the improvement is not verifier hacking.
+Re-scoring the saved images (held-out verifiers, the guide's PNG re-score) is :mod:`noise_diffusion.rescoring`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from .baselines.tokens import require_subjects
 from .datasets import PromptEntry
+from .errors import UserError
+from .methods import METHODS
+from .optimize import SearchConfig, optimize
+from .processes import Processes, processes  # noqa: F401 (re-exported)
+from .records import DatasetRef, check_seed
+from .results import RunFolder, RunState, check_root, check_writable, inspect_run, run_folder, save_run
+from .rescoring import held_out_file, held_out_todo, rescore, rescore_held_out, rescore_todo  # noqa: F401
+from .scorefiles import ScoreFile
+from .context import run_context
+from .settings import RunSpecs, describe
 from .specs import GeneratorSpec, VerifierSpec
 from .verifiers.base import check_prompts
-from .errors import UserError
-from .optimize import SearchConfig, optimize
-from .results import (
-    HELD_OUT_PREFIX, PNG_PREFIX, RESULT_FILE, RunState, adopt_legacy_run, check_seed, check_writable,
-    describe_differences, expected_settings, held_out_problem, inspect_run, is_finished, job_lock, read_json,
-    run_config, run_folder, safe_folder_name, save_run, setting_differences, write_json_atomic,
-)
-
-BARRIER_TIMEOUT = timedelta(hours=72)
-
 
 @dataclass(frozen=True, order=True)
 class Job:
@@ -93,18 +88,17 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
                  states: dict[Job, RunState] | None = None) -> list[Job]:
     """The jobs still to run (all of them with ``overwrite``): those without an intact result of their own.
 
-    A folder holding another prompt's or seed's intact run is never taken as this job's result nor overwritten:
-    :class:`UserError` naming it. A run an earlier version finished under its old folder name is moved to its folder
-    (:func:`~noise_diffusion.results.adopt_legacy_run`). ``states``, when given, receives every job's
-    :class:`RunState`.
+    A folder holding another prompt's or seed's intact run is never taken as this job's result nor overwritten, and a
+    run in an earlier version's layout is not redone without ``overwrite``: :class:`UserError` naming it. ``states``,
+    when given, receives every job's :class:`RunState`.
     """
     todo = []
     for job in jobs:
         state = job_state(result_root, method, job)
-        if state.status == "missing" and adopt_legacy_run(method_root(result_root, method), job.prompt, job.seed):
-            state = job_state(result_root, method, job)
         if state.status == "other":
             raise UserError(f"{state.reason}; move it away or use another --result_root")
+        if state.status == "outdated" and not overwrite:
+            raise UserError(state.reason)
         if states is not None:
             states[job] = state
         if overwrite or not state.finished:
@@ -112,29 +106,24 @@ def pending_jobs(jobs: Sequence[Job], result_root: str | os.PathLike, method: st
     return todo
 
 
-def check_settings(
-    jobs: Sequence[Job], result_root: str | os.PathLike, method: str, expected: dict[str, Any],
-    states: dict[Job, RunState] | None = None,
-) -> None:
-    """Refuse to resume on top of finished runs made with other settings, which a re-run would silently keep.
-
-    ``expected`` maps dotted keys of the recorded configuration (``"search.max_epoch"``) to the value this run uses, or
-    to a tuple of accepted values. :class:`UserError` naming the first differing settings otherwise. ``states`` (from
-    :func:`pending_jobs`) saves checking the folders again.
-    """
+def check_settings(jobs: Sequence[Job], result_root: str | os.PathLike, method: str, specs: RunSpecs,
+                   states: dict[Job, RunState] | None = None) -> None:
+    """Refuse to resume on top of finished runs made with other settings than ``specs``, which a re-run would
+    silently keep: :class:`UserError` naming the first differing settings. ``states`` (from :func:`pending_jobs`)
+    saves checking the folders again."""
     differing: dict[str, tuple] = {}
     count = 0
     for job in jobs:
         state = states[job] if states is not None and job in states else job_state(result_root, method, job)
         if not state.finished:
             continue
-        found = setting_differences(state.record["config"], expected)
+        found = state.record.differs_from(specs)
         for key, pair in found.items():
             differing.setdefault(key, pair)
         count += bool(found)
     if differing:
         raise UserError(f"{count} finished runs in {Path(result_root) / method} were made with other settings "
-                        f"({describe_differences(differing)}); use another --result_root, or --overwrite to redo them")
+                        f"({describe(differing)}); use another --result_root, or --overwrite to redo them")
 
 
 def run_jobs(
@@ -147,7 +136,7 @@ def run_jobs(
     batch_size: int = 1,
     overwrite: bool = False,
     progress: bool = True,
-    dataset: dict | None = None,
+    dataset: DatasetRef | None = None,
     already_done: int = 0,
     specs: tuple | None = None,
 ) -> int:
@@ -157,52 +146,39 @@ def run_jobs(
     another process holds is left to it, one another process finished meanwhile is skipped. A run whose score turns
     non-finite is stopped and not saved; after the other jobs, :class:`UserError` lists such runs.
 
-    ``dataset`` (e.g. ``{"name": ..., "kind": "simple"}``) is recorded in every result's configuration together with
-    the job's category, so the report can group results without the dataset file; so are ``specs``
-    (``(GeneratorSpec, VerifierSpec)``), the models the run was asked for. Returns the number of saved results.
+    Every record holds the job's category and the ``dataset``, so the report can group results without the dataset
+    file, and ``specs`` (``(GeneratorSpec, VerifierSpec)``), the models the run was asked for (without them, the
+    built models are described as they are). Returns the number of saved results.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     check_prompts(verifier, [job.prompt for job in jobs])
+    context = run_context(generator, verifier, specs, dataset)
     saved, failures, started = 0, [], time.time()
     bar = tqdm(total=len(jobs), disable=not progress, desc=f"{search.method}", unit="run", dynamic_ncols=True)
     if already_done:
         bar.set_description(f"{search.method} ({already_done} already done)")
-    best_total, done, position = 0.0, 0, 0
+    best_total, position = 0.0, 0
     try:
         while position < len(jobs):
             with ExitStack() as locks:
-                batch = []
-                while position < len(jobs) and len(batch) < batch_size:
-                    job = jobs[position]
-                    position += 1
-                    if not locks.enter_context(job_lock(job_folder(result_root, search.method, job))):
-                        bar.update(1)  # another process runs it
-                        continue
-                    state = job_state(result_root, search.method, job)
-                    if state.status == "other":
-                        raise UserError(f"{state.reason}; move it away or use another --result_root")
-                    if state.finished and (not overwrite or _written_since(job_folder(result_root, search.method,
-                                                                                      job), started)):
-                        bar.update(1)  # another process finished (or, with overwrite, redid) it meanwhile
-                        continue
-                    batch.append(job)
+                batch, position = _next_batch(jobs, position, batch_size, result_root, search.method, overwrite,
+                                              started, locks, bar)
                 if not batch:
                     continue
+                indices = [list(j.indices) if j.indices else None for j in batch]
                 results = optimize(generator, verifier, [j.prompt for j in batch], [j.seed for j in batch], search,
-                                   progress=False, token_indices=[list(j.indices) if j.indices else None for j in batch])
+                                   progress=False, token_indices=indices)
                 for job, result in zip(batch, results):
                     bar.update(1)
                     if result.failure:
                         failures.append(f"{job.prompt!r} seed {job.seed} ({result.failure})")
                         continue
-                    config = run_config(generator, verifier, search, job.seed, specs=specs)
-                    config["evaluation"] = {"category": job.category, **(dataset or {})}
-                    save_run(job_folder(result_root, search.method, job), result, config)
-                    saved += 1
-                    best_total, done = best_total + result.best_score, done + 1
-                if done:
-                    bar.set_postfix(mean_best=f"{best_total / done:.3f}")
+                    folder = job_folder(result_root, search.method, job)
+                    save_run(folder, result, replace(context, category=job.category))
+                    saved, best_total = saved + 1, best_total + result.best_score
+                if saved:
+                    bar.set_postfix(mean_best=f"{best_total / saved:.3f}")
     finally:
         bar.close()
     if failures:
@@ -211,140 +187,36 @@ def run_jobs(
     return saved
 
 
-def _written_since(folder: Path, moment: float) -> bool:
-    try:
-        return (folder / RESULT_FILE).stat().st_mtime >= moment
-    except OSError:
-        return False
-
-
-# ------------------------------------------------------------------------------------------------ held-out scores
-
-def held_out_file(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> Path:
-    """Where the held-out scores of ``verifier`` for one run folder are stored (``prefix`` :data:`PNG_PREFIX`: the
-    guiding verifier's scores of the saved images)."""
-    return Path(folder) / f"{prefix}{safe_folder_name(verifier)}.json"
-
-
-def rescore_held_out(
-    folders: Sequence[str | os.PathLike],
-    verifier,
-    verifier_name: str,
-    *,
-    batch_size: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-    prefix: str = HELD_OUT_PREFIX,
-) -> int:
-    """Score ``initial.png`` and ``best.png`` of every finished folder with ``verifier`` (named ``verifier_name``).
-
-    Folders without a finished result, and (unless ``overwrite``) folders already scored by this verifier, are skipped.
-    Each folder is scored under its lock, so a run being redone meanwhile never gets the old images' scores; folders
-    another process holds are left out. A non-finite score is not saved; after the other folders, :class:`UserError`
-    names such folders. Returns the number of folders scored.
-    """
-    todo = held_out_todo(folders, verifier_name, overwrite, prefix)
-    check_prompts(verifier, [read_json(f / RESULT_FILE)["prompt"] for f in todo])
-    failures, scored_count = [], 0
-    what = "PNG re-score" if prefix == PNG_PREFIX else "held-out"
-    bar = tqdm(total=len(todo), disable=not progress, desc=f"{what} {verifier_name}", unit="run", dynamic_ncols=True)
-    try:
-        for start in range(0, len(todo), max(1, batch_size)):
-            with ExitStack() as locks:
-                chunk = [f for f in todo[start:start + max(1, batch_size)] if locks.enter_context(job_lock(f))]
-                scored_count += _rescore_chunk(chunk, verifier, verifier_name, overwrite, failures, prefix)
-            bar.update(min(len(todo), start + max(1, batch_size)) - start)
-    finally:
-        bar.close()
-    if failures:
-        raise UserError(f"{what} verifier {verifier_name!r} gave non-finite scores, not saved, for {len(failures)} "
-                        f"folder(s): {', '.join(failures[:3])}{', ...' if len(failures) > 3 else ''}")
-    return scored_count
-
-
-def _rescore_chunk(chunk: list[Path], verifier, verifier_name: str, overwrite: bool, failures: list[str],
-                   prefix: str = HELD_OUT_PREFIX) -> int:
-    """Score the locked folders of ``chunk`` that still need it; returns how many were saved."""
-    # a folder may have changed before its lock was taken
-    chunk = [f for f in chunk if f in held_out_todo([f], verifier_name, overwrite, prefix)]
-    if not chunk:
-        return 0
-    records = [read_json(f / RESULT_FILE) for f in chunk]
-    images, prompts = [], []
-    for folder, record in zip(chunk, records):
-        files = record.get("files", {"initial": "initial.png", "best": "best.png"})
-        for key in ("initial", "best"):
-            with Image.open(folder / files[key]) as image:
-                images.append(image.convert("RGB"))
-            prompts.append(record["prompt"])
-    scores = verifier.score_pil(images, prompts).tolist()
-    saved = 0
-    for k, folder in enumerate(chunk):
-        scored = {"verifier": verifier_name, "initial_score": scores[2 * k], "best_score": scores[2 * k + 1]}
-        if held_out_problem(scored):
-            failures.append(str(folder))
+def _next_batch(jobs, position, batch_size, result_root, method, overwrite, started, locks, bar) -> tuple[list, int]:
+    """The next ``batch_size`` jobs to run from ``position`` on, each with its folder's lock held in ``locks``; the
+    jobs another process holds or finished meanwhile are counted on ``bar`` and left out."""
+    batch = []
+    while position < len(jobs) and len(batch) < batch_size:
+        job = jobs[position]
+        position += 1
+        folder = RunFolder(job_folder(result_root, method, job))
+        if not locks.enter_context(folder.lock()):
+            bar.update(1)  # another process runs it
             continue
-        write_json_atomic(held_out_file(folder, verifier_name, prefix), scored)
-        saved += 1
-    return saved
-
-
-def held_out_todo(
-    folders: Sequence[str | os.PathLike], verifier: str, overwrite: bool = False, prefix: str = HELD_OUT_PREFIX
-) -> list[Path]:
-    """The finished folders that still lack (or, with ``overwrite``, have) held-out scores by ``verifier``."""
-    return [Path(f) for f in folders if is_finished(f) and (overwrite or not _has_held_out(f, verifier, prefix))]
-
-
-def _has_held_out(folder: str | os.PathLike, verifier: str, prefix: str = HELD_OUT_PREFIX) -> bool:
-    try:
-        scores = read_json(held_out_file(folder, verifier, prefix))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return held_out_problem(scores) is None and scores["verifier"] == verifier
-
-
-# ------------------------------------------------------------------------------------------------------ processes
-
-@dataclass
-class Processes:
-    """Where this process stands among the evaluation's processes."""
-
-    index: int = 0
-    count: int = 1
-    device: str | None = None  # the accelerator accelerate assigned to this process (None: the user's choice)
-    barrier: object = None  # callable that waits for every process, when they are launched together
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    def wait(self) -> None:
-        if self.barrier is not None:
-            self.barrier()
-
-
-def processes(explicit: tuple[int, int] | None = None, cpu: bool = False) -> Processes:
-    """This process's shard: ``explicit`` (index, count) as given, otherwise from accelerate's ``PartialState``.
-
-    ``PartialState`` reads what ``accelerate launch`` (or torchrun) set in the environment; a plain ``python`` run is one
-    process. ``cpu`` asks for CPU processes (gloo/MPI), which accelerate otherwise ignores. With an explicit shard there
-    is no barrier: the processes may run at different times or on different machines.
-    """
-    if explicit is not None:
-        index, count = explicit
-        if count < 1 or not 0 <= index < count:
-            raise UserError(f"shard {index}/{count} is impossible: need 0 <= index < count")
-        return Processes(index, count)
-    from accelerate import PartialState
-
-    # the barrier before the report may wait for the slowest shard for hours: NCCL's default of 10 minutes is too short
-    state = PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
-    device = str(state.device) if state.num_processes > 1 and state.device.type != "cpu" else None
-    return Processes(state.process_index, state.num_processes, device, state.wait_for_everyone)
+        state = folder.state(job.prompt, job.seed)
+        if state.status == "other":
+            raise UserError(f"{state.reason}; move it away or use another --result_root")
+        if state.finished and (not overwrite or folder.written_since(started)):
+            bar.update(1)  # another process finished (or, with overwrite, redid) it meanwhile
+            continue
+        batch.append(job)
+    return batch, position
 
 
 # ------------------------------------------------------------------------------------------------ the whole evaluation
+
+def check_subjects(jobs: Sequence[Job], searches: Sequence[SearchConfig]) -> None:
+    """The attention baselines need two subjects in every prompt without 'indices': checked before models load
+    (:class:`UserError` otherwise; the other methods run any prompt)."""
+    attention = [s.method for s in searches if METHODS[s.method].baseline]
+    if attention:
+        require_subjects([job.prompt for job in jobs if not job.indices], attention[0])
+
 
 def evaluate(
     dataset: str,
@@ -368,63 +240,73 @@ def evaluate(
     ``held_out`` verifier, and write the report. The models are loaded once for all methods, and only when there is
     something to generate. Returns the report's summary, or None when another process builds it.
     """
-    from .datasets import dataset_kind, load_dataset, resolve
-    from .report import write_report
+    from .datasets import load_dataset
 
-    entries = load_dataset(dataset, categories, limit)
-    jobs = make_jobs(entries, seeds)
+    root = check_root(result_root)
+    jobs = make_jobs(load_dataset(dataset, categories, limit), seeds)
+    check_subjects(jobs, searches)
     on_cpu = (generator.device or "").startswith("cpu") or not torch.cuda.is_available()
     procs = processes(shard_of, cpu=on_cpu)
     mine = shard(jobs, procs.index, procs.count)
-    root = Path(result_root)
     generator = replace(generator, device=generator.device or procs.device)
     verifier = replace(verifier, device=verifier.device or generator.device)
     progress = progress and (procs.is_main or procs.barrier is None)
-
-    todo = {}
-    for search in searches:
-        states: dict = {}
-        todo[search.method] = pending_jobs(mine, root, search.method, overwrite, states=states)
-        if not overwrite:
-            check_settings(mine, root, search.method, expected_settings(search, generator, verifier), states)
-        damaged = [job for job in mine if states[job].status == "invalid"]
-        if damaged:
-            print(f"{search.method}: redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
-                  f"{states[damaged[0]].reason}", file=sys.stderr)
-    # cheap checks of every model before any weights are loaded
-    if any(todo.values()):
+    todo = {s.method: _pending(mine, root, RunSpecs(generator, verifier, s), overwrite) for s in searches}
+    if any(todo.values()):  # cheap checks of every model before any weights are loaded
         generator.check()
     verifier.check()
     held_out_spec = VerifierSpec(held_out, device=verifier.device, dtype=verifier.dtype) if held_out else None
     if held_out_spec is not None:  # it keeps its own question and answer: the flags set the guide's
         held_out_spec.check()
     check_writable(root)
-    folders = [job_folder(root, s.method, job) for s in searches for job in mine]
-
-    model = judge = None
+    judge = None
     if any(todo.values()):
-        model, judge = generator.build(), verifier.build()
-        info = {"name": dataset, "kind": dataset_kind(resolve(dataset))}
-        for search in searches:
-            pending = todo[search.method]
-            if not pending:
-                continue
-            saved = run_jobs(pending, model, judge, search, root, batch_size=batch_size, overwrite=overwrite,
-                             progress=progress, dataset=info, already_done=len(mine) - len(pending),
-                             specs=(generator, verifier))
-            elsewhere = len(pending_jobs(pending, root, search.method))
-            where = f" (shard {procs.index}/{procs.count})" if procs.count > 1 else ""
-            print(f"{search.method}{where}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
-                  + (f", {elsewhere} left to another process running them" if elsewhere else ""))
-        del model  # free the memory before the verifiers re-score
-    if png_rescore and held_out_todo(folders, verifier.model, overwrite, PNG_PREFIX):
-        judge = judge or verifier.build()
-        rescore_held_out(folders, judge, verifier.model, batch_size=batch_size, overwrite=overwrite,
-                         progress=progress, prefix=PNG_PREFIX)
+        judge = _run_searches(searches, todo, mine, root, generator, verifier, DatasetRef.of(dataset), procs,
+                              batch_size=batch_size, overwrite=overwrite, progress=progress)
+    folders = [job_folder(root, s.method, job) for s in searches for job in mine]
+    options = {"batch_size": batch_size, "overwrite": overwrite, "progress": progress}
+    if png_rescore and rescore_todo(folders, ScoreFile.png(verifier.model), overwrite):
+        rescore(folders, judge or verifier.build(), ScoreFile.png(verifier.model), **options)
     del judge
     if held_out_spec is not None and held_out_todo(folders, held_out, overwrite):
-        rescore_held_out(folders, held_out_spec.build(), held_out, batch_size=batch_size, overwrite=overwrite,
-                         progress=progress)
+        rescore_held_out(folders, held_out_spec.build(), held_out, **options)
+    return _report(root, jobs, searches, procs)
+
+
+def _pending(mine: list[Job], root: Path, specs: RunSpecs, overwrite: bool) -> list[Job]:
+    """The jobs of one search still to run, after refusing finished runs made with other settings and noting the
+    damaged ones."""
+    method, states = specs.search.method, {}
+    pending = pending_jobs(mine, root, method, overwrite, states=states)
+    if not overwrite:
+        check_settings(mine, root, method, specs, states)
+    damaged = [job for job in mine if states[job].status == "invalid"]
+    if damaged:
+        print(f"{method}: redoing {len(damaged)} damaged run{'s' if len(damaged) > 1 else ''}, e.g. "
+              f"{states[damaged[0]].reason}", file=sys.stderr)
+    return pending
+
+
+def _run_searches(searches, todo, mine, root, generator: GeneratorSpec, verifier: VerifierSpec, dataset: DatasetRef,
+                  procs: Processes, **options):
+    """Build the models once and run every search's pending jobs; returns the built guiding verifier."""
+    model, judge = generator.build(), verifier.build()
+    for search in searches:
+        pending = todo[search.method]
+        if not pending:
+            continue
+        saved = run_jobs(pending, model, judge, search, root, dataset=dataset, already_done=len(mine) - len(pending),
+                         specs=(generator, verifier), **options)
+        elsewhere = len(pending_jobs(pending, root, search.method))
+        where = f" (shard {procs.index}/{procs.count})" if procs.count > 1 else ""
+        print(f"{search.method}{where}: {saved} runs made here, {len(mine) - len(pending)} were already finished"
+              + (f", {elsewhere} left to another process running them" if elsewhere else ""))
+    return judge  # the diffusion model is freed on return, before the verifiers re-score
+
+
+def _report(root: Path, jobs: list[Job], searches: Sequence[SearchConfig], procs: Processes) -> dict | None:
+    """The report, built by the process whose turn it is."""
+    from .report import write_report
 
     procs.wait()  # under accelerate: every process has written its results
     if procs.barrier is not None or procs.count == 1:

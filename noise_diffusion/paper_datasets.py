@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .results import write_bytes_atomic
+from .atomic import write_bytes_atomic
 
 REPOSITORY = "Bomingmiao/NoiseDiffusion"
 COMMIT = "4f957f2ada0b5254a6caaea62f2c3328f73aa30d"

@@ -56,22 +56,28 @@ def paper_table(summary: dict) -> list[str]:
     verifiers = sorted({str(r["verifier"]) for r in rows})
     kinds = sorted({str(r["kind"]) for r in rows if r["kind"]})
     judges = sorted({v for r in rows for v in r["held_out"]})
-    header = ["method"] + [f"{c} (in-loop / PNG)" for c in categories] + [
-        f"paper ({', '.join(kinds) or 'no paper set'})"] + [f"held-out {v}" for v in judges] + [
+    header = ["method"] + [f"{table_cell(c)} (in-loop / PNG)" for c in categories] + (
+        [f"paper ({', '.join(kinds)})"] if kinds else []) + [f"held-out {table_cell(v)}" for v in judges] + [
         "model evals / run", "model backwards / run", "s / run"]
     lines = ["## The paper's table", "",
              f"Mean best score by the guiding verifier ({', '.join(verifiers)}): *in-loop* = computed on the image "
              f"tensor during the run, *PNG* = the same verifier on the saved best.png through PIL"
              + (f"; held-out = {', '.join(judges)} on the same best.png, overall" if judges else "")
-             + f". The paper column: {summary.get('paper_note', 'the paper')}.", "",
+             + (f". The paper column: {summary.get('paper_note', 'the paper')}." if kinds else
+                ". No paper column: no row's dataset is byte for byte one of the authors' prompt files."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [_cell(row["cells"].get(c)) for c in categories]
-        paper = f"{row['paper']:.3f}" if row["paper"] is not None else "–"
+        paper = ([f"{row['paper']:.3f}" if row["paper"] is not None else "–"] if kinds else [])
         held = [_num(row["held_out"].get(v, math.nan)) for v in judges]
-        lines.append("| " + " | ".join([row["label"], *cells, paper, *held, _num(row["model_evals"], 0),
+        lines.append("| " + " | ".join([row["label"], *cells, *paper, *held, _num(row["model_evals"], 0),
                                         _num(row["model_backwards"], 0), _num(row["seconds"], 2)]) + " |")
     return lines + [""]
+
+
+def table_cell(text) -> str:
+    """Free text as one markdown table cell: ``|`` escaped, no line breaks."""
+    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _cell(cell: dict | None) -> str:

@@ -55,18 +55,18 @@ class HtmlRun:
         return max(gaps, key=lambda gap: gap[0]) if gaps else None
 
 
-def runs_from_collected(runs: Iterable[dict]) -> list[HtmlRun]:
-    """The page's view of the run dicts of :func:`noise_diffusion.report.collect`."""
+def runs_from_collected(runs: Iterable) -> list[HtmlRun]:
+    """The page's view of the runs of :func:`noise_diffusion.report.collect` (each a ``Run``: its
+    :class:`~noise_diffusion.records.RunRecord`, folder and score files)."""
     view = []
     for run in runs:
-        record = run["record"]
-        files = record.get("files", {})
+        record = run.record
         view.append(HtmlRun(
-            method=run["method"], category=run["category"], prompt=record["prompt"], seed=record["seed"],
-            folder=Path(run["folder"]), initial_file=files.get("initial", "initial.png"),
-            best_file=files.get("best", "best.png"), guide=str(run["verifier"]),
-            guide_initial=record["initial_score"], guide_best=record["best_score"], best_epoch=record["best_epoch"],
-            held_out={name: (s["initial_score"], s["best_score"]) for name, s in run["held_out"].items()}))
+            method=run.method, category=run.category, prompt=record.prompt, seed=record.seed,
+            folder=Path(run.folder), initial_file=record.files.initial, best_file=record.files.best,
+            guide=str(record.verifier.model), guide_initial=record.initial_score, guide_best=record.best_score,
+            best_epoch=record.best_epoch,
+            held_out={name: (s.initial_score, s.best_score) for name, s in run.held_out.items()}))
     return view
 
 

@@ -2,6 +2,7 @@
 state untouched, the CPU-timesteps experiment gives identical runs, and ``epoch_cost.py`` runs end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,14 @@ def test_verifier_cost_runs_end_to_end(tmp_path):
     assert len(rows) == 2 * 6 and {r["batch_size"] for r in rows} == {1, 3}
     assert all(r["batched"] > 0 and r["one_at_a_time"] > 0 for r in rows)
     assert "| verifier | batch |" in done.stdout
+
+
+def test_batch_invariance_runs_end_to_end():
+    """The batch benchmark the docs quote: two toy items batched against each alone, the same decisions."""
+    command = [sys.executable, str(BENCHMARKS / "batch_invariance.py"), "--prompts", "1", "--seeds", "1", "2",
+               "--batch_size", "2", "--max_epoch", "1", "--num_candidate_noises", "2", "--num_denoising_steps", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["runs"] == 2 and summary["scores"] == 4 and summary["same_candidates_and_best_epochs"]

@@ -1,6 +1,7 @@
 """evaluate.py and noise_diffusion.evaluation on the tiny pipeline and a tiny CLIP verifier: methods and their compute,
 resume after a crash, sharding, held-out re-scoring, and the CLI end to end (in-process)."""
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from noise_diffusion.errors import UserError
 from noise_diffusion.evaluation import Job, job_folder, make_jobs, run_jobs, shard
 from noise_diffusion.methods import METHODS
 from noise_diffusion.optimize import SearchConfig
+from noise_diffusion.records import DatasetRef
 from noise_diffusion.verifiers import load_verifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +71,7 @@ def count_saves(monkeypatch, fail_after=None):
 def test_each_method_runs_and_records_its_compute(tmp_path, generator, verifier, method):
     jobs = make_jobs(entries(2), [5])
     assert run_jobs(jobs, generator, verifier, search(method), tmp_path, batch_size=2, progress=False,
-                    dataset={"name": "mine", "kind": None}) == 2
+                    dataset=DatasetRef("mine", "0" * 64)) == 2
     for job in jobs:
         record = json.loads((job_folder(tmp_path, method, job) / "result.json").read_text())
         generations = 1 if method == "none" else EPOCHS + 1
@@ -79,7 +81,7 @@ def test_each_method_runs_and_records_its_compute(tmp_path, generator, verifier,
         assert len(record["epochs"]) == generations
         assert record["best_score"] == max(e["score"] for e in record["epochs"])
         assert record["config"]["search"]["method"] == method
-        assert record["config"]["evaluation"] == {"category": "animals", "name": "mine", "kind": None}
+        assert record["config"]["evaluation"] == {"category": "animals", "name": "mine", "sha256": "0" * 64}
         assert tmp_path.joinpath(method).is_dir() and (job_folder(tmp_path, method, job) / "best.png").is_file()
 
 
@@ -183,7 +185,9 @@ def test_cli_end_to_end_with_shards_resume_held_out_and_report(tmp_path, tiny_sd
     animals = [r for r in records if r["config"]["evaluation"]["category"] == "animals"]
     assert summary["categories"]["animals"]["mean_best"] == pytest.approx(
         sum(r["best_score"] for r in animals) / len(animals))
-    assert summary["dataset_kind"] == "simple" and summary["paper"]["Noise Diffusion (50 epochs)"] == 0.979
+    # named like the authors' file, but not its bytes: no paper numbers beside it
+    assert summary["dataset_kind"] is None and summary["paper"] is None
+    assert all(r["config"]["evaluation"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest() for r in records)
     assert summary["held_out"]["overall"][tiny_clip_dir]["runs"] == 6
     # a re-run finds everything finished: nothing is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in root.glob("best_of_n/*/*/*.json")}

@@ -28,9 +28,9 @@ def test_paper_seeds():
 
 
 def test_table_rows_from_hand_made_results(tmp_path):
-    old = {"generations": 1, "unet_evals": 100, "verifier_forward": 1, "verifier_backward": 0}  # the earlier field name
-    write_run(tmp_path, "none", "animals", "a cat and a dog", 1, [0.2], old)
-    write_run(tmp_path, "none", "objects", "a red car and a bow", 1, [0.6], old)
+    sd = {"generations": 1, "model_evals": 100, "model_backwards": 0, "verifier_forward": 1, "verifier_backward": 0}
+    write_run(tmp_path, "none", "animals", "a cat and a dog", 1, [0.2], sd)
+    write_run(tmp_path, "none", "objects", "a red car and a bow", 1, [0.6], sd)
     nd = {"generations": 3, "model_evals": 300, "model_backwards": 0, "verifier_forward": 3, "verifier_backward": 2}
     write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 1, [0.2, 0.9, 0.5], nd)
     write_run(tmp_path, "noise_diffusion", "objects", "a red car and a bow", 1, [0.6, 0.7], nd)

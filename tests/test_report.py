@@ -9,7 +9,12 @@ from PIL import Image
 
 from noise_diffusion import report
 from noise_diffusion.errors import UserError
+from noise_diffusion.paper_datasets import PAPER_FILES
+from noise_diffusion.records import OutdatedRecordError, RunRecord
 from noise_diffusion.results import run_folder, write_json_atomic
+
+#: the SHA-256 a hand-made run records for its dataset: the authors' simple set's, or another file's
+DATASET_SHA = {"simple": PAPER_FILES["paper-simple"].sha256, None: "0" * 64}
 
 
 def write_run(root, method, category, prompt, seed, scores, compute, held_out=None, kind="simple"):
@@ -20,11 +25,11 @@ def write_run(root, method, category, prompt, seed, scores, compute, held_out=No
         Image.new("RGB", (8, 8), (seed * 40 % 255, 80, 120)).save(folder / name)
     best = max(range(len(scores)), key=lambda k: (scores[k], -k))
     record = {
-        "prompt": prompt, "seed": seed, "initial_score": scores[0], "best_score": scores[best], "best_epoch": best,
-        "epochs": [{"epoch": k, "score": s} for k, s in enumerate(scores)], "compute": compute, "seconds": 0.5 * seed,
-        "files": {"best": "best.png", "initial": "initial.png"},
-        "config": {"search": {"method": method}, "verifier": {"name": "guide"},
-                   "evaluation": {"category": category, "name": "simple", "kind": kind}},
+        "format": 2, "prompt": prompt, "seed": seed, "initial_score": scores[0], "best_score": scores[best],
+        "best_epoch": best, "epochs": [{"epoch": k, "score": s} for k, s in enumerate(scores)], "compute": compute,
+        "seconds": 0.5 * seed, "files": {"best": "best.png", "initial": "initial.png"},
+        "config": {"search": {"method": method}, "verifier": {"model": "guide"},
+                   "evaluation": {"category": category, "name": "simple", "sha256": DATASET_SHA[kind]}},
     }
     write_json_atomic(folder / "result.json", record)
     if held_out is not None:
@@ -35,12 +40,13 @@ def write_run(root, method, category, prompt, seed, scores, compute, held_out=No
 
 @pytest.fixture
 def results(tmp_path):
-    nd = {"generations": 3, "unet_evals": 12, "verifier_forward": 3, "verifier_backward": 2}
+    nd = {"generations": 3, "model_evals": 12, "model_backwards": 0, "verifier_forward": 3, "verifier_backward": 2}
     write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 1, [0.2, 0.5, 0.3], nd, (0.1, 0.4))
     write_run(tmp_path, "noise_diffusion", "animals", "a cat and a dog", 2, [0.4, 0.1], nd, (0.3, 0.2))
     write_run(tmp_path, "noise_diffusion", "objects", "a red car and a bow", 1, [0.6, 0.95, 0.7], nd)
     write_run(tmp_path, "none", "animals", "a cat and a dog", 1, [0.2],
-              {"generations": 1, "unet_evals": 4, "verifier_forward": 1, "verifier_backward": 0}, kind=None)
+              {"generations": 1, "model_evals": 4, "model_backwards": 0, "verifier_forward": 1, "verifier_backward": 0},
+              kind=None)
     # unfinished or broken runs do not count
     (run_folder(tmp_path / "none", "a bow", 1)).mkdir(parents=True)
     broken = run_folder(tmp_path / "none", "a car", 1)
@@ -66,7 +72,7 @@ def test_report_numbers_equal_independent_means(results):
         assert stats["best_above_0.5"] == pytest.approx(sum(b > 0.5 for b in best) / len(best))
         assert stats["best_above_0.9"] == pytest.approx(sum(b > 0.9 for b in best) / len(best))
         assert stats["median_best_epoch"] == statistics.median(r["best_epoch"] for r in subset)
-        assert stats["model_evals_per_run"] == 12  # written under the earlier name unet_evals
+        assert stats["model_evals_per_run"] == 12
         assert stats["model_backwards_per_run"] == 0
         assert stats["seconds_per_run"] == pytest.approx(sum(r["seconds"] for r in subset) / len(subset))
     # hand-worked: overall best 0.5, 0.4, 0.95 -> mean 0.6166..., initial 0.2, 0.4, 0.6 -> 0.4; epochs 1, 0, 1
@@ -126,14 +132,64 @@ def test_verifier_hacking_is_guide_minus_held_out_per_prompt(results):
     assert "guide − held-out" in text and "judge: +0.150 [+0.150, +0.150]" in text
 
 
-def test_records_written_with_the_earlier_names_read_like_new_ones():
-    from noise_diffusion.results import setting_differences, upgrade_record
+def test_a_record_of_an_earlier_layout_is_a_one_line_error_naming_overwrite(results):
+    folder = run_folder(results / "noise_diffusion", "a cat and a dog", 1)
+    old = json.loads((folder / "result.json").read_text())
+    del old["format"]  # as an earlier version wrote it
+    old["compute"] = {"generations": 3, "unet_evals": 12}
+    write_json_atomic(folder / "result.json", old)
+    with pytest.raises(OutdatedRecordError, match="earlier version.*--overwrite"):
+        RunRecord.load(folder)
+    summary = report.write_report(results)
+    reasons = [item["reason"] for item in summary["skipped"] if item["folder"] == str(folder)]
+    assert len(reasons) == 1 and "--overwrite" in reasons[0] and "\n" not in reasons[0]
 
-    old = {"prompt": "a cat", "config": {"scorer": {"name": "toy-digits-cnn"}, "search": {"method": "none"}},
-           "compute": {"generations": 1, "unet_evals": 50, "scorer_forward": 1, "scorer_backward": 0}}
-    new = upgrade_record(old)
-    assert new["config"]["verifier"] == {"name": "toy-digits-cnn"} and "scorer" not in new["config"]
-    assert new["compute"] == {"generations": 1, "model_evals": 50, "verifier_forward": 1, "verifier_backward": 0}
-    assert old["config"]["scorer"] == {"name": "toy-digits-cnn"}  # the caller's record is left as it was
-    assert setting_differences(new["config"], {"verifier.name": "toy-digits-cnn"}) == {}
-    assert setting_differences(old["config"], {"verifier.name": "toy-digits-cnn"}) != {}
+
+def _cells(line: str) -> int:
+    """The cells of a markdown table row: split at every ``|`` that no backslash escapes."""
+    import re
+
+    return len(re.split(r"(?<!\\)\|", line))
+
+
+def test_categories_whose_slugs_collide_get_a_grid_each_and_a_pipe_breaks_no_table(tmp_path):
+    nd = {"generations": 2, "model_evals": 8, "model_backwards": 0, "verifier_forward": 2, "verifier_backward": 1}
+    for k, category in enumerate(("left/right", "left right", "a|b")):
+        write_run(tmp_path, "noise_diffusion", category, f"a cat number {k}", 1, [0.2, 0.4], nd, (0.1, 0.3))
+        write_run(tmp_path, "none", category, f"a cat number {k}", 1, [0.2], nd, (0.1, 0.1))
+    summary = report.write_report(tmp_path)
+    grids = summary["figures"]["grids"]["noise_diffusion"]
+    assert len(set(grids.values())) == 3  # one file per category, none overwritten by another
+    assert all((tmp_path / name).stat().st_size > 0 for name in grids.values())
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert any("a\\|b" in line for line in lines)
+    tables = 0
+    for k, line in enumerate(lines):
+        if line.startswith("|---"):  # every row under a table's separator has the separator's number of cells
+            tables += 1
+            row = k + 1
+            while row < len(lines) and lines[row].startswith("|"):
+                assert _cells(lines[row]) == _cells(line), lines[row]
+                row += 1
+    assert tables >= 5  # the overview, the paper's table, per method its categories and its held-out verifier
+
+
+def test_the_report_warns_of_mixed_schedulers_precisions_and_datasets(tmp_path):
+    nd = {"generations": 2, "model_evals": 8, "model_backwards": 0, "verifier_forward": 2, "verifier_backward": 1}
+    made = {"a cat": ("ddim", "bfloat16", "simple"), "a dog": ("default", "float32", None)}
+    for prompt, (scheduler, dtype, kind) in made.items():
+        folder = write_run(tmp_path, "noise_diffusion", "animals", prompt, 1, [0.2, 0.4], nd, kind=kind)
+        record = json.loads((folder / "result.json").read_text())
+        record["config"]["generator"] = {"model": "some/model", "scheduler": scheduler, "num_steps": 2,
+                                         "guidance_scale": 7.5, "height": 8, "width": 8, "dtype": "float32"}
+        record["config"]["verifier"] = {"model": "guide", "dtype": dtype}
+        write_json_atomic(folder / "result.json", record)
+    summary = report.write_report(tmp_path)
+    assert summary["mixed_settings"] == {
+        "noise_diffusion": 'scheduler: "ddim" / "default", verifier_dtype: "bfloat16" / "float32"'}
+    assert summary["mixed_datasets"] == [f"simple (SHA-256 {DATASET_SHA[k][:12]}…)" for k in (None, "simple")]
+    text = (tmp_path / "summary.md").read_text()
+    assert "different settings** (scheduler" in text and "runs of different datasets" in text
+    # one of the two datasets is the authors' file: the pooled rows are not the paper's set, and the report says so
+    assert summary["methods"]["noise_diffusion"]["paper"] is None
+    assert "No paper numbers for noise_diffusion: their dataset is not byte for byte the authors'" in text

@@ -36,13 +36,14 @@ def write_run(root, method, category, prompt, seed, scores, held_out=None):
         Image.new("RGB", (16, 8), (shade, seed * 40 % 255, 120)).save(folder / name)
     best = max(range(len(scores)), key=lambda k: (scores[k], -k))
     record = {
-        "prompt": prompt, "seed": seed, "initial_score": scores[0], "best_score": scores[best], "best_epoch": best,
+        "format": 2, "prompt": prompt, "seed": seed, "initial_score": scores[0], "best_score": scores[best], "best_epoch": best,
         "epochs": [{"epoch": k, "score": s} for k, s in enumerate(scores)], "seconds": 0.1,
-        "compute": {"generations": len(scores), "model_evals": 4 * len(scores), "verifier_forward": len(scores),
+        "compute": {"generations": len(scores), "model_evals": 4 * len(scores), "model_backwards": 0,
+                    "verifier_forward": len(scores),
                     "verifier_backward": len(scores) - 1},
         "files": {"best": "best.png", "initial": "initial.png"},
-        "config": {"search": {"method": method}, "verifier": {"name": GUIDE},
-                   "evaluation": {"category": category, "name": "prompts", "kind": None}},
+        "config": {"search": {"method": method}, "verifier": {"model": GUIDE},
+                   "evaluation": {"category": category, "name": "prompts", "sha256": "0" * 64}},
     }
     write_json_atomic(folder / "result.json", record)
     if held_out is not None:

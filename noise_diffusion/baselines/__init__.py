@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..results import RunResult
+from ..search_state import ItemProgress
 from .attend_and_excite import attend_and_excite_guidance
 from .attention import AttentionStore, attach_store, default_resolution
 from .guidance import Counter, guided_sample
@@ -111,7 +111,7 @@ def run_baseline(
     attention_res: int | None = None,
     max_iter_to_alter: int = 25,
 ):
-    """Run a baseline for each (prompt, seed); returns one :class:`~noise_diffusion.optimize.RunResult` each."""
+    """Run a baseline for each (prompt, seed); returns one :class:`~noise_diffusion.search_state.ItemProgress` each."""
     from tqdm.auto import tqdm
 
     if method not in BASELINES:
@@ -136,7 +136,7 @@ def run_baseline(
         seconds = time.perf_counter() - started
         image = image[0].float().cpu()
         record = {"epoch": 0, "score": score, "accepted": True, "seconds": seconds, method: info}
-        result = RunResult(prompt, int(seed), image, score, image, latent[0].float().cpu(), score, 0, [record])
+        result = ItemProgress(prompt, int(seed), image, score, image, latent[0].float().cpu(), score, 0, [record])
         result.compute = {"generations": 1, "model_evals": counter.forwards, "model_backwards": counter.backwards,
                           "verifier_forward": 1, "verifier_backward": 0}
         result.seconds = seconds

@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import cli
-from ..baselines.tokens import require_subjects
-from ..catalogue import CATALOGUE, catalogue_lines
-from ..datasets import load_dataset
-from ..evaluation import evaluate
-from ..methods import METHODS
-from ..paper_table import paper_table
-from ..report import OVERALL, write_report
+from .startup import interruptible_start
+
+with interruptible_start():  # the imports of a starting command
+    from .. import cli
+    from ..catalogue import CATALOGUE, catalogue_lines
+    from ..evaluation import evaluate
+    from ..methods import METHODS
+    from ..paper_table import paper_table
+    from ..report import OVERALL, write_report
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -86,14 +87,13 @@ DATASETS_EPILOG = ("\nPrompt sets by name (--dataset NAME), with their number of
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.report:
+    if args.report is not None:
         summary = write_report(args.report)
         print_overall(summary, args.report)
         return 0
 
     searches = [cli.search_config(args, keep_epoch_images=args.save_all_epochs, method=method)
                 for method in dict.fromkeys(args.methods or [args.method])]
-    check_subjects(args.dataset, args.categories, args.limit, [s.method for s in searches])
     summary = evaluate(
         args.dataset, cli.seed_list(args.seeds), searches, cli.generator_spec(args), cli.verifier_spec(args),
         args.result_root, categories=args.categories, limit=args.limit, batch_size=args.batch_size,
@@ -103,14 +103,6 @@ def main(argv=None) -> int:
     if summary is not None:
         print_overall(summary, args.result_root)
     return 0
-
-
-def check_subjects(dataset: str, categories, limit, methods: list[str]) -> None:
-    """The attention baselines need two subjects in every prompt without 'indices': checked before models load."""
-    attention = [m for m in methods if METHODS[m].baseline]
-    if attention:
-        prompts = [e.prompt for e in load_dataset(dataset, categories, limit) if not e.indices]
-        require_subjects(prompts, attention[0])
 
 
 def print_overall(summary: dict, root) -> None:

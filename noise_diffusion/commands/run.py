@@ -8,7 +8,10 @@ Example (the paper's settings):
 
 from __future__ import annotations
 
-from .. import api, cli
+from .startup import interruptible_start
+
+with interruptible_start():  # the imports of a starting command
+    from .. import api, cli
 
 
 def parse_args(argv=None):
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
         overwrite=args.overwrite, progress=not args.quiet, token_indices=args.token_indices,
     )
     folder = api.run_folder(args.result_root, args.prompt, args.seed)
-    prefix = "already finished (use --overwrite to redo): " if isinstance(result, dict) else ""
+    prefix = "already finished (use --overwrite to redo): " if result.images is None else ""
     print(prefix + api.summary_line(result, folder))
     return 0
 

@@ -137,6 +137,15 @@ def test_pass_reproduces_sampling_and_counts_backwards(folders, scheduler, calls
     torch.testing.assert_close(replay, expected, rtol=1e-5, atol=1e-8)
 
 
+def test_checkpointing_by_default_only_with_more_than_one_call(folders):
+    turbo = load_generator(folders["sd-turbo"], scheduler="default", num_steps=1, guidance_scale=0.0)
+    z = initial_latents(turbo.latent_shape, [3])
+    assert not turbo.exact(z, turbo.encode_prompts(PROMPTS[:1])).checkpointed  # one call: nothing to save
+    two_steps = load_generator(folders["sd-turbo"], scheduler="default", num_steps=2, guidance_scale=0.0)
+    assert two_steps.exact(z, two_steps.encode_prompts(PROMPTS[:1])).checkpointed
+    assert not two_steps.exact(z, two_steps.encode_prompts(PROMPTS[:1]), checkpointing=False).checkpointed
+
+
 def test_gradient_agreement_by_hand():
     exact = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     replay = torch.tensor([[8.0, 6.0], [0.0, 2.0]])

@@ -81,7 +81,7 @@ class Generator(Protocol):
     def decode(self, latents: Tensor) -> Tensor:
         """Latents to images ``[B, 3, H, W]`` in [0, 1] (differentiable)."""
 
-    def exact(self, z: Tensor, conditioning: Any, checkpointing: bool = True) -> ExactPass:
+    def exact(self, z: Tensor, conditioning: Any, checkpointing: bool | None = None) -> ExactPass:
         """The sampling pass under autograd through every network call, with the predictions recorded."""
 
     def settings(self) -> dict:
@@ -357,9 +357,9 @@ class DiffusersGenerator:
             raise ValueError(f"record has {len(record)} steps, the scheduler {steps}")
         return self.denoise(z, lambda model_input, t, i: record[i])
 
-    def exact(self, z: Tensor, conditioning: Conditioning, checkpointing: bool = True) -> ExactPass:
+    def exact(self, z: Tensor, conditioning: Conditioning, checkpointing: bool | None = None) -> ExactPass:
         """The sampling pass under autograd through every network call, classifier-free guidance included, each
-        step's call checkpointed when ``checkpointing`` (see :mod:`.exact`)."""
+        step's call checkpointed when ``checkpointing`` (default: when there is more than one; see :mod:`.exact`)."""
         return exact_pass(self, z, conditioning, checkpointing)
 
     def decode(self, latents: Tensor) -> Tensor:

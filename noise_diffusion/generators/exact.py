@@ -42,6 +42,8 @@ class ExactPass:
     record: list[Tensor]
     model_evals: int
     model_backwards: int = 0
+    #: whether each network call was checkpointed
+    checkpointed: bool = False
 
     def gradients(self, grad_latents: Tensor) -> tuple[Tensor, Tensor]:
         """(exact, replay) gradients with respect to ``z`` of a score whose gradient at the final latents is
@@ -55,15 +57,18 @@ class ExactPass:
         return exact, replay
 
 
-def exact_pass(generator, z: Tensor, conditioning, checkpointing: bool = True) -> ExactPass:
+def exact_pass(generator, z: Tensor, conditioning, checkpointing: bool | None = None) -> ExactPass:
     """The guided sampling pass from ``z`` under autograd (see the module docstring). ``z`` becomes a leaf that requires
-    gradients unless it already does (e.g. a reparametrised noise, to differentiate further back)."""
+    gradients unless it already does (e.g. a reparametrised noise, to differentiate further back). ``checkpointing``
+    ``None``: on when the pass makes more than one network call (a 1-step model would only pay the recomputation)."""
     if not z.requires_grad:
         z = z.detach().requires_grad_(True)
     guided = generator.guided(conditioning)
     evals_per_step = 2 if generator.do_cfg else 1
+    if checkpointing is None:
+        checkpointing = generator.model_evals_per_generation > evals_per_step
     record: list[Tensor] = []
-    result = ExactPass(generator, z, z, record, model_evals=0)
+    result = ExactPass(generator, z, z, record, model_evals=0, checkpointed=bool(checkpointing))
 
     def counted(grad: Tensor) -> None:  # runs when the backward reaches this step's prediction
         result.model_backwards += evals_per_step

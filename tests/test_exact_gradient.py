@@ -12,7 +12,7 @@ import torch
 from noise_diffusion.generators import load_generator
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.generators.exact import gradient_agreement
-from noise_diffusion.testing.families import build_tiny_flux_pipeline, build_tiny_sdxl_pipeline
+from noise_diffusion.testing.families import build_tiny_flux_pipeline, build_tiny_sd3_pipeline, build_tiny_sdxl_pipeline
 from noise_diffusion.testing.families import build_tiny_turbo_pipeline
 
 PROMPTS = ["a red cat", "a dog on a bench"]
@@ -26,6 +26,7 @@ def folders(tmp_path_factory, tiny_sd_dir):
         "sd-turbo": str(build_tiny_turbo_pipeline(root / "sd_turbo", "sd-turbo")),
         "sdxl": str(build_tiny_sdxl_pipeline(root / "sdxl")),
         "flux": str(build_tiny_flux_pipeline(root / "flux", variant="schnell")),
+        "sd3": str(build_tiny_sd3_pipeline(root / "sd3")),
     }
 
 
@@ -66,6 +67,7 @@ CASES = {
     "sd-turbo-euler-1-step": ("sd-turbo", dict(scheduler="default", num_steps=1, guidance_scale=0.0), False, 0.2, 1e-3),
     "sdxl-euler-cfg": ("sdxl", dict(scheduler="default", num_steps=2, guidance_scale=5.0), False, 0.2, 1e-3),
     "flux-schnell-flow-euler": ("flux", dict(num_steps=3), False, 0.2, 1e-3),
+    "sd3-flow-euler-cfg": ("sd3", dict(num_steps=2, guidance_scale=7.0), False, 0.2, 1e-3),
 }
 
 

@@ -11,7 +11,7 @@ import torch
 
 from noise_diffusion.generators import load_generator
 from noise_diffusion.generators.base import initial_latents
-from noise_diffusion.generators.exact import gradient_agreement
+from noise_diffusion.generators.exact import gradient_agreement, scored_gradients
 from noise_diffusion.testing.families import build_tiny_flux_pipeline, build_tiny_sd3_pipeline, build_tiny_sdxl_pipeline
 from noise_diffusion.testing.families import build_tiny_turbo_pipeline
 
@@ -137,6 +137,26 @@ def test_pass_reproduces_sampling_and_counts_backwards(folders, scheduler, calls
     leaf = z.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(score(generator.replay(leaf, sampled.record)), leaf)
     torch.testing.assert_close(replay, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_scored_gradients_for_the_loop(folders):
+    """The loop's one call: scores and images of the sampler's latents, and both gradients of the scores."""
+    generator = load_generator(folders["sd"], scheduler="ddim", num_steps=3, guidance_scale=7.5)
+    conditioning = generator.encode_prompts(PROMPTS)
+    z = initial_latents(generator.latent_shape, [3, 5])
+    weights = torch.randn(len(PROMPTS), 3, generator.height, generator.width, generator=torch.Generator().manual_seed(1))
+    objective = lambda images: (images * weights).flatten(1).sum(1)  # noqa: E731  per-item scores
+    result = scored_gradients(generator, z, conditioning, objective)
+    sampled = generator.sample(z, conditioning)
+    with torch.no_grad():
+        torch.testing.assert_close(result.scores, objective(generator.decode(sampled.latents)))
+    leaf = z.clone().requires_grad_(True)
+    (replay,) = torch.autograd.grad(objective(generator.decode(generator.replay(leaf, sampled.record))).sum(), leaf)
+    torch.testing.assert_close(result.replay, replay, rtol=1e-5, atol=1e-8)
+    exact_pass = generator.exact(z, conditioning, checkpointing=False)
+    (exact,) = torch.autograd.grad(objective(generator.decode(exact_pass.latents)).sum(), exact_pass.z)
+    torch.testing.assert_close(result.exact, exact, rtol=1e-5, atol=1e-8)
+    assert result.exact_pass.model_backwards == result.exact_pass.model_evals == 6
 
 
 def test_checkpointing_by_default_only_with_more_than_one_call(folders):

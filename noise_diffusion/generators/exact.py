@@ -20,7 +20,7 @@ decoder and the verifier are differentiated once and the replay needs no model c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -87,6 +87,32 @@ def exact_pass(generator, z: Tensor, conditioning, checkpointing: bool | None = 
     with torch.enable_grad():
         result.latents = generator.denoise(z, predict)
     return result
+
+
+@dataclass
+class ScoredGradients:
+    """What one exact-gradient evaluation gives the search loop, per item of the batch."""
+
+    scores: Tensor  # the objective's scores (detached)
+    images: Tensor  # the decoded images (detached)
+    exact: Tensor  # d score / d z through every network call
+    replay: Tensor  # d score / d z with the predictions held fixed
+    exact_pass: ExactPass  # its ``latents`` and ``record`` are the sampler's; its counts are the compute spent
+
+
+def scored_gradients(generator, z: Tensor, conditioning, objective: Callable[[Tensor], Tensor],
+                     checkpointing: bool | None = None) -> ScoredGradients:
+    """One sampling pass under autograd, the decode and ``objective(images) -> [B]`` scores, and both gradients of
+    the scores with respect to ``z``: the decoder and the objective are differentiated once, at the final latents.
+    Items are independent, so the gradient of the sum is each item's own."""
+    exact_pass = generator.exact(z, conditioning, checkpointing)
+    final = exact_pass.latents.detach().requires_grad_(True)
+    with torch.enable_grad():
+        images = generator.decode(final)
+        scores = objective(images)
+    (at_final,) = torch.autograd.grad(scores.sum(), final)
+    exact, replay = exact_pass.gradients(at_final)
+    return ScoredGradients(scores.detach(), images.detach(), exact, replay, exact_pass)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The performance benchmarks on one GPU, as one prepared script (about 8-10 minutes on an H100/H200 per part; steps 1-5
-# are the epoch figures, step 6 the experiments, step 7 the batched verifier: drop parts when device time is short).
+# are the epoch figures, step 6 the experiments, step 7 the batched verifier, step 8 the exact gradient: drop parts when
+# device time is short).
 #
-#   bash benchmarks/gpu_suite.sh [OUTDIR] [main|experiments|verifier|all]   (defaults: $OUT if set, else gpu_results; all)
-# "main" (steps 1-5, at most 10 min by the step limits), "experiments" (step 6, at most 7 min) and "verifier" (step 7,
-# at most 10 min) fit one 10-minute device call each.
+#   bash benchmarks/gpu_suite.sh [OUTDIR] [main|experiments|verifier|exact|all]  (defaults: $OUT if set, else gpu_results; all)
+# "main" (steps 1-5, at most 10 min by the step limits), "experiments" (step 6, at most 7 min), "verifier" (step 7,
+# at most 10 min) and "exact" (step 8, at most 4 min) fit one 10-minute device call each.
 #
 # Models are the real SD1.4 architecture and the CLIP-FlanT5-XL/XXL shapes with random weights (no download: a machine
 # without network can run it), plus the toy world when it is installed. Timings do not depend on the weights' values;
@@ -85,5 +86,11 @@ step sd14_fp16_xl_vqamicro 90 "$PY" $B/epoch_cost.py --preset sd14 --dtype float
 step epoch_breakdown_full 150 "$PY" $B/epoch_breakdown.py --device cuda:0 --num_steps 50 --vae_size 512 \
   --verifier_layers 23 24 --dtype float16 --vqa_dtype bfloat16 --batch_size 1 4 --repeats 2 \
   --json "$OUTDIR/epoch_breakdown_full.json"
+fi
+if [ "$PARTS" = exact ] || [ "$PARTS" = all ]; then
+# 8. the exact gradient through every UNet call against the replay, at the real shapes (SD1.4 512², 50 DDIM steps,
+#    CFG; SD-Turbo 512², 1 Euler step): time and peak memory, fp16; a variant whose estimate exceeds the GPU is skipped
+step exact_gradient_full 240 "$PY" $B/exact_gradient_cost.py --device cuda:0 --full --dtype float16 --repeats 2 \
+  --json "$OUTDIR/exact_gradient_full.json"
 fi
 echo "wrote $LOG"

@@ -71,9 +71,9 @@ SAMPLING_DEFAULTS_FILE = "noise_diffusion.json"
 
 def sampling_defaults(path: str, cls: type) -> dict:
     """Settings used where the caller passes ``None``: the folder's :data:`SAMPLING_DEFAULTS_FILE` over the family's
-    recommended :class:`Sampling` (the sampling settings it sets; a family with variants adds its variant's when it
-    is built)."""
-    defaults = cls.SAMPLING.given()
+    recommended :class:`Sampling` (the sampling settings it sets, with those of the checkpoint ``path`` where the family
+    declares its own, e.g. SD-Turbo's; a family with variants adds its variant's when it is built)."""
+    defaults = cls.checkpoint_sampling(path).given()
     file = os.path.join(path, SAMPLING_DEFAULTS_FILE)
     if os.path.isfile(file):
         defaults.update(read_json_object(file))

@@ -9,6 +9,8 @@ expensive part never has to be differentiated:
    through a fresh scheduler, so that the final latent is a differentiable (affine) function of ``z``;
 3. :meth:`Generator.decode` maps final latents to images ``[B, 3, H, W]`` in ``[0, 1]``.
 
+:meth:`Generator.exact` differentiates the sampler itself instead, through every network call (:mod:`.exact`).
+
 ``z`` is always standard normal: a model whose scheduler scales the initial noise (``init_noise_sigma``) applies that
 scale inside ``sample`` and ``replay``, so that the Noise Diffusion update keeps its meaning.
 """
@@ -23,8 +25,9 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import Registry
+from .exact import ExactPass, exact_pass
 from .placement import place_pipeline, upcast_vae_if_needed
-from .schedulers import unet_scheduler
+from .schedulers import check_deterministic, unet_scheduler
 from .settings import MemoryOptions, Sampling
 
 #: ``_class_name`` of a checkpoint's ``model_index.json`` -> the generator class for it
@@ -77,6 +80,9 @@ class Generator(Protocol):
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents to images ``[B, 3, H, W]`` in [0, 1] (differentiable)."""
+
+    def exact(self, z: Tensor, conditioning: Any, checkpointing: bool | None = None) -> ExactPass:
+        """The sampling pass under autograd through every network call, with the predictions recorded."""
 
     def settings(self) -> dict:
         """The generation settings, for the result record."""
@@ -155,6 +161,8 @@ class DiffusersGenerator:
     PREFERRED_DTYPE = "float16"
     #: short model names -> Hub ids, registered with the family
     aliases: dict[str, str] = {}
+    #: recommended settings of particular checkpoints (Hub id -> the fields that differ from ``SAMPLING``)
+    CHECKPOINT_SAMPLING: dict[str, Sampling] = {}
     #: keep a float16 VAE that overflows (``force_upcast``) in float32, as diffusers' pipeline of this family does
     UPCAST_VAE = False
 
@@ -165,7 +173,8 @@ class DiffusersGenerator:
     ):
         """Load a pipeline folder or Hub id of this family and place it. ``options``: the fields of :class:`Sampling`
         and :class:`MemoryOptions` (see :mod:`.placement`) and the keyword arguments of the family's ``__init__``."""
-        sampling, memory = Sampling.take(options), MemoryOptions.take(options)
+        sampling = Sampling.take(options).over(cls.checkpoint_sampling(str(name_or_path)))
+        memory = MemoryOptions.take(options)
         try:
             pipe = cls.load_pipeline(name_or_path, dtype, **options)
         except UserError:
@@ -190,9 +199,17 @@ class DiffusersGenerator:
         return cls.SAMPLING
 
     @classmethod
+    def checkpoint_sampling(cls, path: str) -> Sampling:
+        """The recommended sampling settings of the checkpoint ``path`` (a Hub id): its own, over the family's."""
+        return cls.CHECKPOINT_SAMPLING.get(path, Sampling()).over(cls.SAMPLING)
+
+    @classmethod
     def recommended(cls) -> dict[str, Sampling]:
-        """The recommended sampling settings by name (the family's ``LABEL``, or one per variant), for help texts."""
-        return {cls.LABEL: cls.SAMPLING}
+        """The recommended sampling settings by name (the family's ``LABEL``, or one per variant, and the short name
+        of each checkpoint with its own), for help texts."""
+        own = {alias: cls.checkpoint_sampling(path) for alias, path in cls.aliases.items()
+               if path in cls.CHECKPOINT_SAMPLING}
+        return {cls.LABEL: cls.SAMPLING, **own}
 
     @property
     def device(self) -> torch.device:
@@ -246,6 +263,7 @@ class DiffusersGenerator:
         self.scheduler_name = sampling.scheduler
         self.scheduler_class, self.scheduler_config = self._schedulers(pipe.scheduler, sampling.scheduler)
         self.num_steps, self.guidance_scale = int(sampling.num_steps), float(sampling.guidance_scale)
+        check_deterministic(self.scheduler_class, self.num_steps)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         native = (denoiser.config.sample_size * self.vae_scale) if None in (sampling.height, sampling.width) else None
         self.height, self.width = sampling.height or native, sampling.width or native
@@ -339,6 +357,11 @@ class DiffusersGenerator:
             raise ValueError(f"record has {len(record)} steps, the scheduler {steps}")
         return self.denoise(z, lambda model_input, t, i: record[i])
 
+    def exact(self, z: Tensor, conditioning: Conditioning, checkpointing: bool | None = None) -> ExactPass:
+        """The sampling pass under autograd through every network call, classifier-free guidance included, each
+        step's call checkpointed when ``checkpointing`` (default: when there is more than one; see :mod:`.exact`)."""
+        return exact_pass(self, z, conditioning, checkpointing)
+
     def decode(self, latents: Tensor) -> Tensor:
         return decode_latents(self.vae, latents)
 
@@ -357,7 +380,8 @@ def decode_latents(vae, latents: Tensor) -> Tensor:
     else:
         latents = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
     images = vae.decode(latents, return_dict=False)[0]
-    return (images.float() / 2 + 0.5).clamp(0, 1)
+    images = images.to(torch.promote_types(images.dtype, torch.float32))  # half precision up; float64 stays
+    return (images / 2 + 0.5).clamp(0, 1)
 
 
 def first_line(error: BaseException) -> str:

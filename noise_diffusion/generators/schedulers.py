@@ -20,6 +20,15 @@ def unet_scheduler(pipe_scheduler, choice: str):
     raise UserError(f"unknown scheduler {choice!r}; choose from ddim, default")
 
 
+def check_deterministic(scheduler_class: type, num_steps: int) -> None:
+    """Refuse an ancestral sampler (SDXL-Turbo ships Euler ancestral) where it adds noise: it adds
+    ``sigma_up * noise`` after every step, with ``sigma_up = 0`` only at the last one (it lands on sigma 0), so a
+    1-step pass is deterministic, and equals plain Euler, while longer passes are not, and the replay needs them to be."""
+    if "Ancestral" in scheduler_class.__name__ and num_steps > 1:
+        raise UserError(f"the checkpoint's {scheduler_class.__name__} adds noise at every step but the last, so "
+                        f"{num_steps} steps cannot be replayed: use 1 step or --scheduler ddim")
+
+
 def flow_scheduler(pipe_scheduler, choice: str | None):
     """The flow-matching Euler scheduler of an SD3/FLUX checkpoint: their one deterministic sampler, selected by both
     ``"ddim"`` (the command-line default) and ``"default"``."""

@@ -28,7 +28,12 @@ class StableDiffusionXLGenerator(DiffusersGenerator):
 
     pipeline = "StableDiffusionXLPipeline"
     family = "stable-diffusion-xl"
-    aliases = {"sdxl-base-1.0": "stabilityai/stable-diffusion-xl-base-1.0"}
+    aliases = {"sdxl-base-1.0": "stabilityai/stable-diffusion-xl-base-1.0", "sdxl-turbo": "stabilityai/sdxl-turbo"}
+    #: SDXL-Turbo: 1 step of its own Euler ancestral scheduler ("trailing" spacing), guidance 0, 512x512 (its model
+    #: card and scheduler config); at 1 step the ancestral sampler adds no noise (see ``schedulers.check_deterministic``)
+    CHECKPOINT_SAMPLING = {
+        "stabilityai/sdxl-turbo": Sampling(num_steps=1, guidance_scale=0.0, height=512, width=512, scheduler="default")
+    }
     LABEL = "SDXL"
     #: diffusers' SDXL defaults (guidance 5.0, 50 steps, 1024x1024; the model card shows the same size)
     SAMPLING = Sampling(num_steps=50, guidance_scale=5.0, height=1024, width=1024, scheduler="ddim")

@@ -33,6 +33,19 @@ SD3_VAE_FACTORS = (1.5305, 0.0609)
 FLUX_VAE_FACTORS = (0.3611, 0.1159)
 SDXL_VAE_SCALING = 0.13025
 
+#: the published scheduler configs of stabilityai/sd-turbo (Euler) and stabilityai/sdxl-turbo (Euler ancestral),
+#: key for key as their scheduler/scheduler_config.json (keys another class left there included)
+_TURBO_COMMON = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1, interpolation_type="linear",
+    clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, sample_max_value=1.0, trained_betas=None,
+)
+TURBO_SCHEDULERS = {
+    "sd-turbo": {"_class_name": "EulerDiscreteScheduler", **_TURBO_COMMON, "use_karras_sigmas": False,
+                 "timestep_type": "discrete", "sigma_min": None, "sigma_max": None},
+    "sdxl-turbo": {"_class_name": "EulerAncestralDiscreteScheduler", **_TURBO_COMMON},
+}
+
 #: tiny images are 32x32 pixels (the tiny CLIP verifier's input size); latents 16x16
 TINY_SIZE = 32
 
@@ -188,3 +201,24 @@ def build_tiny_flux_pipeline(
     )
     sampling = {"height": TINY_SIZE, "width": TINY_SIZE, "num_steps": num_steps, "max_sequence_length": 32}
     return _finish(pipe, folder, sampling)
+
+
+def build_tiny_turbo_pipeline(folder: str | os.PathLike, kind: str = "sd-turbo", seed: int = 0) -> Path:
+    """A tiny SD (``"sd-turbo"``) or SDXL (``"sdxl-turbo"``) pipeline whose scheduler config is the turbo checkpoint's
+    own (:data:`TURBO_SCHEDULERS`); its ``noise_diffusion.json`` sets only the tiny image size."""
+    from . import build_tiny_sd_pipeline
+
+    if kind not in TURBO_SCHEDULERS:
+        raise ValueError(f"kind must be one of {', '.join(TURBO_SCHEDULERS)}, got {kind!r}")
+    folder = Path(folder)
+    if kind == "sd-turbo":
+        build_tiny_sd_pipeline(folder, seed=seed)
+    else:
+        build_tiny_sdxl_pipeline(folder, seed=seed)
+    config = TURBO_SCHEDULERS[kind]
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config), encoding="utf-8")
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    index["scheduler"] = ["diffusers", config["_class_name"]]
+    (folder / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
+    (folder / "noise_diffusion.json").write_text(json.dumps({"height": TINY_SIZE, "width": TINY_SIZE}), encoding="utf-8")
+    return folder

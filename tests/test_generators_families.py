@@ -150,7 +150,7 @@ def test_run_py_three_epochs_end_to_end(folders, family, tiny_clip_dir, tmp_path
     assert record["config"]["generator"][memory_flag.removeprefix("--")] is True  # the flag reached the generator
     assert [e["epoch"] for e in record["epochs"]] == [0, 1, 2, 3]
     assert record["best_score"] == max(e["score"] for e in record["epochs"])
-    gen = record["config"]["generator"]
+    gen = record["config"]["models"]["generator"]  # the built model's own settings
     assert gen["family"] == {"sd3": "stable-diffusion-3", "sdxl": "stable-diffusion-xl", "flux": "flux"}[family]
     per_generation = 4 * (1 if family == "flux" else 2)
     assert record["compute"]["model_evals"] == 4 * per_generation  # 4 generations: initial + 3 epochs

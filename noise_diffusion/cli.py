@@ -24,7 +24,7 @@ def family_defaults(field: str) -> str:
     for family in dict.fromkeys(GENERATORS.values()):
         for label, sampling in family.recommended().items():
             value = getattr(sampling, field)
-            text = "the checkpoint's native size" if value is None else f"{value:g}"
+            text = "the checkpoint's native size" if value is None else (value if isinstance(value, str) else f"{value:g}")
             if field in ("height", "width") and family.SIZE_NOTE and label == family.LABEL:
                 text += f" ({family.SIZE_NOTE})"
             groups.setdefault(text, []).append(label)
@@ -38,11 +38,11 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     recommended = "the family's recommended setting, unless the model folder's noise_diffusion.json sets its own"
     g.add_argument("--num_denoising_steps", type=positive_int, default=None,
                    help=f"sampler steps per generation (default: {recommended}: {family_defaults('num_steps')})")
-    g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim",
+    g.add_argument("--scheduler", choices=("ddim", "default"), default=None,
                    help="'ddim' (eta=0, the paper's experiments) or 'default' (the checkpoint's own, e.g. PNDM for "
                         "SD1.4, as the authors' release script; the Euler of sd-turbo and sdxl-turbo, which their "
                         "model cards use); SD3 and FLUX have one sampler, flow-matching Euler, for both "
-                        "(default: %(default)s)")
+                        f"(default: the family's recommended: {family_defaults('scheduler')})")
     g.add_argument("--guidance_scale", type=finite_float, default=None,
                    help=f"guidance scale, classifier-free or (FLUX.1-dev) distilled (default: {recommended}: "
                         f"{family_defaults('guidance_scale')})")

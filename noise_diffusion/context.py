@@ -58,8 +58,8 @@ def recorded_generator(model, given: GeneratorSpec | None = None) -> GeneratorSp
     settings = model.settings()
     spec = given or GeneratorSpec(model=model.name, scheduler=getattr(model, "scheduler_name", "ddim"),
                                   negative_prompt=getattr(model, "negative_prompt", None) or "")
-    used = {key: settings[key] for key in (*SAMPLING, "dtype") if settings.get(key) is not None}
-    return replace(spec, device=str(model.device), **used)
+    used = {key: settings[key] for key in (*SAMPLING, "dtype") if key != "scheduler" and settings.get(key) is not None}
+    return replace(spec, device=str(model.device), scheduler=getattr(model, "scheduler_name", spec.scheduler), **used)
 
 
 def recorded_verifier(verifier, given: VerifierSpec | None = None) -> VerifierSpec:

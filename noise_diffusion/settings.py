@@ -29,7 +29,7 @@ GENERATOR_SETTINGS = ("model", "scheduler", "num_steps", "guidance_scale", "nega
 VERIFIER_SETTINGS = {"model": "verifier", "dtype": "verifier_dtype", "question": "question", "answer": "answer",
                      "resize": "resize"}
 #: the sampling settings a family gives a default for
-SAMPLING = ("num_steps", "guidance_scale", "height", "width")
+SAMPLING = ("num_steps", "guidance_scale", "height", "width", "scheduler")
 
 
 @dataclass(frozen=True)

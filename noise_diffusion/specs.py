@@ -65,7 +65,7 @@ class GeneratorSpec:
     model: str = "CompVis/stable-diffusion-v1-4"
     device: str | None = None
     dtype: str = "float32"
-    scheduler: str = "ddim"
+    scheduler: str | None = None  # None: the family's recommended scheduler
     num_steps: int | None = None
     guidance_scale: float | None = None
     negative_prompt: str = ""
@@ -83,7 +83,7 @@ class GeneratorSpec:
         """The checks that need no weights: numbers in range, a device this machine has, a supported model."""
         if self.num_steps is not None and self.num_steps < 1:
             raise UserError(f"num_denoising_steps must be >= 1, got {self.num_steps}")
-        if self.scheduler not in ("ddim", "default"):
+        if self.scheduler not in (None, "ddim", "default"):
             raise UserError(f"unknown scheduler {self.scheduler!r}; choose from ddim, default")
         if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
             raise UserError(f"guidance_scale must be a finite number, got {self.guidance_scale}")

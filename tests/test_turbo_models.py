@@ -108,3 +108,18 @@ def test_sd_turbo_with_guidance_runs_both_halves(as_turbo):
     theirs = generator.pipe(prompt=PROMPTS, num_inference_steps=2, guidance_scale=2.0, negative_prompt=[""] * len(PROMPTS),
                             latents=z.clone(), output_type="pt").images
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", HUB_IDS)
+def test_command_line_without_scheduler_flag_gets_the_turbo_scheduler(as_turbo, kind):
+    """run.py's flags leave the scheduler to the family, so a turbo checkpoint samples with its own Euler, as
+    load_generator does; the recorded spec names the scheduler that ran."""
+    from noise_diffusion.cli import generator_spec
+    from noise_diffusion.commands.run import parse_args
+    from noise_diffusion.context import recorded_generator
+
+    spec = generator_spec(parse_args(["--prompt", "a red cat", "--sd_version", as_turbo[kind], "--device", "cpu"]))
+    assert spec.scheduler is None
+    generator = spec.build()
+    assert generator.scheduler_class.__name__ == SCHEDULERS[kind]
+    assert recorded_generator(generator, spec).scheduler == "default"

@@ -153,3 +153,40 @@ def test_every_recorded_epoch_holds_the_prior_statistics_of_its_latent():
             assert math.isfinite(epoch.info[KS])
     assert state.items[0].epochs[1].info["candidate"] == 7  # the method's own info is kept beside them
     assert state.items[1].epochs[1].info[NORM_GAP] > 5
+
+
+def _ablation_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_toy.py"
+    spec = importlib.util.spec_from_file_location("ablation_toy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_toy_ablation_sample_is_balanced_distinct_and_fixed_by_its_seed():
+    from noise_diffusion.datasets import resolve
+
+    script = _ablation_script()
+    held = {e["prompt"]: e["held_out"] for e in json.loads(resolve("toy-complex").read_text())}
+    sample = script.choose_prompts(10, 0)
+    assert [len(sample["seen"]), len(sample["held_out"])] == [5, 5]
+    assert all(not held[e["prompt"]] for e in sample["seen"]) and all(held[e["prompt"]] for e in sample["held_out"])
+    prompts = [e["prompt"] for group in sample.values() for e in group]
+    assert len(set(prompts)) == 10 and script.choose_prompts(10, 0) == sample != script.choose_prompts(10, 1)
+
+
+def test_the_toy_ablation_pairs_each_method_with_noise_diffusion_by_prompt_and_seed(results):
+    intervals = _ablation_script().paired_intervals(results, resamples=200)
+    by = {(c["method"], c["measure"]): c for c in intervals}
+    last = by["gradient_ascent", "guide best (last)"]
+    # per prompt, seeds averaged: (0.85 − 0.97 + 0.85 − 0.91) / 2 = −0.09 and 0.85 − 0.85 = 0; mean −0.045
+    assert last["mean"] == pytest.approx(-0.045) and last["prompts"] == 2 and last["items"] == 3
+    assert last["negative"] == 1 and last["positive"] == 0
+    at_1 = by["gradient_ascent", "guide best-so-far @1"]  # 0.4 against 0.5, 0.3 (first prompt) and 0.3
+    assert at_1["mean"] == pytest.approx(((0.4 - 0.5 + 0.4 - 0.3) / 2 + (0.4 - 0.3)) / 2)
+    # gradient ascent's records hold no held-out score, no prior statistics, no epoch 5: those are not compared
+    assert {m for m, _ in by} == {"gradient_ascent", "none"}
+    assert not any(m == "gradient_ascent" and ("held-out" in k or "@5" in k or "KS" in k) for m, k in by)

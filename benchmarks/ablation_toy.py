@@ -139,12 +139,12 @@ def markdown(root: Path, intervals: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=16, help="prompts in the sample (default: %(default)s)")
+    parser.add_argument("--prompts", type=int, default=10, help="prompts in the sample (default: %(default)s)")
     parser.add_argument("--sample_seed", type=int, default=0, help="seed of the prompt draw (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every prompt (default: 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every prompt (default: 0 1)")
     parser.add_argument("--max_epoch", type=int, default=10, help="epochs after the initial one (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="methods to run (default: the five rows)")
-    parser.add_argument("--batch_size", type=int, default=8, help="items at once (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=20, help="items at once (default: %(default)s)")
     parser.add_argument("--result_root", default="results/ablation_toy", help="output folder (default: %(default)s)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--report_only", action="store_true", help="only the intervals, from a finished result root")

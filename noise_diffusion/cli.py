@@ -11,6 +11,8 @@ from .arguments import (  # noqa: F401 (re-exported: the argument types of every
 from .errors import UserError
 from .generators import GENERATORS
 from .methods import METHODS
+from .noise_search import ZERO_ORDER_COSINE, ZERO_ORDER_NEIGHBOURS
+from .search_config import GRADIENTS
 from .optimize import ACCEPT_RULES, SearchConfig
 from .specs import GeneratorSpec, VerifierSpec
 
@@ -115,13 +117,27 @@ def add_search_args(parser: argparse.ArgumentParser, with_method: bool = True) -
         g.add_argument("--method", choices=tuple(METHODS), default="noise_diffusion",
                        help="search method: " + "; ".join(f"{m.name}: {m.description}" for m in METHODS.values())
                             + " (default: %(default)s)")
-    g.add_argument("--num_candidate_noises", type=positive_int, default=50,
-                   help="candidate noises drawn per epoch, N (default: %(default)s)")
+    g.add_argument("--num_candidate_noises", type=positive_int, default=None,
+                   help="N: the candidate noises drawn per epoch (noise_diffusion), or the neighbours generated and "
+                        "scored per epoch (zero_order: an epoch then costs N generations, so --max_epoch E there "
+                        "spends what --max_epoch E*N spends for a method with one generation per epoch) "
+                        f"(default: {ZERO_ORDER_NEIGHBOURS} for zero_order, as tt-scale-flux; 50 otherwise)")
     g.add_argument("--max_epoch", type=non_negative_int, default=50,
-                   help="Noise Diffusion epochs after the initial generation (default: %(default)s)")
+                   help="epochs after the initial generation (reno: ReNO's iterations are max_epoch + 1, the last "
+                        "without a backward) (default: %(default)s)")
     g.add_argument("--accept", choices=ACCEPT_RULES, default="always",
-                   help="'always' accept the update (as the authors) or only when the score rises ('improved') "
-                        "(default: %(default)s)")
+                   help="'always' accept the update (as the authors) or only when the score rises ('improved'); "
+                        "zero_order always uses 'improved', reno and mean_variance 'always' (default: %(default)s)")
+    g.add_argument("--gradient", choices=GRADIENTS, default=None,
+                   help="gradient of the score w.r.t. the initial noise, for the methods that use one "
+                        "(noise_diffusion, gradient_ascent, reno, mean_variance): 'replay' = the paper's, the "
+                        "denoiser's predictions held fixed (no denoiser backward); 'exact' = back-propagated through "
+                        "the VAE decode and every denoiser call (guidance included, one step's activations "
+                        "checkpointed at a time), and every epoch then records the cosine and norm ratio of the exact "
+                        "and the replay gradient (default: exact for reno, as ReNO; replay for the others)")
+    g.add_argument("--neighbour_cosine", type=finite_float, default=ZERO_ORDER_COSINE,
+                   help="zero_order only: every neighbour keeps the pivot's norm and has this cosine with it, an "
+                        "angle arccos(c) away (default: %(default)s, tt-scale-flux's threshold)")
     g.add_argument("--target_score", type=unit_float, default=None,
                    help="stop early once the best score reaches this value (default: off, run all epochs)")
     g.add_argument("--step_size", type=positive_float, default=0.1,
@@ -175,5 +191,7 @@ def search_config(args: argparse.Namespace, keep_epoch_images: bool = False, met
         accept=args.accept,
         target_score=args.target_score,
         step_size=args.step_size,
+        gradient=args.gradient,
+        neighbour_cosine=args.neighbour_cosine,
         keep_epoch_images=keep_epoch_images,
     ).validate()

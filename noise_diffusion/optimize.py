@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .generators.base import Generator, initial_latents
+from .generators.exact import gradient_agreement, scored_gradients
 from .methods import METHODS
 from .records import MAX_SEED, RunRecord, check_seed
 from .search_config import ACCEPT_RULES, SearchConfig  # noqa: F401 (re-exported: the loop's settings)
@@ -77,14 +78,17 @@ def optimize(
 def _search(generator, verifier, prompts, seeds, config, initial, progress, on_epoch) -> list[RunRecord]:
     """The epoch loop of the methods that propose latents."""
     method, device, started = METHODS[config.method], generator.device, time.perf_counter()
-    options = {"num_candidates": config.num_candidates, "step_size": config.step_size}
+    options = {"num_candidates": config.candidates, "step_size": config.step_size,
+               "neighbour_cosine": config.neighbour_cosine}
     z = initial_latents(generator.latent_shape, seeds) if initial is None else initial.detach().float().cpu()
     rngs = [torch.Generator(device=device).manual_seed(pool_seed(s)) for s in seeds]
     state = SearchState([ItemProgress(p, s) for p, s in zip(prompts, seeds)], config, on_epoch,
                         active=list(range(len(prompts))))
-    score = _scorer(generator, verifier, prompts, state)
+    # what each item's method keeps across epochs, made once from its initial latent
+    kept = [method.new_state(row) if method.new_state else None for row in z.to(device)]
+    score = _scorer(generator, verifier, prompts, state, config.gradient_used)
     epochs = config.epochs
-    bar = tqdm(range(epochs + 1), disable=not progress or epochs == 0, desc="noise diffusion", leave=False)
+    bar = tqdm(range(epochs + 1), disable=not progress or epochs == 0, desc=config.method, leave=False)
     for epoch in bar:
         if not state.active:
             break
@@ -93,9 +97,13 @@ def _search(generator, verifier, prompts, seeds, config, initial, progress, on_e
             scored, infos = z.to(device), [{} for _ in state.active]
         else:
             z_now, grad_now, scores_now = state.current()
-            scored, infos = method.propose(z_now, grad_now, scores_now, [rngs[i] for i in state.active], options)
-        scores, images, grad = score(scored, method.needs_grad and epoch < epochs)
-        if config.accept == "improved" and epoch > 0:
+            scored, infos = method.propose(z_now, grad_now, scores_now, [rngs[i] for i in state.active], options,
+                                           [kept[i] for i in state.active])
+        if method.candidates and epoch > 0:
+            scored, scores, images, grad = _best_candidate(score, scored, infos)
+        else:
+            scores, images, grad = score(scored, method.needs_grad and epoch < epochs, infos)
+        if config.accept_rule == "improved" and epoch > 0:
             accepted = scores > state.current()[2]
         else:
             accepted = torch.ones_like(scores, dtype=torch.bool)
@@ -106,31 +114,65 @@ def _search(generator, verifier, prompts, seeds, config, initial, progress, on_e
     return state.records(time.perf_counter() - started)
 
 
-def _scorer(generator, verifier, prompts, state: SearchState) -> Callable:
-    """``score(z, need_grad)``: generate and score the active items (the gradient w.r.t. z when asked), counting
-    their compute."""
+def _best_candidate(score: Callable, candidates: Tensor, infos: list[dict]):
+    """Score the K candidates ``[B, K, *S]`` of every item (one batch of B per candidate, so memory is that of one
+    generation per item) and keep each item's best (the first on a tie); its index goes into ``infos``."""
+    best_z = best_scores = best_images = best_index = None
+    for k in range(candidates.shape[1]):
+        scores, images, _ = score(candidates[:, k], False, None)
+        if best_scores is None:
+            best_z, best_scores, best_images = candidates[:, 0], scores, images
+            best_index = torch.zeros_like(scores, dtype=torch.long)
+            continue
+        better = scores > best_scores
+        best_index = torch.where(better, k, best_index)
+        best_scores = torch.where(better, scores, best_scores)
+        best_z = torch.where(_rows(better, best_z), candidates[:, k], best_z)
+        best_images = torch.where(_rows(better.to(images.device), images), images, best_images)
+    for info, index in zip(infos, best_index.tolist()):
+        info["candidate"] = index
+    return best_z, best_scores, best_images, None
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _scorer(generator, verifier, prompts, state: SearchState, gradient: str | None) -> Callable:
+    """``score(z, need_grad, infos)``: generate and score the active items (the gradient w.r.t. z when asked, the
+    replay one or the exact one as ``gradient`` says), counting their compute. With the exact gradient the cosine
+    and norm ratio of the exact and the replay gradient go into ``infos``."""
     conditioning = generator.encode_prompts(prompts)
     evals_per_generation = generator.model_evals_per_generation
 
-    def score(z: Tensor, need_grad: bool):
+    def score(z: Tensor, need_grad: bool, infos: list[dict] | None):
         active = state.active
-        sampled = generator.sample(z, conditioning.select(active))
         item_prompts = [prompts[i] for i in active]
-        grad = None
-        if need_grad:
+        grad, evals, backwards = None, evals_per_generation, 0
+        if need_grad and gradient == "exact":
+            found = scored_gradients(generator, z, conditioning.select(active), lambda x: verifier(x, item_prompts))
+            scores, images, grad = found.scores, found.images, found.exact
+            evals, backwards = found.exact_pass.model_evals, found.exact_pass.model_backwards
+            agreement = gradient_agreement(found.exact, found.replay)
+            for info, cosine, ratio in zip(infos, agreement.cosine, agreement.norm_ratio):
+                info.update(gradient_cosine=cosine, gradient_norm_ratio=ratio)
+        elif need_grad:
+            sampled = generator.sample(z, conditioning.select(active))
             leaf = z.detach().requires_grad_(True)
             images = generator.decode(generator.replay(leaf, sampled.record))
             scores = verifier(images, item_prompts)
             # items are independent, so the gradient of the sum is each item's own gradient
             (grad,) = torch.autograd.grad(scores.sum(), leaf)
         else:
+            sampled = generator.sample(z, conditioning.select(active))
             with torch.no_grad():
                 images = generator.decode(sampled.latents)
                 scores = verifier(images, item_prompts)
         for i in active:
             compute = state.items[i].compute
             compute["generations"] += 1
-            compute["model_evals"] += evals_per_generation
+            compute["model_evals"] += evals
+            compute["model_backwards"] += backwards
             compute["verifier_forward"] += 1
             compute["verifier_backward"] += int(need_grad)
         return scores.detach().float().to(generator.device), images.detach(), grad

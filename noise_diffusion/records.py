@@ -69,7 +69,8 @@ class _Readable(Mapping):
 @dataclass(frozen=True)
 class EpochRecord(_Readable):
     """One scored latent: its epoch (0 = the initial latent), score, whether the update was accepted, the seconds it
-    took per item, and what the method reports about it (``info``: e.g. γ and the chosen candidate)."""
+    took per item, and what the method reports about it (``info``: e.g. γ and the chosen candidate; the search also puts
+    the scored latent's distance from N(0, I) there, :mod:`noise_diffusion.prior_stats`)."""
 
     epoch: int
     score: float

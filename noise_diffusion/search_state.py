@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .prior_stats import prior_stats
 from .records import Compute, EpochRecord, RunImages, RunRecord
 from .search_config import SearchConfig
 
@@ -74,9 +75,10 @@ class SearchState:
         self._merge(scored, scores, grad, accepted)
         host_scores, host_accepted = scores.tolist(), accepted.tolist()
         bad = _bad_gradients(grad, len(self.active))
+        prior = prior_stats(scored)  # each scored latent's distance from N(0, I), an image-quality proxy
         for j, i in enumerate(self.active):
             item, score = self.items[i], host_scores[j]
-            record = EpochRecord(epoch, score, host_accepted[j], seconds, infos[j])
+            record = EpochRecord(epoch, score, host_accepted[j], seconds, {**infos[j], **prior[j]})
             if not math.isfinite(score) or bad[j]:
                 item.failure = _non_finite(score, epoch, bad[j])
             image = images[j].float().cpu()

@@ -57,7 +57,8 @@ def assert_same_run(got, want):
         assert a.get("candidate") == b.get("candidate"), f"epoch {a['epoch']}: chose a different candidate noise"
         assert a["accepted"] == b["accepted"], f"epoch {a['epoch']}: different acceptance"
         assert a["score"] == pytest.approx(b["score"], abs=SCORE_TOL)
-        for key, rel in (("gamma", 0), ("alignment", 1e-5), ("gradient_norm", 1e-5)):
+        for key, rel in (("gamma", 0), ("alignment", 1e-5), ("gradient_norm", 1e-5), ("gradient_cosine", 1e-5),
+                         ("gradient_norm_ratio", 1e-5), ("kl", 1e-5)):
             assert (key in a) == (key in b)
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=rel, abs=SCORE_TOL), f"epoch {a['epoch']}: {key}"
@@ -128,9 +129,16 @@ def test_accept_improved(generator, verifier):
     assert rejected > 0, "no update was rejected: the test would not exercise the revert path"
 
 
-@pytest.mark.parametrize("method", ["random_diffusion", "gradient_ascent"])
+@pytest.mark.parametrize("method", ["random_diffusion", "gradient_ascent", "zero_order", "reno", "mean_variance"])
 def test_other_methods_batch_equals_alone(generator, verifier, method):
-    config = SearchConfig(method=method, max_epoch=2, num_candidates=CANDIDATES)
+    candidates = 3 if method == "zero_order" else CANDIDATES  # zero_order: generations per epoch
+    config = SearchConfig(method=method, max_epoch=2, num_candidates=candidates)
+    for g, w in zip(batched(generator, verifier, config), alone(generator, verifier, config)):
+        assert_same_run(g, w)
+
+
+def test_exact_gradient_batch_equals_alone(generator, verifier):
+    config = SearchConfig(gradient="exact", max_epoch=2, num_candidates=CANDIDATES)
     for g, w in zip(batched(generator, verifier, config), alone(generator, verifier, config)):
         assert_same_run(g, w)
 

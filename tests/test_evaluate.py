@@ -74,11 +74,15 @@ def test_each_method_runs_and_records_its_compute(tmp_path, generator, verifier,
                     dataset=DatasetRef("mine", "0" * 64)) == 2
     for job in jobs:
         record = json.loads((job_folder(tmp_path, method, job) / "result.json").read_text())
-        generations = 1 if method == "none" else EPOCHS + 1
+        # zero_order scores its 4 neighbours every epoch; the others one latent
+        generations = {"none": 1, "zero_order": 1 + EPOCHS * 4}.get(method, EPOCHS + 1)
         grads = EPOCHS if METHODS[method].needs_grad else 0  # a gradient after every epoch but the last
+        # reno differentiates through every denoiser call (its exact gradient): both CFG halves of every step
+        backwards = grads * 2 * STEPS if method == "reno" else 0
         assert record["compute"] == {"generations": generations, "model_evals": generations * 2 * STEPS,  # CFG: 2/step
-                                     "model_backwards": 0, "verifier_forward": generations, "verifier_backward": grads}
-        assert len(record["epochs"]) == generations
+                                     "model_backwards": backwards, "verifier_forward": generations,
+                                     "verifier_backward": grads}
+        assert len(record["epochs"]) == (1 if method == "none" else EPOCHS + 1)  # one record per epoch
         assert record["best_score"] == max(e["score"] for e in record["epochs"])
         assert record["config"]["search"]["method"] == method
         assert record["config"]["evaluation"] == {"category": "animals", "name": "mine", "sha256": "0" * 64}

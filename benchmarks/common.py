@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from diffusers.utils import logging as diffusers_logging
@@ -34,15 +36,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a clean clone without installing
     sys.path.insert(0, str(ROOT))
 
-from noise_diffusion.specs import resolve_device, resolve_dtype  # noqa: E402
+from noise_diffusion.cli import (  # noqa: E402
+    add_generation_args, add_memory_args, add_verifier_args, generator_spec, positive_int, verifier_spec,
+)
+from noise_diffusion.specs import GeneratorSpec, VerifierSpec, resolve_device, resolve_dtype  # noqa: E402
 from noise_diffusion.errors import UserError  # noqa: E402
-from noise_diffusion.generators import load_generator  # noqa: E402
 from noise_diffusion.generators.stable_diffusion import StableDiffusionGenerator  # noqa: E402
 from noise_diffusion.verifiers import load_verifier  # noqa: E402
 from noise_diffusion.verifiers.clip import CLIP_MEAN, CLIP_STD, CLIPVerifier  # noqa: E402
 from noise_diffusion.testing import build_tiny_clip, build_tiny_sd_pipeline, write_clip_tokenizer  # noqa: E402
 
 PRESETS = ("tiny", "toy", "sd14")
+#: the benchmarks' prompts for open-vocabulary verifiers
+BENCHMARK_PROMPTS = ("a dog and a frog", "a red cube on top of a blue sphere", "a cat left of a clock",
+                     "two birds and a bench")
 #: prompts of the toy world's grammar: its verifier scores only these
 TOY_PROMPTS = ["a 3 left of a 7", "a 1 above a 4", "a 2 and a 9", "a 5 right of a 8", "a 6 below a 0"]
 
@@ -175,7 +182,7 @@ def materialize(build: Callable[[], torch.nn.Module], device, dtype, seed: int) 
 
 
 def build_sd14(device, dtype, cpu_offload: bool = False, vae_checkpointing: bool = False, vae_slicing: bool = False,
-               **options) -> StableDiffusionGenerator:
+               compile: bool = False, **options) -> StableDiffusionGenerator:
     """SD1.4's UNet, VAE and CLIP-L text encoder with random weights (a character-level tokenizer stands in); the
     memory options are applied as the library's loader applies them (``generators.placement``)."""
     from noise_diffusion.generators import MemoryOptions, Sampling
@@ -193,7 +200,8 @@ def build_sd14(device, dtype, cpu_offload: bool = False, vae_checkpointing: bool
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir), scheduler=PNDMScheduler(**SD14_SCHEDULER),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    memory = MemoryOptions(cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_checkpointing=vae_checkpointing)
+    memory = MemoryOptions(cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_checkpointing=vae_checkpointing,
+                           compile=compile)
     placed = place_pipeline(pipe, device, memory)
     return StableDiffusionGenerator(pipe, Sampling(**options), device=placed, memory=memory,
                                     name="sd14-architecture-random-weights")
@@ -257,111 +265,108 @@ def build_clip_flant5_verifier(size: str, device, dtype, layers: int | None = No
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("models")
-    g.add_argument("--preset", choices=PRESETS, default="tiny", help="model preset (default: %(default)s)")
-    g.add_argument("--sd_version", default=None, help="a diffusion checkpoint (folder / Hub id / short name) instead of "
-                                                       "the preset's")
-    g.add_argument("--vqa_model", default=None, help="a verifier (name / folder / Hub id) instead of the preset's")
-    g.add_argument("--device", default=None, help="device (default: cuda:0 when present, else cpu)")
+    """The package's own model flags (those of ``run.py``: diffusion model, memory options, verifier), the presets
+    that stand in for ``--sd_version`` / ``--vqa_model`` when those are not given, and the timing flags."""
+    add_generation_args(parser)
+    add_memory_args(parser)
+    add_verifier_args(parser)
+    parser.set_defaults(sd_version=None, vqa_model=None)  # the preset's, unless given
+    g = parser.add_argument_group("benchmark presets and timing")
+    g.add_argument("--preset", choices=PRESETS, default="tiny",
+                   help="models built locally (see benchmarks/common.py), replaced by --sd_version / --vqa_model when "
+                        "given (default: %(default)s)")
     g.add_argument("--verifier_shape", choices=SCORER_SHAPES, default=None,
                    help="a random-weight verifier of published shapes instead of the preset's (sd14's is clip-l)")
-    g.add_argument("--vqa_device", default=None, help="device of the verifier (default: --device)")
-    g.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"))
-    g.add_argument("--vqa_dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    g.add_argument("--num_steps", type=int, default=None, help="sampler steps (default: the model's recommended)")
-    g.add_argument("--scheduler", choices=("ddim", "default"), default="ddim")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--cpu_offload", action="store_true", help="the generators' model CPU offload (GPU only)")
-    g.add_argument("--vae_checkpointing", action="store_true",
-                   help="the generators' gradient checkpointing in the VAE decoder (less backward memory)")
-    g.add_argument("--vae_slicing", action="store_true", help="the generators' one-image-at-a-time decode")
+    g.add_argument("--num_steps", dest="num_denoising_steps", type=positive_int, default=None,
+                   help="the same as --num_denoising_steps")
     g.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
                    help="auto: the process's CPU time on a CPU device (robust on a shared machine), wall time on a GPU")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--vqa_checkpointing", action="store_true",
-                   help="VQA verifiers: activation checkpointing in the vision tower and language model")
-    g.add_argument("--vqa_micro_batch", type=int, default=None,
-                   help="VQA verifiers: at most this many images per forward/backward (default: the whole batch)")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def build_models(args: argparse.Namespace):
-    """(generator, verifier, description) from the parsed ``add_model_args`` flags."""
+    """(generator, verifier, description) from the parsed ``add_model_args`` flags, through the package's specs."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    vqa_device = resolve_device(args.vqa_device or str(device))
-    set_clock(args.clock, device)
-    dtype = resolve_dtype(args.dtype, device)
-    vqa_dtype = resolve_dtype(args.vqa_dtype, vqa_device, gpu_default="bfloat16")
-    args.prompts = None  # the generic benchmark prompts, unless the models need their own
-    options = dict(num_steps=args.num_steps, scheduler=args.scheduler, height=args.height, width=args.width)
-    memory = {k: True for k in ("cpu_offload", "vae_checkpointing", "vae_slicing") if getattr(args, k, False)}
-    toy = toy_world_dir() if args.preset == "toy" else None
+    generator, generator_name = _build_generator(args, generator_spec(args))
+    verifier, verifier_name = _build_verifier(args, verifier_spec(args))
+    return generator, verifier, f"{generator_name} + {verifier_name}"
 
-    if args.sd_version:
-        generator, gen_name = load_generator(args.sd_version, device, dtype, **options, **memory), args.sd_version
-    elif args.preset == "tiny":
-        generator = load_generator(tiny_sd_dir(), device, dtype, **options, **memory)
-        gen_name = "tiny SD1.x (random weights)"
-    elif args.preset == "toy":
-        folder = toy or _cached("toy_shaped_sd", build_toy_shaped_pipeline)
-        generator = load_generator(folder, device, dtype, **options, **memory)
-        gen_name = "toy world (trained)" if toy else "toy-world shapes (untrained)"
-    else:
-        sd_options = {k: v for k, v in options.items() if v is not None}
-        generator, gen_name = build_sd14(device, dtype, **sd_options, **memory), "SD1.4 architecture (random weights)"
 
-    vqa_options = {k: v for k, v in (("checkpointing", getattr(args, "vqa_checkpointing", False) or None),
-                                      ("micro_batch", getattr(args, "vqa_micro_batch", None))) if v is not None}
-    if args.vqa_model:
-        verifier, verifier_name = load_verifier(args.vqa_model, vqa_device, vqa_dtype, **vqa_options), args.vqa_model
+def _build_generator(args: argparse.Namespace, spec: GeneratorSpec):
+    if spec.model:
+        return spec.build(), spec.model
+    if args.preset == "sd14":
+        device = resolve_device(spec.device)
+        sampling = {k: v for k, v in spec.loader_options().items() if k in ("scheduler", "num_steps", "height", "width")
+                    and v is not None}
+        memory = {k: getattr(spec, k) for k in ("cpu_offload", "vae_checkpointing", "vae_slicing", "compile")}
+        return (build_sd14(device, resolve_dtype(spec.dtype, device), **sampling, **memory),
+                "SD1.4 architecture (random weights)")
+    if args.preset == "tiny":
+        return replace(spec, model=tiny_sd_dir()).build(), "tiny SD1.x (random weights)"
+    trained = toy_world_dir()
+    folder = trained or _cached("toy_shaped_sd", build_toy_shaped_pipeline)
+    return replace(spec, model=folder).build(), "toy world (trained)" if trained else "toy-world shapes (untrained)"
+
+
+def _build_verifier(args: argparse.Namespace, spec: VerifierSpec):
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device, gpu_default="bfloat16")
+    vqa_options = {k: v for k, v in spec.options().items() if k in ("micro_batch", "checkpointing")}
+    if spec.model:
+        verifier, name = spec.build(), spec.model
     elif args.verifier_shape and args.verifier_shape != "clip-l":
         size = args.verifier_shape.removeprefix("clip-flant5-")
-        verifier = build_clip_flant5_verifier(size, vqa_device, vqa_dtype, **vqa_options)
-        verifier_name = f"CLIP-FlanT5-{size.upper()} shapes (random weights)"
+        verifier = build_clip_flant5_verifier(size, device, dtype, **vqa_options)
+        name = f"CLIP-FlanT5-{size.upper()} shapes (random weights)"
     elif args.preset == "sd14" or args.verifier_shape == "clip-l":
-        verifier, verifier_name = build_clip_l_verifier(vqa_device, vqa_dtype), "CLIP ViT-L/14 (random weights)"
+        verifier, name = build_clip_l_verifier(device, dtype), "CLIP ViT-L/14 (random weights)"
+    elif args.preset == "toy" and toy_world_dir():
+        verifier = load_verifier("toy-digits-cnn", device, dtype)
+        name = f"toy verifier {verifier.name}"
     else:
-        verifier = _toy_verifier(vqa_device, vqa_dtype) if toy else None
-        verifier_name = f"toy verifier {verifier.name}" if verifier is not None else ""
-        if verifier is not None:
-            args.prompts = TOY_PROMPTS
-        if verifier is None:
-            verifier = load_verifier(tiny_clip_dir(), vqa_device, vqa_dtype, mapping="affine")
-            verifier_name = "tiny CLIP (random weights)"
+        verifier, name = load_verifier(tiny_clip_dir(), device, dtype, mapping="affine"), "tiny CLIP (random weights)"
     if vqa_options and not hasattr(verifier, "set_checkpointing"):
-        raise UserError(f"--vqa_checkpointing / --vqa_micro_batch need a VQA verifier, not {verifier_name}")
-    return generator, verifier, f"{gen_name} + {verifier_name}"
+        raise UserError(f"--vqa_checkpointing / --vqa_micro_batch need a VQA verifier, not {name}")
+    return verifier, name
 
 
-def _toy_verifier(device, dtype):
-    """The toy world's guiding verifier."""
-    return load_verifier("toy-digits-cnn", device, dtype)
+def prompts_for(verifier, prompts: Sequence[str] = BENCHMARK_PROMPTS) -> list[str]:
+    """``prompts``, or the toy world's when the verifier scores only its grammar (it refuses one of them)."""
+    try:
+        for prompt in prompts:
+            verifier.check_prompt(prompt)
+    except UserError:
+        return list(TOY_PROMPTS)
+    return list(prompts)
 
 
 # -- timing and memory -------------------------------------------------------------------------------------------------
-_CLOCK = {"name": "wall"}
+@dataclass(frozen=True)
+class Clock:
+    """``wall`` (time.perf_counter) or ``cpu`` (time.process_time: this process's CPU seconds, all threads)."""
+
+    kind: str = "wall"
+
+    @property
+    def name(self) -> str:
+        return {"cpu": "process CPU time", "wall": "wall time"}[self.kind]
+
+    def now(self) -> float:
+        return time.process_time() if self.kind == "cpu" else time.perf_counter()
 
 
-def set_clock(name: str, device) -> str:
-    """``wall`` (time.perf_counter) or ``cpu`` (time.process_time: this process's CPU seconds, all threads).
-
-    ``auto`` picks ``cpu`` for a CPU device: on a machine shared with other jobs, wall time mostly measures how long the
-    process waited for a core, while its CPU time is the work it did. A GPU is timed by the wall clock.
-    """
-    if name == "auto":
-        name = "cpu" if torch.device(device).type == "cpu" else "wall"
-    _CLOCK["name"] = name
-    return name
+WALL = Clock("wall")
 
 
-def clock_name() -> str:
-    return {"cpu": "process CPU time", "wall": "wall time"}[_CLOCK["name"]]
-
-
-def now() -> float:
-    return time.process_time() if _CLOCK["name"] == "cpu" else time.perf_counter()
+def clock_for(choice: str, device) -> Clock:
+    """The clock ``--clock`` names; ``auto`` picks ``cpu`` for a CPU device: on a machine shared with other jobs, wall
+    time mostly measures how long the process waited for a core, while its CPU time is the work it did. A GPU is timed
+    by the wall clock."""
+    if choice == "auto":
+        choice = "cpu" if torch.device(device).type == "cpu" else "wall"
+    return Clock(choice)
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -370,9 +375,10 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device, repeats: int = 3, warmup: int = 1) -> tuple[float, object]:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` runs), synchronising the device around each
-    run so that queued GPU work is counted; returns (seconds, last result)."""
+def timed(fn: Callable[[], object], device, repeats: int = 3, warmup: int = 1,
+          clock: Clock = WALL) -> tuple[float, object]:
+    """Median time of ``fn()`` by ``clock`` over ``repeats`` runs (after ``warmup`` runs), synchronising the device
+    around each run so that queued GPU work is counted; returns (seconds, last result)."""
     result = None
     for _ in range(warmup):
         result = fn()
@@ -380,10 +386,10 @@ def timed(fn: Callable[[], object], device, repeats: int = 3, warmup: int = 1) -
     times = []
     for _ in range(repeats):
         synchronize(device)
-        start = now()
+        start = clock.now()
         result = fn()
         synchronize(device)
-        times.append(now() - start)
+        times.append(clock.now() - start)
     return statistics.median(times), result
 
 
@@ -402,9 +408,16 @@ def peak_memory(device) -> tuple[float, str]:
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    """The machine a benchmark measures, read now: the GPU when there is one, the CPU model, its cores, torch and its
+    threads."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    gpu = f"{torch.cuda.get_device_name(0)}; " if torch.cuda.is_available() else ""
+    return f"{gpu}{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
 
 
 def count_parameters(module: torch.nn.Module) -> int:

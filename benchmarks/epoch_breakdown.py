@@ -51,7 +51,8 @@ def time_generator(generator, batch: int, vae_size: int, repeats: int, clock: Cl
     leaf = z.detach().requires_grad_(True)
     out["replay"], final = timed(lambda: generator.replay(leaf, sampled.record), device, repeats, warmup=0, clock=clock)
     out["replay backward"], _ = timed(lambda: torch.autograd.grad(final, leaf, torch.ones_like(final),
-                                                                  retain_graph=True), device, repeats, warmup=0, clock=clock)
+                                                                  retain_graph=True), device, repeats, warmup=0,
+                                      clock=clock)
     side = vae_size // 8
     small = torch.randn(batch, 4, side, side, generator=torch.Generator().manual_seed(1)).to(device, generator.dtype)
     small.requires_grad_(True)
@@ -69,7 +70,8 @@ def time_verifier(size: str, layers: int, batch: int, image_size: int, device, d
     images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(2)).to(device)
     leaf = images.requires_grad_(True)
     forward, scores = timed(lambda: verifier(leaf, prompts), device, repeats, warmup=0, clock=clock)
-    backward, _ = timed(lambda: torch.autograd.grad(scores.sum(), leaf, retain_graph=True), device, repeats, warmup=0, clock=clock)
+    backward, _ = timed(lambda: torch.autograd.grad(scores.sum(), leaf, retain_graph=True), device, repeats,
+                        warmup=0, clock=clock)
     del verifier, scores
     gc.collect()
     return {"verifier forward": forward, "verifier backward": backward}

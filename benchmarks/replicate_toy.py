@@ -42,6 +42,8 @@ from noise_diffusion.errors import UserError  # noqa: E402
 from noise_diffusion.intervals import compare, mean_interval  # noqa: E402
 from noise_diffusion.toy import world  # noqa: E402
 
+from common import machine  # noqa: E402
+
 GUIDE = "toy-digits-cnn"
 JUDGE = "toy-digits-heldout-resnet"  # primary held-out judge (the stronger one, see docs/toy_world.md)
 JUDGES = (JUDGE, "toy-digits-heldout")
@@ -392,7 +394,7 @@ def load_raw(path: Path) -> tuple[dict, dict]:
     return timing, {m: runs[m] for m in (*SEARCHES, *ATTENTION) if m in runs}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smaller run (10 prompts per sample, seeds 0 1 in the first, baselines at 5 epochs, Noise Diffusion 5 and "
@@ -428,91 +430,108 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="toy-digits", help="pipeline folder or name (default: the shipped one)")
     parser.add_argument("--out", default=None, help="markdown file; the JSON and figures are written beside it "
                                                     "(default docs/replication_toy.md, quick: ..._quick.md)")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    prompts_per_sample = args.prompts or (10 if quick else 40)
-    seeds_list = args.seeds or ([0, 1] if quick else [0, 1, 2, 3])
-    nd_epochs = sorted(args.nd_epochs or ([5, 10] if quick else [5, 10, 20]))
-    out = Path(args.out or ROOT / "docs" / ("replication_toy_quick.md" if quick else "replication_toy.md"))
-    figures = out.parent / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    stem = out.stem
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-    torch.manual_seed(0)
+    return parser
 
-    samples = choose_prompt_samples(prompts_per_sample, args.samples)
-    sample_seeds = [seeds_list] + [args.later_seeds] * (len(samples) - 1)
+
+@dataclass(frozen=True)
+class Items:
+    """The run's items: every prompt of every sample with that sample's seeds, prompt-major, and their groupings."""
+
+    samples: list[list[str]]
+    sample_seeds: list[list[int]]
+    prompts: list[str]
+    seeds: list[int]
+    masks: list[np.ndarray]  # per sample: which items are its own
+    groups: np.ndarray  # the prompt of every item (the intervals resample prompts)
+    held_mask: np.ndarray  # items whose prompt is a held-out combination
+    keep: list[int]  # the items whose best images are shown (held-out combinations, first seed)
+
+    @property
+    def groups_by_sample(self) -> list[np.ndarray]:
+        return [self.groups[m] for m in self.masks]
+
+
+def layout(samples: list[list[str]], first_seeds: list[int], later_seeds: list[int]) -> Items:
+    sample_seeds = [first_seeds] + [later_seeds] * (len(samples) - 1)
     prompts = [p for sample, ss in zip(samples, sample_seeds) for p in sample for _ in ss]
     seeds = [s for sample, ss in zip(samples, sample_seeds) for _ in sample for s in ss]
     sample_of = np.array([k for k, (sample, ss) in enumerate(zip(samples, sample_seeds)) for _ in sample for _ in ss])
-    masks = [sample_of == k for k in range(len(samples))]
-    groups = np.array(prompts)
-    groups_by_sample = [groups[m] for m in masks]
-    held_mask = np.array([world.is_held_out_prompt(p) for p in prompts])
-    keep = [i for i, p in enumerate(prompts) if world.is_held_out_prompt(p) and seeds[i] == seeds_list[0]][:8]
+    keep = [i for i, p in enumerate(prompts) if world.is_held_out_prompt(p) and seeds[i] == first_seeds[0]][:8]
+    return Items(samples, sample_seeds, prompts, seeds, [sample_of == k for k in range(len(samples))],
+                 np.array(prompts), np.array([world.is_held_out_prompt(p) for p in prompts]), keep)
 
-    generator = load_generator(args.model)
-    guide = load_verifier(GUIDE)
-    judges = [load_verifier(name) for name in JUDGES]
-    rows = default_rows(args.baseline_epochs or (5 if quick else 10), nd_epochs)
 
-    timing_prompts = prompts[: args.timing_items]
+@dataclass(frozen=True)
+class Models:
+    generator: object
+    guide: object
+    judges: list
+
+
+def searches(models: Models, items: Items, rows: list[Row], nd_epochs: list[int], args) -> tuple[dict, dict, bool]:
+    """(timing, runs, reused): the searches' timing and scores, read from ``--raw`` when it exists."""
     raw = Path(args.raw) if args.raw else None
-    raw_reused = raw is not None and raw.exists()
-    if raw_reused:  # re-render from the scores of an earlier run with the same settings
+    if raw is not None and raw.exists():  # re-render from the scores of an earlier run with the same settings
         timing, runs = load_raw(raw)
         print(f"scores read from {raw}", flush=True)
-    else:
-        timing, runs = measure_and_run(generator, guide, judges, prompts, seeds, rows, nd_epochs, keep, args)
-        if raw is not None:
-            save_raw(raw, timing, runs)
+        return timing, runs, True
+    timing, runs = measure_and_run(models.generator, models.guide, models.judges, items.prompts, items.seeds, rows,
+                                   nd_epochs, items.keep, args)
+    if raw is not None:
+        save_raw(raw, timing, runs)
+    return timing, runs, False
+
+
+def attention_runs(models: Models, items: Items, runs: dict, timing: dict, args) -> tuple[dict, np.ndarray, list]:
+    """(attention, its items, the methods run now): the attention baselines on the first sample's items with
+    ``--attention_seeds``, cached in the raw file beside the searches' scores."""
+    first_seeds = items.sample_seeds[0]
     attention = {m: runs.pop(m) for m in ATTENTION if m in runs}
-    attention_seeds = args.attention_seeds or seeds_list
-    if not set(attention_seeds) <= set(seeds_list):
-        raise UserError(f"--attention_seeds {attention_seeds} must be seeds of the first sample ({seeds_list})")
-    attention_items = np.flatnonzero(masks[0] & np.isin(np.array(seeds), attention_seeds))
-    missing: list[str] = []
-    if args.attention == "on":
-        missing = [m for m in ATTENTION if m not in attention or not np.array_equal(attention[m]["items"], attention_items)]
-        for method in missing:  # cached in the raw file too, beside the searches' scores
-            attention[method] = run_attention(generator, guide, judges, prompts, seeds, attention_items, method)
-            print(f"{LABELS[method]}: {len(attention_items)} items, {attention[method]['seconds']:.0f} s", flush=True)
-        if missing and raw is not None:
-            save_raw(raw, timing, {**runs, **attention})
-    else:
-        attention = {}
-    rates = {m: timing[m]["rate"] for m in SEARCHES}
-    budgets = [(e + 1) * rates["noise_diffusion"] for e in nd_epochs]
-    runs_for = {r.label: runs["best_of_n" if r.method == "none" else r.method] for r in rows}
+    attention_seeds = args.attention_seeds or first_seeds
+    if not set(attention_seeds) <= set(first_seeds):
+        raise UserError(f"--attention_seeds {attention_seeds} must be seeds of the first sample ({first_seeds})")
+    chosen = np.flatnonzero(items.masks[0] & np.isin(np.array(items.seeds), attention_seeds))
+    if args.attention != "on":
+        return {}, chosen, []
+    missing = [m for m in ATTENTION if m not in attention or not np.array_equal(attention[m]["items"], chosen)]
+    for method in missing:
+        attention[method] = run_attention(models.generator, models.guide, models.judges, items.prompts, items.seeds,
+                                          chosen, method)
+        print(f"{LABELS[method]}: {len(chosen)} items, {attention[method]['seconds']:.0f} s", flush=True)
+    if missing and args.raw:
+        save_raw(Path(args.raw), timing, {**runs, **attention})
+    return attention, chosen, missing
 
-    # 3. equal generations
-    table_rows, values, pair_sets = [], {}, {}
-    for judge_name in JUDGES:
-        values[judge_name] = {r.label: at_generations(runs_for[r.label], judge_name, r.generations) for r in rows}
+
+def equal_generations(runs_for: dict, rows: list[Row], items: Items, resamples: int) -> tuple[list, dict, dict]:
+    """(table rows, held-out values per judge and row, guiding values per row) at each row's generations."""
+    values = {judge: {r.label: at_generations(runs_for[r.label], judge, r.generations) for r in rows}
+              for judge in JUDGES}
     guide_values = {r.label: at_generations(runs_for[r.label], "guide", r.generations) for r in rows}
-    labels = [r.label for r in rows]
+    groups, held = items.groups, items.held_mask
+    table = []
     for row in rows:
-        run = runs_for[row.label]
         entry = {"label": row.label, "method": row.method, "generations": row.generations,
-                 "guiding": mean_interval(guide_values[row.label], groups, resamples=args.resamples)}
-        for judge_name in JUDGES:
-            v = values[judge_name][row.label]
-            faithful = at_generations(run, judge_name + ":faithful", row.generations)
-            entry[judge_name] = {
-                "score": mean_interval(v, groups, resamples=args.resamples),
-                "accuracy": mean_interval(faithful, groups, resamples=args.resamples),
-                "seen": float(v[~held_mask].mean()), "held_out_combinations": float(v[held_mask].mean()),
-                "per_sample": [float(v[m].mean()) for m in masks],
-                "hacking": compare(guide_values[row.label], v, groups, resamples=args.resamples).as_dict(),
+                 "guiding": mean_interval(guide_values[row.label], groups, resamples=resamples)}
+        for judge in JUDGES:
+            v = values[judge][row.label]
+            faithful = at_generations(runs_for[row.label], judge + ":faithful", row.generations)
+            entry[judge] = {
+                "score": mean_interval(v, groups, resamples=resamples),
+                "accuracy": mean_interval(faithful, groups, resamples=resamples),
+                "seen": float(v[~held].mean()), "held_out_combinations": float(v[held].mean()),
+                "per_sample": [float(v[m].mean()) for m in items.masks],
+                "hacking": compare(guide_values[row.label], v, groups, resamples=resamples).as_dict(),
             }
-        table_rows.append(entry)
-    for judge_name in JUDGES:
-        pair_sets[judge_name] = pair_table(values[judge_name], labels, groups_by_sample, masks, args.resamples)
+        table.append(entry)
+    return table, values, guide_values
 
-    # 4. equal seconds: each search gets the generations Noise Diffusion's budget buys at its own rate
-    equal_seconds = []
-    for epochs, budget in zip(nd_epochs, budgets):
+
+def equal_seconds(runs: dict, rates: dict, nd_epochs: list[int], items: Items, resamples: int) -> list[dict]:
+    """Each search gets the generations that Noise Diffusion's budget at k epochs buys at its own rate."""
+    blocks = []
+    for epochs in nd_epochs:
+        budget = (epochs + 1) * rates["noise_diffusion"]
         block = {"nd_epochs": epochs, "budget_ms_per_item": budget * 1000, "methods": {}}
         at_budget = {}
         for method in SEARCHES:
@@ -521,51 +540,81 @@ def main(argv: list[str] | None = None) -> dict:
             if capped:  # the run is shorter than the budget: leave the method out rather than show it handicapped
                 block.setdefault("not_run", []).append(LABELS[method])
                 continue
-            v = at_generations(runs[method], JUDGE, n)
-            at_budget[LABELS[method]] = v
+            v = at_budget[LABELS[method]] = at_generations(runs[method], JUDGE, n)
             block["methods"][LABELS[method]] = {"generations": n,
-                                                "score": mean_interval(v, groups, resamples=args.resamples),
+                                                "score": mean_interval(v, items.groups, resamples=resamples),
                                                 "guiding": float(at_generations(runs[method], "guide", n).mean())}
         if len(block["methods"]) < 2:
             continue  # no baseline ran long enough for this budget
         block["ranking"] = sorted(block["methods"], key=lambda k: -block["methods"][k]["score"][0])
-        block["pairs"] = pair_table(at_budget, block["ranking"], groups_by_sample, masks, args.resamples)
-        equal_seconds.append(block)
+        block["pairs"] = pair_table(at_budget, block["ranking"], items.groups_by_sample, items.masks, resamples)
+        blocks.append(block)
+    return blocks
 
+
+def spent(wall: float, cpu: float, timing: dict, attention: dict, missing: list, reused: bool) -> dict:
+    """Wall and CPU seconds of the run; a re-rendered report counts the cached runs' time too (the searches' clock
+    and the attention baselines')."""
+    cached = timing.get("clock") if reused else None
+    earlier = [r for m, r in attention.items() if m not in missing]
+    return {"wall_seconds": wall + (cached["wall_seconds"] if cached else 0) + sum(float(r["seconds"]) for r in earlier),
+            "cpu_seconds": cpu + (cached["cpu_seconds"] if cached else 0)
+            + sum(float(r["cpu_per_item"]) * len(r["items"]) for r in earlier)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    quick, started, cpu_started = args.quick, time.perf_counter(), time.process_time()
+    first_seeds = args.seeds or ([0, 1] if quick else [0, 1, 2, 3])
+    nd_epochs = sorted(args.nd_epochs or ([5, 10] if quick else [5, 10, 20]))
+    out = Path(args.out or ROOT / "docs" / ("replication_toy_quick.md" if quick else "replication_toy.md"))
+    figures = out.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    items = layout(choose_prompt_samples(args.prompts or (10 if quick else 40), args.samples), first_seeds,
+                   args.later_seeds)
+    models = Models(load_generator(args.model), load_verifier(GUIDE), [load_verifier(name) for name in JUDGES])
+    rows = default_rows(args.baseline_epochs or (5 if quick else 10), nd_epochs)
+    timing, runs, reused = searches(models, items, rows, nd_epochs, args)
+    attention, attention_items, missing = attention_runs(models, items, runs, timing, args)
+    rates = {m: timing[m]["rate"] for m in SEARCHES}
+    runs_for = {r.label: runs["best_of_n" if r.method == "none" else r.method] for r in rows}
+    table_rows, values, guide_values = equal_generations(runs_for, rows, items, args.resamples)
     attention_report = None
     if attention:
-        compute = {r.label: search_compute(generator, guide, prompts[0], seeds[0], r, args.candidates) for r in rows}
+        compute = {r.label: search_compute(models.generator, models.guide, items.prompts[0], items.seeds[0], r,
+                                           args.candidates) for r in rows}
         attention_report = attention_table(attention, attention_items, rows, values, guide_values, compute, rates,
-                                           groups, held_mask, args.resamples)
-        attention_report["seeds"] = list(attention_seeds)
-    calib = calibration([guide, *judges], args.calibration)
-    curves_figure(runs, rates, groups, budgets, figures / f"{stem}_curves.png", min(args.resamples, 2000))
-    images_figure(runs, rows, prompts, keep, figures / f"{stem}.png")
+                                           items.groups, items.held_mask, args.resamples)
+        attention_report["seeds"] = list(args.attention_seeds or first_seeds)
+    calib = calibration([models.guide, *models.judges], args.calibration)
+    budgets = [(e + 1) * rates["noise_diffusion"] for e in nd_epochs]
+    curves_figure(runs, rates, items.groups, budgets, figures / f"{out.stem}_curves.png", min(args.resamples, 2000))
+    images_figure(runs, rows, items.prompts, items.keep, figures / f"{out.stem}.png")
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     given = sys.argv[1:] if argv is None else argv
-    command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py" + (f" {' '.join(given)}" if given else "")
     report = {
-        "command": command, "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/replicate_toy.py" + "".join(f" {a}" for a in given),
+        "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        # a re-rendered report counts the cached runs' time too (the searches' clock and the attention baselines')
-        "wall_seconds": wall + (0 if "clock" not in timing or not raw_reused else timing["clock"]["wall_seconds"])
-        + sum(float(r["seconds"]) for m, r in attention.items() if m not in missing),
-        "cpu_seconds": cpu + (0 if "clock" not in timing or not raw_reused else timing["clock"]["cpu_seconds"])
-        + sum(float(r["cpu_per_item"]) * len(r["items"]) for m, r in attention.items() if m not in missing),
-        "guide": GUIDE, "judges": list(JUDGES), "primary_judge": JUDGE, "seeds": sample_seeds, "samples": samples,
-        "candidates": args.candidates, "resamples": args.resamples, "nd_epochs": nd_epochs,
-        "timing": {"items": len(timing_prompts), "epochs": args.timing_epochs, "rounds": args.timing_rounds,
-                   "seconds_per_generation": timing,
+        **spent(wall, cpu, timing, attention, missing, reused),
+        "guide": GUIDE, "judges": list(JUDGES), "primary_judge": JUDGE, "seeds": items.sample_seeds,
+        "samples": items.samples, "candidates": args.candidates, "resamples": args.resamples, "nd_epochs": nd_epochs,
+        "timing": {"items": len(items.prompts[: args.timing_items]), "epochs": args.timing_epochs,
+                   "rounds": args.timing_rounds, "seconds_per_generation": timing,
                    "main_run_epoch_seconds": {m: runs[m]["epoch_seconds"] for m in SEARCHES},
                    "main_run_seconds": {m: runs[m]["seconds"] for m in SEARCHES},
                    "main_run_epochs": {m: runs[m]["guide"].shape[1] - 1 for m in SEARCHES}},
-        "rows": table_rows, "pairs": pair_sets, "equal_seconds": equal_seconds, "calibration": calib,
-        "attention": attention_report, "raw_reused": raw_reused,
-        "run_now": [LABELS[m] for m in (*SEARCHES, *ATTENTION) if not raw_reused and m in SEARCHES or m in missing],
+        "rows": table_rows,
+        "pairs": {j: pair_table(values[j], [r.label for r in rows], items.groups_by_sample, items.masks,
+                                args.resamples) for j in JUDGES},
+        "equal_seconds": equal_seconds(runs, rates, nd_epochs, items, args.resamples), "calibration": calib, "attention": attention_report, "raw_reused": reused,
+        "run_now": [LABELS[m] for m in (*SEARCHES, *ATTENTION) if not reused and m in SEARCHES or m in missing],
     }
-    out.write_text(render(report, figures.name, stem), encoding="utf-8")
+    out.write_text(render(report, figures.name, out.stem), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out}, {out.with_suffix('.json')} and figures/{stem}*.png ({wall / 60:.1f} min, {cpu / 60:.1f} CPU-min)")
+    print(f"wrote {out}, {out.with_suffix('.json')} and figures/{out.stem}*.png ({wall / 60:.1f} min, "
+          f"{cpu / 60:.1f} CPU-min)")
     return report
 
 
@@ -690,14 +739,21 @@ def conclusions(rep: dict) -> list[str]:
 
 
 def render(rep: dict, figures: str, stem: str) -> str:
+    lines = header(rep) + equal_generations_section(rep, figures, stem) + equal_seconds_section(rep)
+    lines += conclusions(rep)
+    if rep.get("attention"):
+        lines += attention_section(rep)
+    return "\n".join(lines + closing_sections(rep, figures, stem))
+
+
+def header(rep: dict) -> list[str]:
+    """The title, how the report was made (the machine it measured, read when it ran) and the statistics."""
     judge, mlp = rep["judges"]
     n_items = sum(len(s) * len(ss) for s, ss in zip(rep["samples"], rep["seeds"]))
     sizes = " and ".join(f"{len(s)} prompts x seeds {', '.join(map(str, ss))}" for s, ss in zip(rep["samples"], rep["seeds"]))
     title = "Replication in the toy world" + (" — QUICK RUN (small sample, not the full replication)" if rep["quick"] else "")
-    t = rep["timing"]
-    rates = {m: t["seconds_per_generation"][m] for m in SEARCHES}
     lines = [f"# {title}", "",
-             f"Made by `{rep['command']}` ({rep['date']}, torch {rep['torch']}, CPU, {rep['threads']} thread(s); "
+             f"Made by `{rep['command']}` ({rep['date']}, {rep['machine']}; "
              f"{rep['wall_seconds'] / 60:.1f} min wall, {rep['cpu_seconds'] / 60:.1f} CPU-min" +
              (f"; scores read from the `--raw` file of an earlier run with the same settings"
               + (f", {', '.join(rep['run_now'])} run now" if rep.get("run_now") else "")
@@ -718,7 +774,13 @@ def render(rep: dict, figures: str, stem: str) -> str:
              "prompts) excludes zero *and* the sign test gives p < 0.05; otherwise **not significant**. The two "
              "samples' own differences are shown beside it, as the replication within the run. With many pairs, a few "
              "borderline 'supported' verdicts can be chance (no multiplicity correction).", "",
-             "## Equal generations", "",
+    ]
+    return lines
+
+
+def equal_generations_section(rep: dict, figures: str, stem: str) -> list[str]:
+    judge, mlp = rep["judges"]
+    lines = ["## Equal generations", "",
              f"| method | generations | guiding | held-out ({SHORT[judge]}) [95 % CI] | accuracy ({SHORT[judge]}) | "
              f"held-out ({SHORT[mlp]}) | accuracy ({SHORT[mlp]}) | {SHORT[judge]}: seen / held-out comb. | "
              f"{SHORT[judge]}: sample 1 / sample 2 |", "|---|---|---|---|---|---|---|---|---|"]
@@ -738,7 +800,14 @@ def render(rep: dict, figures: str, stem: str) -> str:
         lines.append(f"| {p['a']} | {p['b']} | {' | '.join(fmt_ci(s) for s in p['samples'])} | {fmt_ci(pooled)} | "
                      f"{pooled['positive']} / {pooled['negative']} | {pooled['sign_p']:.2g} | "
                      f"{fmt_ci(mlp_pairs[p['a'], p['b']]['pooled'])} | {p['verdict']} |")
-    lines += ["", "## Equal seconds", "",
+    return lines
+
+
+def equal_seconds_section(rep: dict) -> list[str]:
+    t = rep["timing"]
+    rates = {m: t["seconds_per_generation"][m] for m in SEARCHES}
+    judge = rep["judges"][0]
+    lines = ["", "## Equal seconds", "",
               f"Seconds per generation per item, measured first in {t['rounds']} interleaved rounds of {t['epochs'] + 1} "
               f"generations on {t['items']} items (order rotated each round, so the machine's load affects all methods "
               "alike). The equal-seconds comparison uses the process's **CPU time** (one thread: the wall time an idle "
@@ -774,10 +843,13 @@ def render(rep: dict, figures: str, stem: str) -> str:
             lines.append(f"| {p['a']} | {p['b']} | {' | '.join(fmt_ci(s) for s in p['samples'])} | "
                          f"{fmt_ci(p['pooled'])} | {p['pooled']['sign_p']:.2g} | {p['verdict']} |")
         lines.append("")
-    lines += conclusions(rep)
-    if rep.get("attention"):
-        lines += attention_section(rep)
-    lines += ["## Verifier hacking", "",
+    return lines
+
+
+def closing_sections(rep: dict, figures: str, stem: str) -> list[str]:
+    """Verifier hacking and the judges on rendered canvases."""
+    judge, mlp = rep["judges"]
+    lines = ["## Verifier hacking", "",
               "Guiding score minus held-out score of the same kept images, mean over prompts with its 95 % interval "
               "(the verifiers are all digit classifiers scoring the same probability, so the scales are comparable; "
               "the guide also scores images drawn from the same digits, so part of the gap would exist without search).",
@@ -793,7 +865,7 @@ def render(rep: dict, figures: str, stem: str) -> str:
               "![best images of the first held-out-combination items (first seed); the number is the primary judge's "
               f"score, green = judged faithful]({figures}/{stem}.png)", "",
               "See `docs/toy_world.md` for the world, the models and their training.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

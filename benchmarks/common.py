@@ -438,6 +438,16 @@ def publish(report: dict, text: str, json_path: str | None) -> int:
     return 0
 
 
+def publish_batches(report: dict, batches: Sequence[int], measure: Callable[[int], dict],
+                    epoch: Callable[[dict], str], markdown: Callable[[dict], str], json_path: str | None) -> int:
+    """Measure every batch size into ``report["results"]`` (a progress line each, ``epoch`` of its row), then
+    :func:`publish`."""
+    for batch in batches:
+        report["results"].append(measure(batch))
+        print(f"batch {batch}: epoch {epoch(report['results'][-1])}", flush=True)
+    return publish(report, markdown(report), json_path)
+
+
 def user_error_exit(main: Callable[[], int | None]) -> None:
     from noise_diffusion.cli import main_guard
 

@@ -29,7 +29,7 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from common import WALL, Clock, build_clip_flant5_verifier, build_sd14, clock_for, machine, timed, user_error_exit
-from common import publish
+from common import publish_batches
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.specs import resolve_device
 from noise_diffusion.cli import ArgumentParser
@@ -163,10 +163,8 @@ def main() -> int:
               "machine": machine(), "reductions": reductions, "results": []}
     if not args.no_warmup:
         breakdown(args, generator, 1, device, clock)
-    for batch in args.batch_size:
-        report["results"].append(breakdown(args, generator, batch, device, clock))
-        print(f"batch {batch}: epoch {report['results'][-1]['epoch']:.1f} s at full size (extrapolated)", flush=True)
-    return publish(report, markdown(report), args.json)
+    return publish_batches(report, args.batch_size, lambda batch: breakdown(args, generator, batch, device, clock),
+                           lambda row: f"{row['epoch']:.1f} s at full size (extrapolated)", markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import common  # noqa: F401  (puts the project on sys.path)
 from noise_diffusion.cli import ArgumentParser, add_search_args, positive_int, search_config  # noqa: E402
 from common import (
     WALL, Clock, add_model_args, build_models, clock_for, count_parameters, machine, peak_memory, prompts_for,
-    publish, reset_peak_memory, synchronize, timed, user_error_exit, BENCHMARK_PROMPTS,
+    publish_batches, reset_peak_memory, synchronize, timed, user_error_exit, BENCHMARK_PROMPTS,
 )
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
@@ -378,10 +378,8 @@ def main() -> int:
         "parameters": {"generator": generator_parameters(generator), "verifier": count_parameters(verifier)},
         "results": [],
     }
-    for batch in args.batch_size:
-        report["results"].append(measure(generator, verifier, batch, args, clock))
-        print(f"batch {batch}: epoch {report['results'][-1]['epoch_seconds']:.4f} s", flush=True)
-    return publish(report, markdown(report), args.json)
+    return publish_batches(report, args.batch_size, lambda batch: measure(generator, verifier, batch, args, clock),
+                           lambda row: f"{row['epoch_seconds']:.4f} s", markdown, args.json)
 
 
 if __name__ == "__main__":

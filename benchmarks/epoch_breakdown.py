@@ -3,9 +3,9 @@
     python benchmarks/epoch_breakdown.py --json epoch_breakdown.json          # about 5 CPU minutes, 9 GiB
     python benchmarks/epoch_breakdown.py --quick                              # reduced further, about 1.5 CPU minutes
 
-Every model is built from its published configuration with random weights (``common.build_sd14``,
-``common.build_clip_flant5_verifier``; timings do not depend on the weights' values) and every part is timed with the
-library's own pieces, at batch 1 and 4 by default:
+Every model is built from its published configuration with random weights (``random_weights.build_sd14``,
+``random_weights.build_clip_flant5_verifier``; timings do not depend on the weights' values) and every part is timed
+with the library's own pieces, at batch 1 and 4 by default:
 
 - *sampling*: ``generator.sample`` (the guided sampler, classifier-free guidance: the UNet runs on 2B latents);
 - *replay* and *replay backward*: ``generator.replay`` from z and the gradient back through it;

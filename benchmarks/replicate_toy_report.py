@@ -1,11 +1,13 @@
-"""The markdown of a toy replication's report (``benchmarks/replicate_toy.py``), from its JSON dict alone, and the
-names of the methods and judges it compares."""
+"""The markdown and figures of a toy replication's report (``benchmarks/replicate_toy.py``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from replicate_toy_runs import ATTENTION, LABELS, SEARCHES, SHORT
+from noise_diffusion.intervals import mean_interval
+from replicate_toy_runs import ATTENTION, JUDGE, LABELS, SEARCHES, SHORT, Row, at_generations, best_index
 
 
 def fmt_ci(result: dict, digits: int = 3) -> str:
@@ -237,3 +239,59 @@ def closing_sections(rep: dict, figures: str, stem: str) -> list[str]:
               f"score, green = judged faithful]({figures}/{stem}.png)", "",
               "See `docs/toy_world.md` for the world, the models and their training.", ""]
     return lines
+
+
+def curves_figure(runs: dict, rates: dict, groups: np.ndarray, budgets: list[float], path: Path, resamples: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_gen, by_sec) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, run in runs.items():
+        count = run["guide"].shape[1]
+        xs = np.arange(1, count + 1)
+        stats = np.array([mean_interval(at_generations(run, JUDGE, k), groups, resamples=resamples) for k in xs])
+        for axis, x in ((by_gen, xs), (by_sec, xs * rates[method] * 1000)):
+            line, = axis.plot(x, stats[:, 0], label=LABELS[method])
+            axis.fill_between(x, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.18, linewidth=0)
+    for budget in budgets:
+        by_sec.axvline(budget * 1000, color="grey", linestyle=":", linewidth=1)
+    by_gen.set_xlabel("generations per item (1 = the plain sampler)")
+    by_sec.set_xlabel("measured CPU milliseconds per item (dotted: Noise Diffusion's budgets)")
+    for axis in (by_gen, by_sec):
+        axis.set_ylabel(f"held-out score ({JUDGE})")
+        axis.grid(alpha=0.3)
+    by_gen.legend(fontsize=8, loc="lower right")
+    fig.suptitle("mean held-out score of the kept image, 95 % bootstrap band over prompts", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def images_figure(runs: dict, rows: list[Row], prompts: list[str], keep: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.method == "none" or r.method != "noise_diffusion" or r.epochs == rows[1].epochs]
+    fig, axes = plt.subplots(len(shown), len(keep), figsize=(1.3 * len(keep), 1.45 * len(shown)), squeeze=False)
+    for row_index, row in enumerate(shown):
+        run = runs["best_of_n" if row.method == "none" else row.method]
+        index = best_index(run["guide"][keep], row.generations)
+        for col, item in enumerate(keep):
+            ax = axes[row_index][col]
+            ax.imshow(run["images"][col, index[col]].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            score = run[JUDGE][item, index[col]]
+            faithful = run[JUDGE + ":faithful"][item, index[col]]
+            ax.set_xlabel(f"{score:.2f}", fontsize=8, color="green" if faithful else "red", labelpad=1)
+            if row_index == 0:
+                ax.set_title(prompts[item].removeprefix("a "), fontsize=7)
+            if col == 0:
+                ax.set_ylabel(row.label.replace(", ", "\n"), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -48,7 +48,8 @@ from replicate_toy_runs import (  # noqa: E402, F401 (the measurements and names
     save_raw, search_compute,
 )
 from replicate_toy_report import (  # noqa: E402, F401
-    calibration_table, curves_figure, fmt_ci, fmt_mean, images_figure, render,
+    attention_section, both_samples_agree, calibration_table, conclusions, curves_figure, fmt_ci, fmt_mean,
+    images_figure, render,
 )
 
 

@@ -3,9 +3,9 @@
     python benchmarks/epoch_breakdown.py --json epoch_breakdown.json          # about 5 CPU minutes, 9 GiB
     python benchmarks/epoch_breakdown.py --quick                              # reduced further, about 1.5 CPU minutes
 
-Every model is built from its published configuration with random weights (``common.build_sd14``,
-``common.build_clip_flant5_verifier``; timings do not depend on the weights' values) and every part is timed with the
-library's own pieces, at batch 1 and 4 by default:
+Every model is built from its published configuration with random weights (``random_weights.build_sd14``,
+``random_weights.build_clip_flant5_verifier``; timings do not depend on the weights' values) and every part is timed
+with the library's own pieces, at batch 1 and 4 by default:
 
 - *sampling*: ``generator.sample`` (the guided sampler, classifier-free guidance: the UNet runs on 2B latents);
 - *replay* and *replay backward*: ``generator.replay`` from z and the gradient back through it;
@@ -28,8 +28,8 @@ import gc
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import build_clip_flant5_verifier, build_sd14, clock_name, machine, set_clock, timed, user_error_exit
-from common import publish
+from common import WALL, Clock, build_clip_flant5_verifier, build_sd14, clock_for, machine, timed, user_error_exit
+from common import publish_batches
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.specs import resolve_device
 from noise_diffusion.cli import ArgumentParser
@@ -40,47 +40,50 @@ PARTS = ("sampling", "replay", "decode forward", "verifier forward", "verifier b
          "replay backward")
 
 
-def time_generator(generator, batch: int, vae_size: int, repeats: int) -> dict[str, float]:
+def time_generator(generator, batch: int, vae_size: int, repeats: int, clock: Clock = WALL) -> dict[str, float]:
     """Seconds per batch of the generator's parts at the measured settings."""
     device = generator.device
     prompts, seeds = batch_items(batch, PROMPTS)
     cond = generator.encode_prompts(prompts)
     z = initial_latents(generator.latent_shape, seeds).to(device)
     out: dict[str, float] = {}
-    out["sampling"], sampled = timed(lambda: generator.sample(z, cond), device, repeats, warmup=0)
+    out["sampling"], sampled = timed(lambda: generator.sample(z, cond), device, repeats, warmup=0, clock=clock)
     leaf = z.detach().requires_grad_(True)
-    out["replay"], final = timed(lambda: generator.replay(leaf, sampled.record), device, repeats, warmup=0)
+    out["replay"], final = timed(lambda: generator.replay(leaf, sampled.record), device, repeats, warmup=0, clock=clock)
     out["replay backward"], _ = timed(lambda: torch.autograd.grad(final, leaf, torch.ones_like(final),
-                                                                  retain_graph=True), device, repeats, warmup=0)
+                                                                  retain_graph=True), device, repeats, warmup=0,
+                                      clock=clock)
     side = vae_size // 8
     small = torch.randn(batch, 4, side, side, generator=torch.Generator().manual_seed(1)).to(device, generator.dtype)
     small.requires_grad_(True)
-    out["decode forward"], images = timed(lambda: generator.decode(small), device, repeats, warmup=0)
+    out["decode forward"], images = timed(lambda: generator.decode(small), device, repeats, warmup=0, clock=clock)
     grad = torch.ones_like(images)
     out["decode backward"], _ = timed(lambda: torch.autograd.grad(images, small, grad, retain_graph=True), device,
-                                      repeats, warmup=0)
+                                      repeats, warmup=0, clock=clock)
     return out
 
 
-def time_verifier(size: str, layers: int, batch: int, image_size: int, device, dtype, repeats: int) -> dict:
+def time_verifier(size: str, layers: int, batch: int, image_size: int, device, dtype, repeats: int,
+                  clock: Clock = WALL) -> dict:
     verifier = build_clip_flant5_verifier(size, device, dtype, layers=layers)
     prompts, _ = batch_items(batch, PROMPTS)
     images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(2)).to(device)
     leaf = images.requires_grad_(True)
-    forward, scores = timed(lambda: verifier(leaf, prompts), device, repeats, warmup=0)
-    backward, _ = timed(lambda: torch.autograd.grad(scores.sum(), leaf, retain_graph=True), device, repeats, warmup=0)
+    forward, scores = timed(lambda: verifier(leaf, prompts), device, repeats, warmup=0, clock=clock)
+    backward, _ = timed(lambda: torch.autograd.grad(scores.sum(), leaf, retain_graph=True), device, repeats,
+                        warmup=0, clock=clock)
     del verifier, scores
     gc.collect()
     return {"verifier forward": forward, "verifier backward": backward}
 
 
-def breakdown(args, generator, batch: int, device) -> dict:
+def breakdown(args, generator, batch: int, device, clock: Clock = WALL) -> dict:
     steps_scale = args.paper_steps / args.num_steps
     vae_scale = (args.size / args.vae_size) ** 2
-    measured = time_generator(generator, batch, args.vae_size, args.repeats)
+    measured = time_generator(generator, batch, args.vae_size, args.repeats, clock)
     d1, d2 = args.verifier_layers
-    shallow = time_verifier(args.verifier, d1, batch, args.size, device, args.vqa_dtype, args.repeats)
-    deep = time_verifier(args.verifier, d2, batch, args.size, device, args.vqa_dtype, args.repeats)
+    shallow = time_verifier(args.verifier, d1, batch, args.size, device, args.vqa_dtype, args.repeats, clock)
+    deep = time_verifier(args.verifier, d2, batch, args.size, device, args.vqa_dtype, args.repeats, clock)
     full = {k: shallow[k] + (deep[k] - shallow[k]) * (FULL_DEPTH - d1) / (d2 - d1) for k in shallow}
     scaled = {
         "sampling": measured["sampling"] * steps_scale, "replay": measured["replay"] * steps_scale,
@@ -143,7 +146,7 @@ def main() -> int:
         parser.error("need 1 <= D1 < D2, batch sizes and --num_steps >= 1, sizes divisible by 8")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    set_clock("auto", device)
+    clock = clock_for("auto", device)
     dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
     args.vqa_dtype = ({"auto": torch.bfloat16 if device.type == "cuda" else torch.float32}.get(args.vqa_dtype)
                       or getattr(torch, args.vqa_dtype))
@@ -154,16 +157,14 @@ def main() -> int:
                   f"{FULL_DEPTH} layers per stack (linear in depth). Scaled to: the UNet and VAE architectures, SD1.4 "
                   f"at {args.size}×{args.size}{' (--quick; its own size is 512×512)' if args.size != 512 else ''}, guidance 7.5 (the UNet on 2B latents), CLIP-FlanT5-{args.verifier.upper()} "
                   f"widths with 336×336 images and the real prompt lengths. SD1.4 {str(dtype).removeprefix('torch.')}, "
-                  f"verifier {str(args.vqa_dtype).removeprefix('torch.')}; timed by {clock_name()}, "
+                  f"verifier {str(args.vqa_dtype).removeprefix('torch.')}; timed by {clock.name}, "
                   f"median of {args.repeats}.")
     report = {"models": f"SD1.4 architecture + CLIP-FlanT5-{args.verifier.upper()} shapes (random weights)",
               "machine": machine(), "reductions": reductions, "results": []}
     if not args.no_warmup:
-        breakdown(args, generator, 1, device)
-    for batch in args.batch_size:
-        report["results"].append(breakdown(args, generator, batch, device))
-        print(f"batch {batch}: epoch {report['results'][-1]['epoch']:.1f} s at full size (extrapolated)", flush=True)
-    return publish(report, markdown(report), args.json)
+        breakdown(args, generator, 1, device, clock)
+    return publish_batches(report, args.batch_size, lambda batch: breakdown(args, generator, batch, device, clock),
+                           lambda row: f"{row['epoch']:.1f} s at full size (extrapolated)", markdown, args.json)
 
 
 if __name__ == "__main__":

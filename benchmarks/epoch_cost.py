@@ -17,26 +17,22 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
-import functools
 import io
 import statistics
 
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from noise_diffusion.cli import ArgumentParser  # noqa: E402
+from noise_diffusion.cli import ArgumentParser, add_search_args, positive_int, search_config  # noqa: E402
 from common import (
-    now, clock_name,
-    add_model_args, build_models, count_parameters, machine, peak_memory, reset_peak_memory, synchronize, timed,
-    publish, user_error_exit,
+    WALL, Clock, add_model_args, build_models, clock_for, count_parameters, machine, peak_memory, prompts_for,
+    publish_batches, reset_peak_memory, synchronize, timed, user_error_exit, BENCHMARK_PROMPTS,
 )
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
-from noise_diffusion.methods import METHODS
 from noise_diffusion.images import tensor_to_pil
 
-PROMPTS = ["a dog and a frog", "a red cube on top of a blue sphere", "a cat left of a clock", "two birds and a bench"]
+PROMPTS = list(BENCHMARK_PROMPTS)
 
 
 def batch_items(batch: int, prompts: list[str] | None = None) -> tuple[list[str], list[int]]:
@@ -45,13 +41,14 @@ def batch_items(batch: int, prompts: list[str] | None = None) -> tuple[list[str]
     return [prompts[i % len(prompts)] for i in range(batch)], list(range(batch))
 
 
-def time_parts(generator, verifier, prompts, seeds, repeats: int) -> dict[str, float]:
+def time_parts(generator, verifier, prompts, seeds, repeats: int, clock: Clock = WALL) -> dict[str, float]:
     """Median seconds of what the in-epoch breakdown does not split: the backward's two halves, the host copies of
     the images, PNG encoding (paid only when per-epoch images are saved) and the prompt encoding (once per run)."""
     device = generator.device
     z = initial_latents(generator.latent_shape, seeds).to(device)
     parts: dict[str, float] = {}
-    parts["encode prompts (once per run)"], cond = timed(lambda: generator.encode_prompts(prompts), device, repeats)
+    parts["encode prompts (once per run)"], cond = timed(lambda: generator.encode_prompts(prompts), device, repeats,
+                                                            clock=clock)
     sampled = generator.sample(z, cond)
     segments: dict[str, list[float]] = {"verifier backward": [], "decode + replay backward": []}
     for _ in range(repeats + 1):  # the first pass is a warm-up
@@ -59,17 +56,18 @@ def time_parts(generator, verifier, prompts, seeds, repeats: int) -> dict[str, f
         images = generator.decode(generator.replay(leaf, sampled.record))
         image_leaf = images.detach().requires_grad_(True)
         scores = verifier(image_leaf, prompts)
-        marks = [_now(device)]
+        marks = [_now(device, clock)]
         (image_grad,) = torch.autograd.grad(scores.sum(), image_leaf)
-        marks.append(_now(device))
+        marks.append(_now(device, clock))
         torch.autograd.grad(images, leaf, image_grad)
-        marks.append(_now(device))
+        marks.append(_now(device, clock))
         for key, start, end in zip(segments, marks, marks[1:]):
             segments[key].append(end - start)
     parts.update({k: statistics.median(v[1:]) for k, v in segments.items()})
     parts["image copies to host"], _ = timed(lambda: [images[j].detach().float().cpu() for j in range(len(seeds))],
-                                             device, repeats)
-    parts["PNG encoding (only with per-epoch images)"], _ = timed(lambda: _encode_png(images), device, repeats)
+                                             device, repeats, clock=clock)
+    parts["PNG encoding (only with per-epoch images)"], _ = timed(lambda: _encode_png(images), device, repeats,
+                                                                  clock=clock)
     return parts
 
 
@@ -82,9 +80,9 @@ def _encode_png(images) -> int:
     return size
 
 
-def _now(device) -> float:
+def _now(device, clock: Clock) -> float:
     synchronize(device)
-    return now()
+    return clock.now()
 
 
 def minimum_pass(generator, verifier, prompts, seeds):
@@ -104,58 +102,115 @@ BREAKDOWN = ("guided sampling", "replay", "decode forward", "verifier forward", 
              "selection (pool, alignments, update)")
 
 
+class _PartTimer:
+    """Attributes an epoch's time to its parts from the hooks that the library's modules and tensors offer: the
+    denoiser's calls without gradients (guided sampling), the gap from the last of them to the VAE decoder when the
+    gradient is taken (the replay: the scheduler's steps with the predictions held fixed), the decoder's and the
+    verifier's forward passes, and the backward from the gradient of the scores to that of the latent. The gap from
+    the end of a pass, or from the last :meth:`mark` (an epoch's end) when later, to the next sampling is the
+    selection."""
+
+    def __init__(self, device, clock: Clock) -> None:
+        self.device, self.clock = device, clock
+        self.totals: dict[str, float] = collections.defaultdict(float)
+        self.sampling_start = self.network_end = self.part_start = self.last_end = self.epoch_end = None
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return self.clock.now()
+
+    def mark(self) -> None:
+        self.epoch_end = self.now()
+
+    def network_starts(self, module, inputs) -> None:
+        if torch.is_grad_enabled() or self.sampling_start is not None:
+            return
+        tick = self.now()
+        if self.last_end is not None:
+            self.totals[BREAKDOWN[5]] += tick - max(self.last_end, self.epoch_end or self.last_end)
+        self.sampling_start = self.network_end = tick
+
+    def network_ends(self, module, inputs, output) -> None:
+        if self.sampling_start is not None:
+            self.network_end = self.now()
+
+    def decode_starts(self, module, inputs) -> None:
+        tick = self.now()
+        if self.sampling_start is not None:
+            self.totals[BREAKDOWN[0]] += self.network_end - self.sampling_start
+            if torch.is_grad_enabled():
+                self.totals[BREAKDOWN[1]] += tick - self.network_end
+            self.sampling_start = None
+        for leaf in _leaves(inputs[0]):  # where the backward ends
+            leaf.register_hook(self.backward_ends)
+        self.part_start = self.now()
+
+    def decode_ends(self, module, inputs, output) -> None:
+        self.totals[BREAKDOWN[2]] += self.now() - self.part_start
+
+    def verifier_starts(self, module, inputs) -> None:
+        self.part_start = self.now()
+
+    def verifier_ends(self, module, inputs, output) -> None:
+        self.last_end = self.now()
+        self.totals[BREAKDOWN[3]] += self.last_end - self.part_start
+        if output.requires_grad:
+            output.register_hook(self.backward_starts)
+
+    def backward_starts(self, grad) -> None:
+        self.part_start = self.now()
+
+    def backward_ends(self, grad) -> None:
+        self.last_end = self.now()
+        self.totals[BREAKDOWN[4]] += self.last_end - self.part_start
+
+
+def _leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors that ``tensor`` was computed from under autograd (the latent of the replay)."""
+    leaves, seen, todo = [], set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        todo.extend(fn for fn, _ in node.next_functions)
+    return leaves
+
+
 @contextlib.contextmanager
-def attributed(generator, verifier):
-    """While ``optimize()`` runs, accumulate the time spent in each of the library's pieces.
-
-    Wraps ``generator.sample/replay/decode``, ``verifier.forward``, ``torch.autograd.grad`` (the loop's one backward)
-    and the ``noise_diffusion`` method's ``propose``, each synchronised on a GPU; yields the running totals. What an
-    epoch spends outside them is the loop's own bookkeeping (merging, host copies, records, callbacks).
-    """
-    device = generator.device
-    totals: dict[str, float] = collections.defaultdict(float)
-
-    def wrap(name, fn):
-        @functools.wraps(fn)
-        def timed_call(*args, **kwargs):
-            synchronize(device)
-            tick = now()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                synchronize(device)
-                totals[name] += now() - tick
-
-        return timed_call
-
-    method = METHODS["noise_diffusion"]
-    grad = torch.autograd.grad
-    for attr, name in zip(("sample", "replay", "decode"), BREAKDOWN):
-        setattr(generator, attr, wrap(name, getattr(generator, attr)))
-    verifier.forward = wrap(BREAKDOWN[3], verifier.forward)
-    torch.autograd.grad = wrap(BREAKDOWN[4], grad)
-    METHODS["noise_diffusion"] = dataclasses.replace(method, propose=wrap(BREAKDOWN[5], method.propose))
+def attributed(generator, verifier, clock: Clock = WALL, timer: _PartTimer | None = None):
+    """While ``optimize()`` runs, accumulate the time spent in each of the library's pieces (see :class:`_PartTimer`),
+    through forward hooks on the denoiser, the VAE decoder and the verifier and gradient hooks on their tensors, all
+    removed at the end; yields the running totals. What an epoch spends outside them is the loop's own bookkeeping
+    (merging, host copies, records, callbacks)."""
+    timer = timer or _PartTimer(generator.device, clock)
+    decoder = getattr(generator.vae, "decoder", generator.vae)
+    handles = [generator.denoiser.register_forward_pre_hook(timer.network_starts),
+               generator.denoiser.register_forward_hook(timer.network_ends),
+               decoder.register_forward_pre_hook(timer.decode_starts),
+               decoder.register_forward_hook(timer.decode_ends),
+               verifier.register_forward_pre_hook(timer.verifier_starts),
+               verifier.register_forward_hook(timer.verifier_ends)]
     try:
-        yield totals
+        yield timer.totals
     finally:
-        for attr in ("sample", "replay", "decode"):
-            delattr(generator, attr)
-        del verifier.forward
-        torch.autograd.grad = grad
-        METHODS["noise_diffusion"] = method
+        for handle in handles:
+            handle.remove()
 
 
-def epoch_breakdown(generator, verifier, prompts, seeds, config: SearchConfig) -> dict[str, float]:
+def epoch_breakdown(generator, verifier, prompts, seeds, config: SearchConfig, clock: Clock = WALL) -> dict[str, float]:
     """Median seconds per part of the gradient epochs of one instrumented ``optimize()`` run; the parts sum to the
     epoch, the last one being the loop's bookkeeping."""
-    device = generator.device
     last = len(prompts) - 1
     snapshots: dict[int, tuple[float, dict]] = {}
-    with attributed(generator, verifier) as totals:
+    timer = _PartTimer(generator.device, clock)
+    with attributed(generator, verifier, timer=timer) as totals:
         def on_epoch(item, epoch, image, record):
             if item == last:
-                synchronize(device)
-                snapshots[epoch] = (now(), dict(totals))
+                timer.mark()
+                snapshots[epoch] = (timer.epoch_end, dict(totals))
 
         optimize(generator, verifier, prompts, seeds, config, progress=False, on_epoch=on_epoch)
     rows: dict[str, list[float]] = collections.defaultdict(list)
@@ -169,7 +224,7 @@ def epoch_breakdown(generator, verifier, prompts, seeds, config: SearchConfig) -
     return {k: statistics.median(v) for k, v in rows.items()}
 
 
-def time_epochs(generator, verifier, prompts, seeds, config: SearchConfig, runs: int) -> dict:
+def time_epochs(generator, verifier, prompts, seeds, config: SearchConfig, runs: int, clock: Clock = WALL) -> dict:
     """Epoch seconds measured inside ``optimize()``, interleaved with the physical minimum.
 
     An epoch's interval runs from the end of the previous epoch's last ``on_epoch`` call to its own last call; epochs
@@ -190,19 +245,19 @@ def time_epochs(generator, verifier, prompts, seeds, config: SearchConfig, runs:
             if item != last:
                 return
             synchronize(device)
-            ends[epoch] = now()
+            ends[epoch] = clock.now()
             if epoch < config.max_epoch - 1:
-                tick = now()
+                tick = clock.now()
                 minimum()
                 synchronize(device)
-                minima.append(now() - tick)
-            starts[epoch] = now()
+                minima.append(clock.now() - tick)
+            starts[epoch] = clock.now()
 
         synchronize(device)
-        begin = now()
+        begin = clock.now()
         optimize(generator, verifier, prompts, seeds, config, progress=False, on_epoch=on_epoch)
         synchronize(device)
-        totals.append(now() - begin - sum(starts[e] - ends[e] for e in ends))
+        totals.append(clock.now() - begin - sum(starts[e] - ends[e] for e in ends))
         intervals += [ends[e] - starts[e - 1] for e in range(1, config.max_epoch)]
     # epoch e is paired with the minimum pass timed just before it (after epoch e-1)
     paired = [i / m for i, m in zip(intervals, minima)]
@@ -238,15 +293,15 @@ def generator_parameters(generator) -> int:
     return sum(count_parameters(m) for m in components.values() if isinstance(m, torch.nn.Module))
 
 
-def measure(generator, verifier, batch: int, args) -> dict:
-    prompts, seeds = batch_items(batch, args.prompts)
+def measure(generator, verifier, batch: int, args, clock: Clock = WALL) -> dict:
+    prompts, seeds = batch_items(batch, prompts_for(verifier))
     device = generator.device
-    config = SearchConfig(max_epoch=args.epochs, num_candidates=args.num_candidate_noises)
+    config = search_config(args)
     reset_peak_memory(device)
-    timing = time_epochs(generator, verifier, prompts, seeds, config, args.runs)
+    timing = time_epochs(generator, verifier, prompts, seeds, config, args.runs, clock)
     memory, memory_kind = peak_memory(device)
-    breakdown = epoch_breakdown(generator, verifier, prompts, seeds, config)
-    parts = time_parts(generator, verifier, prompts, seeds, args.repeats)
+    breakdown = epoch_breakdown(generator, verifier, prompts, seeds, config, clock)
+    parts = time_parts(generator, verifier, prompts, seeds, args.repeats, clock)
     # what the loop adds to the minimum's work inside the same epochs (the replay's share of the backward, a few
     # element-wise ops per step, stays in the backward: the ratio is a slight underestimate)
     extra = sum(breakdown[k] for k in (BREAKDOWN[1], BREAKDOWN[5], "bookkeeping (the rest of the epoch)"))
@@ -291,25 +346,23 @@ def markdown(report: dict) -> str:
 def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(parser)
-    parser.add_argument("--batch_size", type=int, nargs="+", default=[1], help="one or more batch sizes")
-    parser.add_argument("--num_candidate_noises", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per timed optimize() run (>= 2; default 4)")
+    add_search_args(parser, with_method=False)
+    parser.set_defaults(max_epoch=4)
+    parser.add_argument("--batch_size", type=positive_int, nargs="+", default=[1], help="one or more batch sizes")
+    parser.add_argument("--epochs", dest="max_epoch", type=positive_int,
+                        help="epochs per timed optimize() run, the same as --max_epoch (>= 2; default 4)")
     parser.add_argument("--runs", type=int, default=1,
                         help="timed optimize() runs per batch size, besides the instrumented one (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each part (default 3)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (experiment)")
     parser.add_argument("--cpu_timesteps", action="store_true",
                         help="experiment: keep the scheduler's timesteps on the CPU, so that scheduler.step indexes its "
                              "CPU tables without a host sync per step on a GPU")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
-    if args.epochs < 2:
+    if args.max_epoch < 2:
         parser.error("--epochs must be >= 2 (epoch 1 .. epochs-1 are timed)")
-    if min(args.batch_size) < 1:
-        parser.error("--batch_size must be >= 1")
     generator, verifier, models = build_models(args)
-    if args.compile:  # the same as the generators' own ``compile`` option, for any preset
-        generator.denoiser = torch.compile(generator.denoiser)
+    clock = clock_for(args.clock, generator.device)
     if args.cpu_timesteps:
         use_cpu_timesteps(generator)
     settings = generator.settings()
@@ -321,14 +374,12 @@ def main() -> int:
                      f"verifier dtype {str(next(verifier.parameters()).dtype).removeprefix('torch.')}, "
                      f"N = {args.num_candidate_noises}, compile {args.compile}, CPU timesteps {args.cpu_timesteps}, "
                      f"memory options {[k for k in ('cpu_offload', 'vae_slicing', 'vae_checkpointing') if settings.get(k)]}; "
-                     f"timed by {clock_name()}"),
+                     f"timed by {clock.name}"),
         "parameters": {"generator": generator_parameters(generator), "verifier": count_parameters(verifier)},
         "results": [],
     }
-    for batch in args.batch_size:
-        report["results"].append(measure(generator, verifier, batch, args))
-        print(f"batch {batch}: epoch {report['results'][-1]['epoch_seconds']:.4f} s", flush=True)
-    return publish(report, markdown(report), args.json)
+    return publish_batches(report, args.batch_size, lambda batch: measure(generator, verifier, batch, args, clock),
+                           lambda row: f"{row['epoch_seconds']:.4f} s", markdown, args.json)
 
 
 if __name__ == "__main__":

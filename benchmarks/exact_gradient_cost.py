@@ -29,14 +29,12 @@ on the high side there; the ratio exact / replay is the robust figure. ``--full`
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
-from common import SD14_UNET, materialize, publish, synchronize, user_error_exit, write_clip_tokenizer, _workdir
+from common import SD14_UNET, machine, materialize, publish, synchronize, user_error_exit, write_clip_tokenizer, _workdir
 from noise_diffusion.generators import Sampling
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.generators.stable_diffusion import StableDiffusionGenerator
@@ -54,19 +52,6 @@ MODELS = {
     "sd-turbo": (SD_TURBO_UNET, 1, 0.0, "default", TURBO_SCHEDULERS["sd-turbo"]),
 }
 VARIANTS = ("replay", "exact, checkpointed", "exact, not checkpointed")
-
-
-def machine_facts() -> str:
-    """The machine, read now: the GPU, or the CPU model, its cores and torch's threads."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
 
 
 def reduced_unet(config: dict, divisor: int, latent_size: int) -> dict:
@@ -264,7 +249,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
     args.dtype = getattr(torch, args.dtype or ("float16" if args.device.type == "cuda" else "float32"))
-    report = {"machine": machine_facts(), "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+    report = {"machine": machine(), "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                              time.gmtime()),
               "clock": "wall time" if args.device.type == "cuda" else "process CPU time",
               "dtype": str(args.dtype).removeprefix("torch."), "results": []}

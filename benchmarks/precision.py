@@ -11,13 +11,13 @@ the real models (``--sd_version``, ``--vqa_model``); on a CPU bfloat16 is the pr
 
 from __future__ import annotations
 
-import copy
+import argparse
 
 import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from noise_diffusion.cli import ArgumentParser  # noqa: E402
-from common import add_model_args, build_models, machine, user_error_exit, write_json
+from common import add_model_args, build_models, machine, prompts_for, user_error_exit, write_json
 from epoch_cost import batch_items
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.methods import METHODS
@@ -49,14 +49,11 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    full = copy.copy(args)
-    full.dtype = full.vqa_dtype = "float32"
-    gen32, verifier32, models = build_models(full)
+    gen32, verifier32, models = build_models(argparse.Namespace(**{**vars(args), "dtype": "float32",
+                                                                    "vqa_dtype": "float32"}))
     low = args.low_dtype or ("float16" if gen32.device.type == "cuda" else "bfloat16")
-    half = copy.copy(args)
-    half.dtype = half.vqa_dtype = low
-    gen16, verifier16, _ = build_models(half)
-    prompts, seeds = batch_items(args.batch_size, full.prompts)
+    gen16, verifier16, _ = build_models(argparse.Namespace(**{**vars(args), "dtype": low, "vqa_dtype": low}))
+    prompts, seeds = batch_items(args.batch_size, prompts_for(verifier32))
 
     reference = gradient_epoch(gen32, verifier32, prompts, seeds, args.num_candidate_noises)
     rows = []

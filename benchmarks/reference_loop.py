@@ -15,6 +15,7 @@ Both are timed per epoch (median over the epochs that compute a gradient) and re
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import statistics
@@ -23,14 +24,17 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from noise_diffusion.cli import ArgumentParser  # noqa: E402
-from common import now, clock_name, add_model_args, build_models, machine, synchronize, user_error_exit, write_json
+from common import (
+    WALL, Clock, add_model_args, build_models, clock_for, machine, prompts_for, synchronize, user_error_exit, write_json,
+)
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.images import tensor_to_pil
 from epoch_cost import batch_items
 
 
-def reference_run(generator, verifier, prompt: str, seed: int, epochs: int, num_candidates: int) -> dict:
+def reference_run(generator, verifier, prompt: str, seed: int, epochs: int, num_candidates: int,
+                  clock: Clock = WALL) -> dict:
     """The authors' loop structure for one image; returns per-epoch seconds and the scores."""
     device = generator.device
     z = initial_latents(generator.latent_shape, [seed]).to(device)
@@ -39,7 +43,7 @@ def reference_run(generator, verifier, prompt: str, seed: int, epochs: int, num_
     best_score, seconds, scores = -1.0, [], []
     for epoch in range(epochs + 1):
         synchronize(device)
-        tick = now()
+        tick = clock.now()
         sampled = generator.sample(z, cond)
         leaf = z.detach().clone().requires_grad_(True)
         image = generator.decode(generator.replay(leaf, sampled.record))
@@ -61,7 +65,7 @@ def reference_run(generator, verifier, prompt: str, seed: int, epochs: int, num_
                     best_alignment, best_noise = alignment, noise
             z = math.sqrt(1.0 - gamma) * z + math.sqrt(gamma) * best_noise
         synchronize(device)
-        seconds.append(now() - tick)
+        seconds.append(clock.now() - tick)
         scores.append(s)
     return {"seconds": seconds, "scores": scores}
 
@@ -72,7 +76,7 @@ def _png(image: torch.Tensor) -> int:
     return buffer.tell()
 
 
-def ours_run(generator, verifier, prompts, seeds, epochs: int, num_candidates: int) -> list[float]:
+def ours_run(generator, verifier, prompts, seeds, epochs: int, num_candidates: int, clock: Clock = WALL) -> list[float]:
     """Epoch intervals of ``optimize()`` on the whole batch (see ``epoch_cost.time_epochs``)."""
     device = generator.device
     ends: dict[int, float] = {}
@@ -81,7 +85,7 @@ def ours_run(generator, verifier, prompts, seeds, epochs: int, num_candidates: i
     def on_epoch(item, epoch, image, record):
         if item == last:
             synchronize(device)
-            ends[epoch] = now()
+            ends[epoch] = clock.now()
 
     config = SearchConfig(max_epoch=epochs, num_candidates=num_candidates)
     optimize(generator, verifier, prompts, seeds, config, progress=False, on_epoch=on_epoch)
@@ -101,23 +105,23 @@ def main() -> int:
     if args.epochs < 2 or args.batch_size < 1:
         parser.error("--epochs must be >= 2 and --batch_size >= 1")
 
-    ours_dtype = args.dtype
-    args.dtype = "float32"  # the reference: float32 diffusion model, as the authors
-    reference_generator, verifier, models = build_models(args)
-    if ours_dtype in ("float32", "auto") and reference_generator.device.type == "cpu":
+    # the reference: a float32 diffusion model, as the authors
+    reference_generator, verifier, models = build_models(argparse.Namespace(**{**vars(args), "dtype": "float32"}))
+    if args.dtype in ("float32", "auto") and reference_generator.device.type == "cpu":
         generator = reference_generator
     else:
-        args.dtype = ours_dtype
         generator, verifier, _ = build_models(args)
-    prompts, seeds = batch_items(args.batch_size, args.prompts)
+    clock = clock_for(args.clock, generator.device)
+    prompts, seeds = batch_items(args.batch_size, prompts_for(verifier))
 
     ours, reference = [], []
     optimize(generator, verifier, prompts[:1], seeds[:1], SearchConfig(max_epoch=1, num_candidates=2), progress=False)
     for _ in range(args.rounds):  # alternate, so that both see the same machine load
         ours += [t / args.batch_size for t in ours_run(generator, verifier, prompts, seeds, args.epochs,
-                                                        args.num_candidate_noises)]
+                                                        args.num_candidate_noises, clock)]
         for prompt, seed in zip(prompts, seeds):
-            run = reference_run(reference_generator, verifier, prompt, seed, args.epochs, args.num_candidate_noises)
+            run = reference_run(reference_generator, verifier, prompt, seed, args.epochs, args.num_candidate_noises,
+                                clock)
             reference += run["seconds"][1:-1]  # the epochs that propose and take a gradient, like ours
     ours_s, ref_s = statistics.median(ours), statistics.median(reference)
     settings = generator.settings()
@@ -128,7 +132,7 @@ def main() -> int:
         "speedup": ref_s / ours_s, "ours_samples": ours, "reference_samples": reference,
     }
     print(f"**{models}** on {report['machine']}; {settings['num_steps']} steps, N = {args.num_candidate_noises}, "
-          f"batch {args.batch_size}; timed by {clock_name()}\n")
+          f"batch {args.batch_size}; timed by {clock.name}\n")
     print("| loop | dtype | s per image per epoch |\n|---|---|---:|")
     print(f"| reference structure (one image at a time, per-candidate sync, PNG every epoch) | float32 | {ref_s:.4f} |")
     print(f"| ours (`optimize()`, batch {args.batch_size}) | {settings['dtype']} | {ours_s:.4f} |")

@@ -19,7 +19,7 @@ import torch
 
 import common  # noqa: F401  (puts the project on sys.path)
 from common import (
-    _cached, build_clip_flant5_verifier, clock_name, machine, publish, set_clock, timed, user_error_exit,
+    WALL, Clock, _cached, build_clip_flant5_verifier, clock_for, machine, publish, timed, user_error_exit,
 )
 from epoch_cost import PROMPTS, batch_items
 from noise_diffusion.specs import resolve_device
@@ -37,14 +37,15 @@ TINY = {
 }
 
 
-def seconds_per_image(verifier, images: torch.Tensor, prompts: list[str], micro_batch: int | None, repeats: int) -> float:
+def seconds_per_image(verifier, images: torch.Tensor, prompts: list[str], micro_batch: int | None, repeats: int,
+                      clock: Clock = WALL) -> float:
     verifier.micro_batch = micro_batch
 
     def step():
         leaf = images.detach().requires_grad_(True)
         return torch.autograd.grad(verifier(leaf, prompts).sum(), leaf)
 
-    seconds, _ = timed(step, verifier.device, repeats=repeats)
+    seconds, _ = timed(step, verifier.device, repeats=repeats, clock=clock)
     verifier.micro_batch = None
     return seconds / len(prompts)
 
@@ -88,16 +89,16 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.dtype = getattr(torch, args.dtype)
-    set_clock("auto", device)
+    clock = clock_for("auto", device)
     report = {"machine": machine(), "settings": f"{str(args.dtype).removeprefix('torch.')}, forward + backward to the images, median of {args.repeats}, "
-                                                 f"timed by {clock_name()}", "results": []}
+                                                 f"timed by {clock.name}", "results": []}
     for name, verifier, side in verifiers(args, device):
         for batch in args.batch_size:
             prompts, seeds = batch_items(batch, PROMPTS)
             images = torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(batch)).to(device)
             row = {"verifier": name, "batch_size": batch,
-                   "batched": seconds_per_image(verifier, images, prompts, None, args.repeats),
-                   "one_at_a_time": seconds_per_image(verifier, images, prompts, 1, args.repeats)}
+                   "batched": seconds_per_image(verifier, images, prompts, None, args.repeats, clock),
+                   "one_at_a_time": seconds_per_image(verifier, images, prompts, 1, args.repeats, clock)}
             report["results"].append(row)
             print(f"{name}, batch {batch}: {row['batched']:.4f} s/image batched, {row['one_at_a_time']:.4f} one at a "
                   "time", flush=True)

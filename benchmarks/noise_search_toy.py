@@ -5,7 +5,7 @@
 
 Every search runs through ``optimize()`` on the shipped ``toy-digits`` pipeline guided by ``toy-digits-cnn``, all items
 in one batch per method; every epoch's image is judged by the held-out ``toy-digits-heldout-resnet``, which the search
-never sees. The prompts are the first prompts of the toy replication's first sample (the same rule as
+never sees. The prompts are the first held-out and seen prompts of the toy replication's first sample (the same rule as
 ``benchmarks/replicate_toy.py``: half held-out combinations, every relation in turn), with its seeds, judges and
 statistics (paired by prompt, percentile bootstrap over prompts and a sign test, :mod:`noise_diffusion.intervals`).
 
@@ -216,8 +216,8 @@ def cosine_lines(cosines: dict, cpu: dict) -> list[str]:
     return lines
 
 
-PLAN = ("Plan (fixed before the run): the first {prompts} prompts of the replication's first sample (half held-out "
-        "combinations, every relation), seeds {seeds}; guided by `toy-digits-cnn`, judged by "
+PLAN = ("Plan (fixed before the run): {prompts} prompts of the replication's first sample (its first {half} "
+        "held-out and first {rest} seen combinations, every relation in turn), seeds {seeds}; guided by `toy-digits-cnn`, judged by "
         "`toy-digits-heldout-resnet`. Noise Diffusion (50 candidates) with the replay and with the exact gradient, "
         "zero-order search with N = {n} neighbours at cosine 0.95 (tt-scale-flux's defaults), ReNO with its "
         "defaults and the exact gradient, best-of-N, and the plain sampler; {e} epochs for the gradient methods "
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": "python benchmarks/noise_search_toy.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
               "threads": torch.get_num_threads(),
-              "plan_text": PLAN.format(prompts=args.prompts, seeds=", ".join(map(str, args.seeds)), n=n, e=e,
+              "plan_text": PLAN.format(prompts=args.prompts, half=args.prompts // 2, rest=args.prompts - args.prompts // 2, seeds=", ".join(map(str, args.seeds)), n=n, e=e,
                                        g=e + 1, ze=e // n, f=3 * e + 1),
               "cosines": cosine_summary(runs, groups), "budgets": budgets(runs, groups, e, n),
               "cpu": {k: r["cpu_per_generation"] for k, r in runs.items() if k != "plain sampler"},

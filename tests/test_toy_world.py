@@ -169,7 +169,7 @@ def test_second_held_out_judge_ships_small_and_is_another_architecture(verifiers
 
 
 def test_augmentation_moves_and_softens_boxes_within_range():
-    from noise_diffusion.toy import train
+    from noise_diffusion.toy.training import digits as train
 
     rng = np.random.default_rng(0)
     boxes, _ = train.box_batch(64, "b", rng)
@@ -181,7 +181,7 @@ def test_augmentation_moves_and_softens_boxes_within_range():
 
 # -- training ----------------------------------------------------------------------------------------------------------
 def test_training_script_runs_end_to_end(tmp_path):
-    from noise_diffusion.toy import train
+    from noise_diffusion.toy.training import digits as train
 
     train.main(["--work", str(tmp_path), "--verifier_steps", "2", "--vae_steps", "2", "--unet_steps", "2",
                 "--unet_more_steps", "2", "--unet_dataset", "32", "--unet_batch", "4"])

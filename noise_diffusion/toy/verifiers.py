@@ -23,7 +23,7 @@ from . import models, world
 
 WEIGHTS = Path(__file__).resolve().parent / "assets" / "verifiers"
 #: short name -> architecture in toy.models.VERIFIERS (weights: WEIGHTS/<name>.safetensors); the held-out ones saw the
-#: other half of the digits (recipes in toy.train.VERIFIER_RECIPES)
+#: other half of the digits (recipes in toy.training.digits.VERIFIER_RECIPES)
 VERIFIERS = {"toy-digits-cnn": "cnn", "toy-digits-heldout": "mlp", "toy-digits-heldout-resnet": "resnet"}
 #: the four box positions in a fixed order: (layout, slot)
 _BOXES = [("H", 0), ("H", 1), ("V", 0), ("V", 1)]

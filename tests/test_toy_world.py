@@ -86,7 +86,8 @@ def test_shipped_pipeline_loads_by_name_offline(toy):
     assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.clip_sample
     assert (pipe.scheduler.config.beta_start, pipe.scheduler.config.beta_end) == (0.00085, 0.012)
     assert all(len(pipe.tokenizer.tokenize(w)) == 1 for w in "a 3 left right of above below and".split())
-    size = sum(f.stat().st_size for f in PIPELINE.parent.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in PIPELINE.parent.rglob("*")
+               if f.is_file() and "toy-digits-attn" not in f.parts)  # the attention world is counted in its own test
     assert size <= 10 * 2**20
 
 

@@ -185,11 +185,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def install(work: Path) -> None:
-    """Copy the trained pipeline into ``noise_diffusion/toy/assets/toy-digits-attn`` with its timings."""
+    """Copy the trained pipeline into ``noise_diffusion/toy/assets/toy-digits-attn`` with its timings; the UNet and
+    autoencoder weights are stored at half precision (diffusers loads them into float32 models), halving the size."""
+    from safetensors.torch import load_file, save_file
+
     destination = ASSETS / PIPELINE_NAME
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(work / PIPELINE_NAME, destination)
+    for part in ("unet", "vae"):
+        path = destination / part / "diffusion_pytorch_model.safetensors"
+        save_file({k: v.half().contiguous() for k, v in load_file(str(path)).items()}, str(path))
     shutil.copy(work / "timings.json", ASSETS / "training_timings_attn.json")
     _log(f"installed into {destination}")
 

@@ -7,8 +7,9 @@ Runs the plain sampler, Attend-and-Excite, InitNO, InitNO's noise alone, best-of
 Noise Diffusion (10 and 50 epochs) through ``noise_diffusion.optimize`` on 40 spatial and 40 existence prompts x the
 paper's five seeds, judges every kept image with the held-out verifiers, and writes the results section of
 ``docs/replication_toy_attn.md`` (below its plan, which it keeps) and ``docs/replication_toy_attn.json``. Each
-method's raw scores are cached in ``--raw`` (written whole or not at all), so an interrupted run resumes and a
-finished method is never run twice; ``--workers`` methods run at once, one thread each.
+method's raw scores are cached per seed in ``--raw`` (written whole or not at all), so an interrupted run resumes and a
+finished method is never run twice; each method runs one seed at a time (a shard), ``--workers`` shards at once,
+one thread each. ``--render_only`` renders the seeds finished so far, marked as interim.
 """
 
 from __future__ import annotations
@@ -105,14 +106,15 @@ def selected_prompts(limit: int | None) -> list[dict]:
     return [e for f in ("spatial", "existence") for e in [x for x in entries if x["family"] == f][:limit]]
 
 
-def run_method(key: str, raw: str, limit: int | None, model: str) -> str:
-    """Run one method on every item and cache its raw scores in ``raw/<key>.json`` (skipped when there)."""
+def run_shard(key: str, seed: int, raw: str, limit: int | None, model: str) -> str:
+    """Run one method on every prompt with one seed; cache the raw scores in ``raw/<key>-<seed>.json`` (written whole
+    or not at all; skipped when there)."""
     torch.set_num_threads(1)
-    path = Path(raw) / f"{key}.json"
+    path = Path(raw) / f"{key}-{seed}.json"
     if path.exists():
         return key
-    items = [(e["prompt"], s) for e in selected_prompts(limit) for s in PAPER_SEEDS]
-    prompts, seeds = [p for p, _ in items], [s for _, s in items]
+    prompts = [e["prompt"] for e in selected_prompts(limit)]
+    seeds = [seed] * len(prompts)
     generator = load_generator(model)
     guide = load_verifier(GUIDE)
     cpu, wall = time.process_time(), time.perf_counter()
@@ -125,8 +127,22 @@ def run_method(key: str, raw: str, limit: int | None, model: str) -> str:
     temporary = path.with_suffix(".partial")
     temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
     os.replace(temporary, path)
-    print(time.strftime("%H:%M:%S"), f"{key}: {cpu / 60:.1f} CPU-min, {wall / 60:.1f} min wall", flush=True)
+    print(time.strftime("%H:%M:%S"), f"{key} seed {seed}: {cpu / 60:.1f} CPU-min, {wall / 60:.1f} min wall", flush=True)
     return key
+
+
+def load_records(raw: str, seeds: list[int]) -> tuple[dict, list[int]]:
+    """Each method's shards joined, for the seeds that every method has finished (in the order of ``seeds``)."""
+    done = [s for s in seeds if all((Path(raw) / f"{k}-{s}.json").exists() for k in METHODS)]
+    records = {}
+    for key in METHODS:
+        shards = [json.loads((Path(raw) / f"{key}-{s}.json").read_text()) for s in done]
+        joined = {"cpu_seconds": sum(r["cpu_seconds"] for r in shards)}
+        for field in shards[0] if shards else []:
+            if isinstance(shards[0][field], list):
+                joined[field] = [v for r in shards for v in r[field]]
+        records[key] = joined
+    return records, done
 
 
 def verdict(c) -> str:
@@ -195,16 +211,19 @@ def pair_rows(records: dict, family: str, entries: list[dict]) -> tuple[list[str
     return rows, numbers
 
 
-def render(records: dict, seconds: dict, limit: int | None) -> tuple[str, dict]:
+def render(records: dict, seconds: dict, limit: int | None, done: list[int], seeds: list[int]) -> tuple[str, dict]:
     entries = selected_prompts(limit)
     cpu = sum(r["cpu_seconds"] for r in records.values()) / 60
-    lines = [MARKER, "", "## Results", "",
+    status = [] if done == seeds else [
+        f"**Interim: seeds {', '.join(map(str, done))} of {', '.join(map(str, seeds))} finished for every method.** "
+        "The same command finishes the rest (finished seeds are cached) and rewrites this section.", ""]
+    lines = [MARKER, "", "## Results", "", *status,
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, CPU, one thread per "
              f"method, {seconds['workers']} methods at once; {cpu:.1f} CPU-min over all methods, {seconds['wall'] / 60:.1f} "
              f"min wall for this invocation (0 when every method was cached). Primary judge `{JUDGES[0]}`; `{JUDGES[1]}` "
              f"(MLP) beside it. CPU s / item: the method's process CPU time over its {len(records['plain']['prompts'])} "
              "items (the searches batch all items, the attention baselines run one item at a time)."]
-    report = {"settings": {"world": WORLD, "guide": GUIDE, "judges": JUDGES, "seeds": PAPER_SEEDS, "target": TARGET,
+    report = {"settings": {"world": WORLD, "guide": GUIDE, "judges": JUDGES, "seeds": done, "target": TARGET,
                            "prompt_seed": PROMPT_SEED, "prompts": entries}, "families": {}}
     for family in ("existence", "spatial"):
         rows, numbers = family_rows(records, family, entries)
@@ -212,7 +231,7 @@ def render(records: dict, seconds: dict, limit: int | None) -> tuple[str, dict]:
         neglect_head = " neglect Δ (ResNet) |" if family == "existence" else ""
         neglect_rule = "---|" if family == "existence" else ""
         count = sum(e["family"] == family for e in entries)
-        lines += ["", f"### {family.capitalize()} prompts ({count} prompts x {len(PAPER_SEEDS)} seeds)", "",
+        lines += ["", f"### {family.capitalize()} prompts ({count} prompts x {len(done)} seeds)", "",
                   "| method | generations | UNet forwards / backwards per item | CPU s / item | guide | held-out (ResNet) [95 % CI] "
                   "| accuracy (ResNet) | held-out (MLP) | ResNet: seen / held-out comb. | neglect | − plain sampler [95 % CI], sign p |",
                   "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
@@ -229,6 +248,10 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first LIMIT prompts of each family: to check the script (not the table)")
     parser.add_argument("--sd_version", default=WORLD, help="generator (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(PAPER_SEEDS),
+                        help="seeds (default: the paper's five); others only to check the script")
+    parser.add_argument("--render_only", action="store_true",
+                        help="run nothing: render the seeds that every method has finished")
     parser.add_argument("--out", default=str(ROOT / "docs" / "replication_toy_attn.md"),
                         help="markdown file whose part below the results marker is rewritten; JSON beside it")
     args = parser.parse_args(argv)
@@ -237,13 +260,18 @@ def main(argv=None) -> None:
     out = Path(args.out)
     head = out.read_text(encoding="utf-8").split(MARKER)[0] if out.exists() else ""
     Path(args.raw).mkdir(parents=True, exist_ok=True)
-    order = ["initno", "noise_diffusion_50", "best_of_n_50", "attend_and_excite", "initno_noise_only",
-             "noise_diffusion_10", "best_of_n_10", "plain"]
+    order = ["plain", "noise_diffusion_50", "best_of_n_50", "noise_diffusion_10", "best_of_n_10", "attend_and_excite",
+             "initno", "initno_noise_only"]
     wall = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        pool.starmap(run_method, [(key, args.raw, args.limit, args.sd_version) for key in order])
-    records = {k: json.loads((Path(args.raw) / f"{k}.json").read_text()) for k in METHODS}
-    text, report = render(records, {"wall": time.perf_counter() - wall, "workers": args.workers}, args.limit)
+    if not args.render_only:
+        jobs = [(key, seed, args.raw, args.limit, args.sd_version) for seed in args.seeds for key in order]
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            pool.starmap(run_shard, jobs, chunksize=1)
+    records, done = load_records(args.raw, args.seeds)
+    if not done:
+        sys.exit("error: no seed is finished for every method yet")
+    text, report = render(records, {"wall": time.perf_counter() - wall, "workers": args.workers}, args.limit, done,
+                          args.seeds)
     out.write_text(head + text, encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
     print(text)

@@ -172,8 +172,9 @@ def family_rows(records: dict, family: str, entries: list[dict]) -> tuple[list[s
         cpu_item = r["cpu_seconds"] / len(r["prompts"])
         accuracy = np.mean([r[f"{judge}:faithful"][i] for i in keep])
         mlp = np.mean([r[f"{JUDGES[1]}:score"][i] for i in keep])
-        held = np.mean([s for s, i in zip(score, keep) if kind[first["prompts"][i]]["held_out"]])
-        seen_ = np.mean([s for s, i in zip(score, keep) if not kind[first["prompts"][i]]["held_out"]])
+        held_out = [s for s, i in zip(score, keep) if kind[first["prompts"][i]]["held_out"]]
+        seen = [s for s, i in zip(score, keep) if not kind[first["prompts"][i]]["held_out"]]
+        held, seen_ = (float(np.mean(v)) if v else float("nan") for v in (held_out, seen))
         versus = "–"
         if key != "plain":
             c = compare(score, [records["plain"][f"{judge}:score"][i] for i in keep], groups)

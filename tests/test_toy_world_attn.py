@@ -40,8 +40,8 @@ def test_ambiguous_scenes_change_only_the_chosen_digit():
     alone = world.render("H", a, np.zeros_like(b), (0, 0, 0, 0))
     shift = np.flatnonzero(moved.sum(0) > 0).min() - np.flatnonzero(alone.sum(0) > 0).min()
     assert 7 <= shift <= 11 and np.allclose(moved.sum(), alone.sum())  # pushed right, onto the second's box
-    canvases, kinds = world_attn.sample_canvases([("H", 3, 7)] * 400, np.random.default_rng(1))
-    assert canvases.shape == (400, 3, 32, 32) and 0.25 <= np.mean([k != "" for k in kinds]) <= 0.35
+    canvases, kinds = world_attn.sample_canvases([("H", 3, 7)] * 300, np.random.default_rng(1))
+    assert canvases.shape == (300, 3, 32, 32) and 0.24 <= np.mean([k != "" for k in kinds]) <= 0.36
 
 
 def test_prompt_sets_mark_subjects_and_held_out_prompts(tmp_path):
@@ -101,3 +101,33 @@ def test_seeded_generation_reproduces(attn):
             for _ in range(2)]
     assert torch.equal(runs[0].best_image, runs[1].best_image)
     assert runs[0].best_image.shape == (3, 32, 32)
+
+
+def first_step_subject_maps(generator, prompt: str, indices: list[int], seed: int) -> list[torch.Tensor]:
+    """The subjects' prepared 8x8 cross-attention maps at the first denoising step, through the baselines' store."""
+    from noise_diffusion.baselines.attention import AttentionStore, attach_store, recording, token_maps
+    from noise_diffusion.generators.base import initial_latents
+
+    scheduler = generator.fresh_scheduler()
+    t = scheduler.timesteps[0]
+    z = initial_latents(generator.latent_shape, [seed]).to(generator.device) * scheduler.init_noise_sigma
+    text = generator.encode_prompts([prompt])["embeds"][1:]
+    store = AttentionStore(8, ("cross",))
+    with torch.no_grad(), attach_store(generator.unet, store), recording(store):
+        generator.unet(scheduler.scale_model_input(z, t), t, encoder_hidden_states=text)
+    return token_maps(store.aggregate("cross"), indices)
+
+
+@needs_pipeline
+def test_subject_attention_is_concentrated_and_apart_where_the_first_world_is_flat(attn):
+    """A fixed case ("a 4 above a 1", seed 0); benchmarks/toy_attention.py measures the distribution. The first
+    world, whose text encoder mixes tokens, gives near-uniform maps on the same case (the test can fail)."""
+
+    def peaks_and_overlap(generator):
+        maps = first_step_subject_maps(generator, "a 4 above a 1", [2, 5], seed=0)
+        return [float(m.max()) for m in maps], float(torch.minimum(*maps).sum() / (maps[0] + maps[1]).sum())
+
+    peaks, overlap = peaks_and_overlap(attn)
+    assert min(peaks) > 0.25 and overlap < 0.25
+    flat_peaks, flat_overlap = peaks_and_overlap(load_generator("toy-digits"))
+    assert max(flat_peaks) < 0.15 and flat_overlap > 0.4

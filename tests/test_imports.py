@@ -96,3 +96,20 @@ def test_plug_ins_are_imported_explicitly():
         if "import_module(" in path.read_text(encoding="utf-8")
     ]
     assert dynamic == []
+
+
+def test_run_time_modules_never_import_the_training_code():
+    """Training the toy worlds is a separate tool: loading a shipped world must not pull it in."""
+    training = "noise_diffusion.toy.training"
+    offenders = {
+        module: sorted(t for t in targets if t.startswith(training))
+        for module, targets in import_graph().items()
+        if not module.startswith(training)
+    }
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_the_graph_sees_the_training_modules_imports():
+    """The check above can fail: the graph does hold the training module's own imports of the world."""
+    graph = import_graph()
+    assert {"noise_diffusion.toy.models", "noise_diffusion.toy.world"} <= graph["noise_diffusion.toy.training.digits"]

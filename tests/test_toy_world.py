@@ -96,7 +96,8 @@ def test_shipped_pipeline_loads_by_name_offline(toy):
     assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.clip_sample
     assert (pipe.scheduler.config.beta_start, pipe.scheduler.config.beta_end) == (0.00085, 0.012)
     assert all(len(pipe.tokenizer.tokenize(w)) == 1 for w in "a 3 left right of above below and".split())
-    size = sum(f.stat().st_size for f in PIPELINE.parent.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in PIPELINE.parent.rglob("*")
+               if f.is_file() and "toy-digits-attn" not in f.parts)  # the attention world is counted in its own test
     assert size <= 10 * 2**20
 
 
@@ -179,7 +180,7 @@ def test_second_held_out_judge_ships_small_and_is_another_architecture(verifiers
 
 
 def test_augmentation_moves_and_softens_boxes_within_range():
-    from noise_diffusion.toy import train
+    from noise_diffusion.toy.training import digits as train
 
     rng = np.random.default_rng(0)
     boxes, _ = train.box_batch(64, "b", rng)
@@ -191,7 +192,7 @@ def test_augmentation_moves_and_softens_boxes_within_range():
 
 # -- training ----------------------------------------------------------------------------------------------------------
 def test_training_script_runs_end_to_end(tmp_path):
-    from noise_diffusion.toy import train
+    from noise_diffusion.toy.training import digits as train
 
     train.main(["--work", str(tmp_path), "--verifier_steps", "2", "--vae_steps", "2", "--unet_steps", "2",
                 "--unet_more_steps", "2", "--unet_dataset", "32", "--unet_batch", "4"])

@@ -23,8 +23,11 @@ from . import models, world
 
 WEIGHTS = Path(__file__).resolve().parent / "assets" / "verifiers"
 #: short name -> architecture in toy.models.VERIFIERS (weights: WEIGHTS/<name>.safetensors); the held-out ones saw the
-#: other half of the digits (recipes in toy.train.VERIFIER_RECIPES)
+#: other half of the digits (recipes in toy.training.digits.VERIFIER_RECIPES)
 VERIFIERS = {"toy-digits-cnn": "cnn", "toy-digits-heldout": "mlp", "toy-digits-heldout-resnet": "resnet"}
+#: the attention world ``toy-digits-attn`` has the same canvas and language, so its guide and judges are these
+#: verifiers under its own names (same weights)
+SHARED = {f"toy-digits-attn-{name[len('toy-digits-'):]}": name for name in VERIFIERS}
 #: the four box positions in a fixed order: (layout, slot)
 _BOXES = [("H", 0), ("H", 1), ("V", 0), ("V", 1)]
 
@@ -42,10 +45,11 @@ class ToyDigitVerifier(Verifier):
     def load(cls, name: str, device="cpu", dtype: torch.dtype = torch.float32) -> "ToyDigitVerifier":
         from safetensors.torch import load_file
 
-        path = WEIGHTS / f"{name}.safetensors"
+        weights = SHARED.get(name, name)
+        path = WEIGHTS / f"{weights}.safetensors"
         if not path.is_file():
             raise OSError(f"missing weights {path}")
-        net = models.VERIFIERS[VERIFIERS[name]]()
+        net = models.VERIFIERS[VERIFIERS[weights]]()
         net.load_state_dict(load_file(str(path)))
         return cls(net, name).to(device=device, dtype=dtype)
 
@@ -99,7 +103,7 @@ def _base(layout: str) -> int:
     return 0 if layout == "H" else 2
 
 
-@register_verifier({name: name for name in VERIFIERS})
+@register_verifier({name: name for name in [*VERIFIERS, *SHARED]})
 def load_toy_verifier(name: str, device="cpu", dtype: torch.dtype = torch.float32, **options) -> ToyDigitVerifier:
     given = sorted(k for k, v in options.items() if v is not None)
     if given:  # e.g. a VQA question: these verifiers read the prompt's digits and relation directly

@@ -2,7 +2,7 @@
 
 Usage (the run that made the shipped folder; times in ``docs/toy_world.md``)::
 
-    OMP_NUM_THREADS=1 python -m noise_diffusion.toy.train --work runs/toy_train --install
+    OMP_NUM_THREADS=1 python -m noise_diffusion.toy.training.digits --work runs/toy_train --install
 
 Each component is written to ``--work`` as soon as it is done and skipped when it already exists there, so an
 interrupted run resumes; ``--install`` copies the finished pipeline and verifiers into the package's ``assets``. Every
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import models, world
+from .. import models, world
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits"
 #: the world's recommended sampling settings, read by ``generators.sampling_defaults``
 SAMPLING = {"num_steps": 25, "guidance_scale": 5.0}
@@ -265,7 +265,7 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tokenizer) -> Path:
 
 # -- orchestration ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    from ..arguments import ArgumentParser, positive_int
+    from ...arguments import ArgumentParser, positive_int
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True,

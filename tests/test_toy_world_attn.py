@@ -105,7 +105,7 @@ def test_seeded_generation_reproduces(attn):
 
 def first_step_subject_maps(generator, prompt: str, indices: list[int], seed: int) -> list[torch.Tensor]:
     """The subjects' prepared 8x8 cross-attention maps at the first denoising step, through the baselines' store."""
-    from noise_diffusion.baselines.attention import AttentionStore, attach_store, recording, token_maps
+    from noise_diffusion.baselines.attention import AttentionStore, attach_store, recording, smooth, text_softmax
     from noise_diffusion.generators.base import initial_latents
 
     scheduler = generator.fresh_scheduler()
@@ -115,7 +115,8 @@ def first_step_subject_maps(generator, prompt: str, indices: list[int], seed: in
     store = AttentionStore(8, ("cross",))
     with torch.no_grad(), attach_store(generator.unet, store), recording(store):
         generator.unet(scheduler.scale_model_input(z, t), t, encoder_hidden_states=text)
-    return token_maps(store.aggregate("cross"), indices)
+    prepared = text_softmax(store.aggregate("cross"))  # the originals' preparation: text tokens only, x100 softmax
+    return [smooth(prepared[:, :, i - 1]) for i in indices]  # indices count the start token as 0
 
 
 @needs_pipeline

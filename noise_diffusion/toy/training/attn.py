@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from .. import PIPELINE, models, world, world_attn
-from .digits import SD_BETAS, save_pipeline
+from .digits import SD_BETAS, denoising_step, save_pipeline
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits-attn"
@@ -113,17 +112,8 @@ def train(vae, steps: int, seed: int, batch: int = 64, count: int = 16000, cfg_d
     for step in range(steps):
         index = rng.integers(0, count, size=batch)
         prompts = ["" if rng.random() < cfg_dropout else all_prompts[i][rng.integers(0, 4)] for i in index]
-        ids = tokenizer(prompts, padding="max_length", max_length=models.MAX_TOKENS, truncation=True,
-                        return_tensors="pt").input_ids
         latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (batch,))
-        pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loss = denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer)
         schedule.step()
         _ema_update(ema, (unet, text_encoder), step)
         if snapshot is not None and step and step % snapshot_every == 0:

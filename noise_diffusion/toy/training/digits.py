@@ -181,6 +181,22 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(means), torch.cat(stds), configs
 
 
+def denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer) -> torch.Tensor:
+    """One optimiser step of epsilon prediction on ``latents`` under ``prompts`` (gradient norm clipped to 1);
+    returns the loss. Shared by both toy worlds' training."""
+    ids = tokenizer(prompts, padding="max_length", max_length=models.MAX_TOKENS, truncation=True,
+                    return_tensors="pt").input_ids
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, 1000, (latents.shape[0],))
+    pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
+    loss = F.mse_loss(pred, noise)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss
+
+
 def train_unet(
     vae, steps: int, seed: int, batch: int = 64, count: int = 20000, cfg_dropout: float = 0.1, width: int = 32,
     snapshot=None, snapshot_every: int = 250, init: tuple | None = None,
@@ -221,18 +237,8 @@ def train_unet(
     for step in range(steps):
         index = rng.integers(0, count, size=batch)
         prompts = ["" if rng.random() < cfg_dropout else all_prompts[i][rng.integers(0, 4)] for i in index]
-        ids = tokenizer(prompts, padding="max_length", max_length=models.MAX_TOKENS, truncation=True,
-                        return_tensors="pt").input_ids
         latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (batch,))
-        noisy = noise_schedule.add_noise(latents, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loss = denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer)
         schedule.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
@@ -264,7 +270,22 @@ def save_pipeline(folder: Path, unet, vae, text_encoder, tokenizer) -> Path:
 
 
 # -- orchestration ------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
+def train_verifiers(work: Path, steps: int, seed: int, record) -> None:
+    """Train every verifier of :data:`VERIFIER_RECIPES` not yet in ``work`` and save it there."""
+    from safetensors.torch import save_file
+
+    for name, (kind, half, seed_offset, augment) in VERIFIER_RECIPES.items():
+        path = work / f"{name}.safetensors"
+        if path.exists():
+            continue
+        start = time.time()
+        net, info = train_verifier(kind, half, steps, seed + seed_offset, augment=augment)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"kind": kind})
+        record(name, time.time() - start, info)
+
+
+def parse_args(argv: list[str] | None = None):
+    """The training command's flags."""
     from ...arguments import ArgumentParser, positive_int
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
@@ -290,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads; on a busy 2-core machine 1 is faster than 2 (default: %(default)s)")
     parser.add_argument("--install", action="store_true",
                         help="copy the results into the package's assets (noise_diffusion/toy/assets)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -303,17 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         timings_file.write_text(json.dumps({**latest, name: timings[name]}, indent=1))
         _log(f"{name} done in {seconds / 60:.1f} min: {info}")
 
-    from safetensors.torch import save_file
-
     if args.only in ("verifiers", "all"):
-        for name, (kind, half, seed_offset, augment) in VERIFIER_RECIPES.items():
-            path = work / f"{name}.safetensors"
-            if path.exists():
-                continue
-            start = time.time()
-            net, info = train_verifier(kind, half, args.verifier_steps, args.seed + seed_offset, augment=augment)
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"kind": kind})
-            record(name, time.time() - start, info)
+        train_verifiers(work, args.verifier_steps, args.seed, record)
     vae_dir = work / "vae"
     if args.only in ("vae", "all") and not (vae_dir / "config.json").exists():
         start = time.time()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import PIPELINE, models, world, world_attn
-from .digits import SD_BETAS, denoising_step, save_pipeline
+from .digits import SD_BETAS, denoising_step, joint_optimiser, save_pipeline, training_batch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits-attn"
@@ -104,15 +104,11 @@ def train(vae, steps: int, seed: int, batch: int = 64, count: int = 16000, cfg_d
     noise_schedule = DDPMScheduler(**SD_BETAS)
     means, stds, configs, kinds = encode_dataset(vae, count, seed)
     scale = vae.config.scaling_factor
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    params, optimizer, schedule = joint_optimiser(unet, text_encoder, lr, steps)
     all_prompts = [world.prompts_for(*c) for c in configs]
     started = time.process_time()
     for step in range(steps):
-        index = rng.integers(0, count, size=batch)
-        prompts = ["" if rng.random() < cfg_dropout else all_prompts[i][rng.integers(0, 4)] for i in index]
-        latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
+        prompts, latents = training_batch(rng, (means, stds, scale), all_prompts, batch, cfg_dropout)
         loss = denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer)
         schedule.step()
         _ema_update(ema, (unet, text_encoder), step)

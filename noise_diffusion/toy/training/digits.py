@@ -181,6 +181,23 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(means), torch.cat(stds), configs
 
 
+def training_batch(rng, latent_dist: tuple, all_prompts: list, batch: int, cfg_dropout: float):
+    """``batch`` canvases drawn from the encoded set (``latent_dist`` = means, stds, VAE scale): one of each canvas's
+    prompts, or the empty prompt with probability ``cfg_dropout``, and a latent sampled from its posterior."""
+    means, stds, scale = latent_dist
+    index = rng.integers(0, len(all_prompts), size=batch)
+    prompts = ["" if rng.random() < cfg_dropout else all_prompts[i][rng.integers(0, 4)] for i in index]
+    return prompts, (means[index] + stds[index] * torch.randn_like(means[index])) * scale
+
+
+def joint_optimiser(unet, text_encoder, lr: float, steps: int):
+    """(parameters, AdamW, one-cycle schedule) for training the text encoder and UNet together."""
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    return params, optimizer, schedule
+
+
 def denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer) -> torch.Tensor:
     """One optimiser step of epsilon prediction on ``latents`` under ``prompts`` (gradient norm clipped to 1);
     returns the loss. Shared by both toy worlds' training."""
@@ -229,15 +246,11 @@ def train_unet(
     noise_schedule = DDPMScheduler(**SD_BETAS)
     means, stds, configs = encode_dataset(vae, count, seed)
     scale = vae.config.scaling_factor
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    params, optimizer, schedule = joint_optimiser(unet, text_encoder, 1e-3, steps)
     all_prompts = [world.prompts_for(*c) for c in configs]
     started = time.time()
     for step in range(steps):
-        index = rng.integers(0, count, size=batch)
-        prompts = ["" if rng.random() < cfg_dropout else all_prompts[i][rng.integers(0, 4)] for i in index]
-        latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
+        prompts, latents = training_batch(rng, (means, stds, scale), all_prompts, batch, cfg_dropout)
         loss = denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer)
         schedule.step()
         decay = min(0.999, (1 + step) / (10 + step))

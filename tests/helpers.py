@@ -33,3 +33,13 @@ class RednessVerifier(Verifier):
 
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         return torch.sigmoid((self.raw(images.to(self.device)) - self.center) / self.scale)
+
+
+def calibrated_redness(generator, prompt: str = "a red apple") -> RednessVerifier:
+    """Redness calibrated on the images of 16 other seeds (100 to 115) for ``prompt``, so that scores spread over
+    (0, 1)."""
+    from noise_diffusion.generators.base import initial_latents
+
+    z = initial_latents(generator.latent_shape, range(100, 116))
+    images = generator.decode(generator.sample(z, generator.encode_prompts([prompt] * 16)).latents)
+    return RednessVerifier().calibrate(images)

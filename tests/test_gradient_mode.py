@@ -12,7 +12,7 @@ from noise_diffusion.generators import load_generator
 from noise_diffusion.generators.base import initial_latents
 from noise_diffusion.generators.exact import gradient_agreement, scored_gradients
 
-from helpers import RednessVerifier
+from helpers import calibrated_redness
 
 STEPS = 4
 PROMPT = "a red apple"
@@ -25,9 +25,7 @@ def generator(tiny_sd_dir):
 
 @pytest.fixture(scope="module")
 def verifier(generator):
-    z = initial_latents(generator.latent_shape, range(100, 116))
-    images = generator.decode(generator.sample(z, generator.encode_prompts([PROMPT] * 16)).latents)
-    return RednessVerifier().calibrate(images)
+    return calibrated_redness(generator, PROMPT)
 
 
 def run(generator, verifier, seeds, on_epoch=None, **config):

@@ -16,7 +16,7 @@ from noise_diffusion.noise_search import (
     new_momentum_state, norm_regulariser_grad, project_kl, reno_step,
 )
 
-from helpers import RednessVerifier
+from helpers import calibrated_redness
 
 STEPS = 4
 
@@ -28,9 +28,7 @@ def generator(tiny_sd_dir):
 
 @pytest.fixture(scope="module")
 def verifier(generator):
-    z = initial_latents(generator.latent_shape, range(100, 116))
-    images = generator.decode(generator.sample(z, generator.encode_prompts(["a red apple"] * 16)).latents)
-    return RednessVerifier().calibrate(images)
+    return calibrated_redness(generator)
 
 
 def run(generator, verifier, seeds=(1,), **config):

@@ -7,9 +7,8 @@ import torch
 from noise_diffusion import SearchConfig, optimize
 from noise_diffusion.errors import UserError
 from noise_diffusion.generators import load_generator
-from noise_diffusion.generators.base import initial_latents
 
-from helpers import RednessVerifier
+from helpers import calibrated_redness
 
 STEPS = 6
 
@@ -22,9 +21,7 @@ def generator(tiny_sd_dir):
 @pytest.fixture(scope="module")
 def verifier(generator):
     """Redness calibrated on 16 other seeds, so that scores spread over (0, 1)."""
-    z = initial_latents(generator.latent_shape, range(100, 116))
-    images = generator.decode(generator.sample(z, generator.encode_prompts(["a red apple"] * 16)).latents)
-    return RednessVerifier().calibrate(images)
+    return calibrated_redness(generator)
 
 
 def run(generator, verifier, seeds=(1,), prompts=None, **config):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .. import PIPELINE, models, world, world_attn
-from .digits import SD_BETAS, denoising_step, joint_optimiser, save_pipeline, training_batch
+from .digits import SD_BETAS, save_pipeline
+from .steps import denoising_step, joint_optimiser, training_batch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits-attn"

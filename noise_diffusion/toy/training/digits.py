@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import models, world
+from .steps import denoising_step, joint_optimiser, training_batch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits"
@@ -179,39 +180,6 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
             means.append(dist.mean)
             stds.append(dist.std)
     return torch.cat(means), torch.cat(stds), configs
-
-
-def training_batch(rng, latent_dist: tuple, all_prompts: list, batch: int, cfg_dropout: float):
-    """``batch`` canvases drawn from the encoded set (``latent_dist`` = means, stds, VAE scale): one of each canvas's
-    prompts, or the empty prompt with probability ``cfg_dropout``, and a latent sampled from its posterior."""
-    means, stds, scale = latent_dist
-    index = rng.integers(0, len(all_prompts), size=batch)
-    prompts = ["" if rng.random() < cfg_dropout else all_prompts[i][rng.integers(0, 4)] for i in index]
-    return prompts, (means[index] + stds[index] * torch.randn_like(means[index])) * scale
-
-
-def joint_optimiser(unet, text_encoder, lr: float, steps: int):
-    """(parameters, AdamW, one-cycle schedule) for training the text encoder and UNet together."""
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
-    return params, optimizer, schedule
-
-
-def denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer) -> torch.Tensor:
-    """One optimiser step of epsilon prediction on ``latents`` under ``prompts`` (gradient norm clipped to 1);
-    returns the loss. Shared by both toy worlds' training."""
-    ids = tokenizer(prompts, padding="max_length", max_length=models.MAX_TOKENS, truncation=True,
-                    return_tensors="pt").input_ids
-    noise = torch.randn_like(latents)
-    t = torch.randint(0, 1000, (latents.shape[0],))
-    pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
-    loss = F.mse_loss(pred, noise)
-    optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    return loss
 
 
 def train_unet(

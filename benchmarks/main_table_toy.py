@@ -59,6 +59,10 @@ PAIRS = [("attend_and_excite", "plain"), ("initno", "plain"), ("initno_noise_onl
          ("noise_diffusion_50", "best_of_n_50"), ("noise_diffusion_10", "initno"),
          ("noise_diffusion_10", "attend_and_excite"), ("noise_diffusion_50", "noise_diffusion_10")]
 MARKER = "<!-- results below are written by benchmarks/main_table_toy.py -->"
+#: the summary this script keeps in the replication report, between these lines
+SUMMARY_BEGIN, SUMMARY_END = "<!-- main-table-toy:begin -->", "<!-- main-table-toy:end -->"
+SUMMARY_PAIRS = [("noise_diffusion_10", "best_of_n_10"), ("noise_diffusion_50", "best_of_n_50"),
+                 ("initno", "initno_noise_only")]
 
 
 def table_prompts(seed: int = PROMPT_SEED) -> list[dict]:
@@ -208,7 +212,7 @@ def pair_rows(records: dict, family: str, entries: list[dict]) -> tuple[list[str
             numbers[f"{a} - {b}:neglect"] = n.as_dict()
         rows.append(f"| {METHODS[a][0]} | {METHODS[b][0]} | {text} | {m.mean:+.3f} [{m.low:+.3f}, {m.high:+.3f}] |"
                     f"{extra} {verdict(c)} |")
-        numbers[f"{a} - {b}"] = c.as_dict()
+        numbers[f"{a} - {b}"] = {**c.as_dict(), "verdict": verdict(c)}
     return rows, numbers
 
 
@@ -242,6 +246,49 @@ def render(records: dict, seconds: dict, limit: int | None, done: list[int], see
     return "\n".join(lines) + "\n", report
 
 
+def summary_section(report: dict, full_table: str) -> str:
+    """The replication report's short version of the table: each method's held-out score and its difference from the
+    plain sampler per family, and the comparisons of the searches, with verdicts."""
+    families = report["families"]
+    seeds = ", ".join(map(str, report["settings"]["seeds"]))
+
+    def versus(family: str, a: str, b: str = "plain") -> str:
+        c = families[family]["pairs"].get(f"{a} - {b}")
+        return "–" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]: {c['verdict']}"
+
+    lines = [SUMMARY_BEGIN, "## The main table on the attention world", "",
+             f"`benchmarks/main_table_toy.py` on `toy-digits-attn`, seeds {seeds}, with the plan fixed before the run "
+             f"and the full table in [{full_table}]({full_table}). Held-out judge `{JUDGES[0]}`, mean over prompts "
+             "[95 % CI]; differences paired by prompt (bootstrap and sign test; supported = both agree; in a verdict, a is the "
+             "row's method and b the plain sampler). Only the pre-registered comparisons are given.", "",
+             "| method | existence | − plain sampler | neglect (existence) | spatial | − plain sampler | CPU s / item |",
+             "|---|---|---|---|---|---|---|"]
+    for key, (label, _) in METHODS.items():
+        e, sp = families["existence"]["methods"][key], families["spatial"]["methods"][key]
+        lines.append(f"| {label} | {fmt_triple(e['heldout'])} | {versus('existence', key)} | "
+                     f"{100 * e['neglect']:.1f} % | {fmt_triple(sp['heldout'])} | {versus('spatial', key)} | "
+                     f"{e['cpu_s_per_item']:.2f} |")
+    lines += ["", "| a | b | existence: a − b | spatial: a − b |", "|---|---|---|---|"]
+    lines += [f"| {METHODS[a][0]} | {METHODS[b][0]} | {versus('existence', a, b)} | {versus('spatial', a, b)} |"
+              for a, b in SUMMARY_PAIRS]
+    return "\n".join(lines + ["", SUMMARY_END, ""])
+
+
+def fmt_triple(values) -> str:
+    return f"{values[0]:.3f} [{values[1]:.3f}, {values[2]:.3f}]"
+
+
+def write_summary(section: str, path: Path) -> None:
+    """Replace the summary between its markers in ``path``, or append it when the report has none yet."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if SUMMARY_BEGIN in text and SUMMARY_END in text:
+        head, rest = text.split(SUMMARY_BEGIN, 1)
+        text = head + section + rest.split(SUMMARY_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text, encoding="utf-8")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", default="results/main_table_toy", help="folder of the per-method raw scores")
@@ -255,6 +302,9 @@ def main(argv=None) -> None:
                         help="run nothing: render the seeds that every method has finished")
     parser.add_argument("--out", default=str(ROOT / "docs" / "replication_toy_attn.md"),
                         help="markdown file whose part below the results marker is rewritten; JSON beside it")
+    parser.add_argument("--summary", default=str(ROOT / "docs" / "replication_toy.md"),
+                        help="report whose main-table summary (between its markers) is rewritten, when the run is "
+                             "complete; 'none' for no summary")
     args = parser.parse_args(argv)
     if args.workers < 1:
         sys.exit("error: --workers must be >= 1")
@@ -275,6 +325,9 @@ def main(argv=None) -> None:
                           args.seeds)
     out.write_text(head + text, encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+    if args.summary != "none" and done == args.seeds and not args.limit:
+        summary = Path(args.summary)
+        write_summary(summary_section(report, os.path.relpath(out, summary.parent)), summary)
     print(text)
 
 

@@ -32,28 +32,12 @@ if str(ROOT) not in sys.path:
 from noise_diffusion import SearchConfig, load_generator, load_verifier, optimize  # noqa: E402
 from noise_diffusion.cli import ArgumentParser, main_guard, non_negative_int, positive_int  # noqa: E402
 from noise_diffusion.intervals import compare, mean_interval  # noqa: E402
-from noise_diffusion.toy import world  # noqa: E402
+from replicate_toy import choose_prompt_samples  # noqa: E402
+from replicate_toy_report import fmt_ci, fmt_mean  # noqa: E402
 
 GUIDE, JUDGE = "toy-digits-cnn", "toy-digits-heldout-resnet"
 MARK_BEGIN, MARK_END = "<!-- noise-search-toy:begin -->", "<!-- noise-search-toy:end -->"
 SIGNIFICANCE = 0.05
-
-
-def choose_prompts(count: int, seed: int = 1) -> list[str]:
-    """The first sample of the toy replication's rule (``replicate_toy.choose_prompt_samples``): ``count`` prompts,
-    half held-out combinations, relations in turn, from pools shuffled with the same generator."""
-    rng = np.random.default_rng(seed)
-    every = [world.make_prompt(a, r, b) for r in world.RELATIONS for a in range(10) for b in range(10) if a != b]
-    pools = {}
-    for held in (True, False):
-        for relation in world.RELATIONS:
-            pool = [p for p in every if world.is_held_out_prompt(p) == held and world.parse_prompt(p).relation == relation]
-            rng.shuffle(pool)
-            pools[held, relation] = pool
-    out = []
-    for held, n in ((True, count // 2), (False, count - count // 2)):
-        out += [pools[held, world.RELATIONS[i % 5]].pop() for i in range(n)]
-    return out
 
 
 def run(generator, guide, judge, prompts, seeds, label: str, **config) -> dict:
@@ -137,7 +121,7 @@ def cosine_summary(runs: dict, groups) -> dict:
 
 def measure(args) -> dict:
     """Run every search once (the shorter budgets are prefixes of the longer runs) and compare at every budget."""
-    prompts = choose_prompts(args.prompts)
+    prompts = choose_prompt_samples(args.prompts, samples=1)[0]  # the toy replication's first sample
     items = [(p, s) for p in prompts for s in args.seeds]
     prompts, seeds = [p for p, _ in items], [s for _, s in items]
     groups = np.array(prompts)
@@ -186,12 +170,11 @@ def render(report: dict) -> str:
         lines += [f"### At {budget} {axis_names[block['axis']]}", "",
                   "| method | generations | held-out (ResNet) [95 % CI] |", "|---|---|---|"]
         for name, row in block["rows"].items():
-            m, lo, hi = row["score"]
-            lines.append(f"| {name} | {row['generations']} | {m:.3f} [{lo:.3f}, {hi:.3f}] |")
+            lines.append(f"| {name} | {row['generations']} | {fmt_mean(row['score'])} |")
         lines += ["", "| a | b | a − b [95 % CI] | prompts a > b / a < b | sign test p | verdict |",
                   "|---|---|---|---|---|---|"]
         for p in block["pairs"]:
-            lines.append(f"| {p['a']} | {p['b']} | {p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] | "
+            lines.append(f"| {p['a']} | {p['b']} | {fmt_ci(p)} | "
                          f"{p['positive']} / {p['negative']} | {p['sign_p']:.2g} | {p['verdict']} |")
         lines.append("")
     return "\n".join(lines + [MARK_END, ""])

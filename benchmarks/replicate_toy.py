@@ -263,6 +263,18 @@ def equal_seconds(runs: dict, rates: dict, nd_epochs: list[int], items: Items, r
     return blocks
 
 
+#: the report's sections from this line on are other benchmarks' (``ablation_toy.py``, ``noise_search_toy.py``)
+KEPT_MARKER = "<!-- sections below are written by other benchmarks; replicate_toy.py keeps them when it rewrites the rest -->"
+
+
+def with_kept_sections(text: str, out: Path) -> str:
+    """``text``, followed by the existing report's part from ``KEPT_MARKER`` on, so that a rewrite loses nothing."""
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    if KEPT_MARKER not in old:
+        return text
+    return text.rstrip("\n") + "\n\n" + KEPT_MARKER + old.split(KEPT_MARKER, 1)[1]
+
+
 def spent(wall: float, cpu: float, timing: dict, attention: dict, missing: list, reused: bool) -> dict:
     """Wall and CPU seconds of the run; a re-rendered report counts the cached runs' time too (the searches' clock
     and the attention baselines')."""
@@ -322,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         "equal_seconds": equal_seconds(runs, rates, nd_epochs, items, args.resamples), "calibration": calib, "attention": attention_report, "raw_reused": reused,
         "run_now": [LABELS[m] for m in (*SEARCHES, *ATTENTION) if not reused and m in SEARCHES or m in missing],
     }
-    out.write_text(render(report, figures.name, out.stem), encoding="utf-8")
+    out.write_text(with_kept_sections(render(report, figures.name, out.stem), out), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {out}, {out.with_suffix('.json')} and figures/{out.stem}*.png ({wall / 60:.1f} min, "
           f"{cpu / 60:.1f} CPU-min)")

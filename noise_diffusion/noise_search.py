@@ -14,6 +14,9 @@ same fixed distance from the pivot — the neighbourhood ``{y : d(y, z) = λ}`` 
 uniform direction independent of its norm, the construction commutes with rotations, so ``y`` again has a uniform
 direction and the norm of ``z``, i.e. it is standard normal. The ε-mix is standard normal too but has a random distance
 and a random norm.
+The search keeps its pivot after an epoch without a better neighbour (the loop's ``improved`` rule), where
+tt-scale-flux restarts from a fresh random noise; the restart is a draw of best-of-N, which the package has as its own
+method.
 
 **ReNO.** The defaults of ``ExplainableML/ReNO`` (``arguments.py``, ``training/optim.py``, ``training/trainer.py``):
 SGD with learning rate 5, momentum 0.9 and Nesterov momentum, on the loss ``−score + reg``; the norm regulariser

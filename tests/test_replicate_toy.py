@@ -45,11 +45,14 @@ def test_affordable_generations():
 
 def test_tiny_replication_writes_markdown_json_and_figures(tmp_path):
     out = tmp_path / "rep.md"
+    out.write_text(f"an earlier report\n\n{replicate_toy.KEPT_MARKER}\n\n## Written by another benchmark\n\nkept\n")
     report = replicate_toy.main(["--prompts", "2", "--seeds", "0", "--later_seeds", "0", "1", "--nd_epochs", "1", "--baseline_epochs", "1",
                                  "--timing_items", "2", "--timing_epochs", "0", "--timing_rounds", "1",
                                  "--resamples", "50", "--calibration", "4", "--attention", "none", "--out", str(out)])
     text = out.read_text()
     assert "## Equal generations" in text and "## Equal seconds" in text and "## Verifier hacking" in text
+    assert "an earlier report" not in text  # rewritten above the marker, kept below it
+    assert text.endswith(f"{replicate_toy.KEPT_MARKER}\n\n## Written by another benchmark\n\nkept\n")
     assert (tmp_path / "figures" / "rep_curves.png").stat().st_size > 0 and (tmp_path / "figures" / "rep.png").exists()
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["rows"][0]["label"] == "plain sampler" and len(saved["rows"]) == 5

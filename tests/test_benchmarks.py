@@ -104,3 +104,19 @@ def test_batch_invariance_runs_end_to_end():
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["runs"] == 2 and summary["scores"] == 4 and summary["same_candidates_and_best_epochs"]
+
+
+def documented_quick_start(doc: str, world: str) -> list[str]:
+    """The arguments of the ``python run.py ... --sd_version <world>`` command in a document's code blocks."""
+    import shlex
+
+    text = (BENCHMARKS.parent / doc).read_text(encoding="utf-8").replace("\\\n", " ")
+    line = next(l for l in text.splitlines() if "python run.py" in l and f"--sd_version {world} " in l)
+    return shlex.split(line.split("python run.py", 1)[1])
+
+
+@pytest.mark.parametrize("doc, world", [("README.md", "toy-digits"), ("docs/toy_world.md", "toy-digits-attn")])
+def test_the_quick_start_timer_runs_the_documented_command(doc, world):
+    import quick_start
+
+    assert quick_start.quick_start_command(world, "results")[2:] == documented_quick_start(doc, world)

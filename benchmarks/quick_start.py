@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def measure(worlds: list[str], repeats: int, threads: int | None) -> dict:
     for world in worlds:
         runs = [time_once(world, env) for _ in range(repeats)]
         report["worlds"][world] = {
-            "command": " ".join(["python", "run.py", *quick_start_command(world, "results")[2:]]),
+            "command": shlex.join(["python", "run.py", *quick_start_command(world, "results")[2:]]),
             "runs": runs, **{f"median_{k}": statistics.median(r[k] for r in runs) for k in runs[0]}}
     return report
 

@@ -14,9 +14,12 @@ from noise_diffusion.toy import world  # noqa: E402
 
 
 def test_prompts_are_the_replications_first_held_out_and_seen_prompts():
+    """The benchmark draws its 24 prompts with the replication's rule: the replication's first 12 held-out and first
+    12 seen prompts."""
     (sample,) = replicate_toy.choose_prompt_samples(40, samples=1)
     held, seen = [p for p in sample if world.is_held_out_prompt(p)], [p for p in sample if not world.is_held_out_prompt(p)]
-    assert noise_search_toy.choose_prompts(24) == held[:12] + seen[:12]
+    assert noise_search_toy.choose_prompt_samples is replicate_toy.choose_prompt_samples
+    assert replicate_toy.choose_prompt_samples(24, samples=1)[0] == held[:12] + seen[:12]
 
 
 def _result():

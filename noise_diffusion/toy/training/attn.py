@@ -24,7 +24,7 @@ import torch
 
 from .. import PIPELINE, models, world, world_attn
 from .digits import SD_BETAS, save_pipeline
-from .steps import denoising_step, joint_optimiser, training_batch
+from .steps import denoising_step, ema_update, encode_canvases, joint_optimiser, training_batch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits-attn"
@@ -69,22 +69,8 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     rng = np.random.default_rng(seed)
     configs = world_attn.sample_training_configurations(count, rng)
     canvases, kinds = world_attn.sample_canvases(configs, rng)
-    pixels = torch.from_numpy(canvases) * 2 - 1
-    means, stds = [], []
-    with torch.no_grad():
-        for chunk in pixels.split(256):
-            dist = vae.encode(chunk).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds), configs, kinds
-
-
-def _ema_update(ema, modules, step: int) -> None:
-    decay = min(0.999, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for ema_module, module in zip(ema, modules):
-            for p_ema, p in zip(ema_module.parameters(), module.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+    means, stds = encode_canvases(vae, torch.from_numpy(canvases) * 2 - 1)
+    return means, stds, configs, kinds
 
 
 def train(vae, steps: int, seed: int, batch: int = 64, count: int = 16000, cfg_dropout: float = 0.1,
@@ -112,7 +98,7 @@ def train(vae, steps: int, seed: int, batch: int = 64, count: int = 16000, cfg_d
         prompts, latents = training_batch(rng, (means, stds, scale), all_prompts, batch, cfg_dropout)
         loss = denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer)
         schedule.step()
-        _ema_update(ema, (unet, text_encoder), step)
+        ema_update(ema, (unet, text_encoder), step)
         if snapshot is not None and step and step % snapshot_every == 0:
             snapshot(ema[0], ema[1], tokenizer, step)
         if step % 50 == 0:

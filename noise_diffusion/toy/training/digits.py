@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import models, world
-from .steps import denoising_step, joint_optimiser, training_batch
+from .steps import denoising_step, ema_update, encode_canvases, joint_optimiser, training_batch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PIPELINE_NAME = "toy-digits"
@@ -172,14 +172,8 @@ def encode_dataset(vae, count: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     rng = np.random.default_rng(seed)
     train = world.training_configurations()
     configs = [train[i] for i in rng.integers(0, len(train), size=count)]
-    canvases = torch.from_numpy(world.sample_canvases(configs, rng)) * 2 - 1
-    means, stds = [], []
-    with torch.no_grad():
-        for chunk in canvases.split(256):
-            dist = vae.encode(chunk).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds), configs
+    means, stds = encode_canvases(vae, torch.from_numpy(world.sample_canvases(configs, rng)) * 2 - 1)
+    return means, stds, configs
 
 
 def train_unet(
@@ -221,11 +215,7 @@ def train_unet(
         prompts, latents = training_batch(rng, (means, stds, scale), all_prompts, batch, cfg_dropout)
         loss = denoising_step(unet, text_encoder, tokenizer, noise_schedule, latents, prompts, params, optimizer)
         schedule.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema_module, module in zip(ema, (unet, text_encoder)):
-                for p_ema, p in zip(ema_module.parameters(), module.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
+        ema_update(ema, (unet, text_encoder), step)
         if snapshot is not None and step and step % snapshot_every == 0:
             snapshot(ema[0], ema[1], tokenizer, step)
         if step % 50 == 0:

@@ -1,5 +1,5 @@
-"""The denoiser-training pieces both toy worlds share: a batch of encoded canvases with their prompts, the joint
-optimiser of text encoder and UNet, and one epsilon-prediction step."""
+"""The denoiser-training pieces both toy worlds share: the encoded canvases, a batch of them with their prompts, the
+joint optimiser of text encoder and UNet, one epsilon-prediction step and the EMA update."""
 
 from __future__ import annotations
 
@@ -7,6 +7,26 @@ import torch
 from torch.nn import functional as F
 
 from .. import models
+
+
+def encode_canvases(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The autoencoder's posterior means and stds of canvases in [-1, 1], in chunks that bound the memory."""
+    means, stds = [], []
+    with torch.no_grad():
+        for chunk in pixels.split(256):
+            dist = vae.encode(chunk).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def ema_update(ema, modules, step: int) -> None:
+    """Move each EMA copy towards its module, with a decay that warms up to 0.999."""
+    decay = min(0.999, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema_module, module in zip(ema, modules):
+            for p_ema, p in zip(ema_module.parameters(), module.parameters()):
+                p_ema.lerp_(p, 1 - decay)
 
 
 def training_batch(rng, latent_dist: tuple, all_prompts: list, batch: int, cfg_dropout: float):

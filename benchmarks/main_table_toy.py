@@ -33,6 +33,7 @@ from noise_diffusion import SearchConfig, load_generator, load_verifier, optimiz
 from noise_diffusion.cli import PAPER_SEEDS  # noqa: E402
 from noise_diffusion.intervals import compare, mean_interval  # noqa: E402
 from noise_diffusion.toy import world, world_attn  # noqa: E402
+from replicate_toy_report import fmt_ci, fmt_mean, write_between_markers  # noqa: E402
 
 WORLD = "toy-digits-attn"
 GUIDE = "toy-digits-attn-cnn"
@@ -182,10 +183,10 @@ def family_rows(records: dict, family: str, entries: list[dict]) -> tuple[list[s
         versus = "–"
         if key != "plain":
             c = compare(score, [records["plain"][f"{judge}:score"][i] for i in keep], groups)
-            versus = f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}], p = {c.sign_p:.2g}"
+            versus = f"{fmt_ci(c.as_dict())}, p = {c.sign_p:.2g}"
         neglect_text = f"{100 * np.mean(neglect):.1f} %" if family == "existence" else "–"
         rows.append(f"| {label} | {gens:.1f} | {fwd:.0f} / {bwd:.0f} | {cpu_item:.2f} | {np.mean([r['guide'][i] for i in keep]):.3f} "
-                    f"| {mean:.3f} [{low:.3f}, {high:.3f}] | {100 * accuracy:.1f} % | {mlp:.3f} | {seen_:.3f} / {held:.3f} "
+                    f"| {fmt_mean((mean, low, high))} | {100 * accuracy:.1f} % | {mlp:.3f} | {seen_:.3f} / {held:.3f} "
                     f"| {neglect_text} | {versus} |")
         numbers[key] = {"generations": gens, "unet_forwards": fwd, "unet_backwards": bwd, "cpu_s_per_item": cpu_item,
                         "heldout": [mean, low, high], "accuracy": accuracy, "mlp": mlp, "neglect": float(np.mean(neglect)),
@@ -203,14 +204,14 @@ def pair_rows(records: dict, family: str, entries: list[dict]) -> tuple[list[str
     for a, b in PAIRS:
         c = compare([records[a][f"{judge}:score"][i] for i in keep], [records[b][f"{judge}:score"][i] for i in keep], groups)
         m = compare([records[a][f"{JUDGES[1]}:score"][i] for i in keep], [records[b][f"{JUDGES[1]}:score"][i] for i in keep], groups)
-        text = f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.positive} / {c.negative} | {c.sign_p:.2g}"
+        text = f"{fmt_ci(c.as_dict())} | {c.positive} / {c.negative} | {c.sign_p:.2g}"
         extra = ""
         if family == "existence":
             n = compare([float(records[a][f"{judge}:found"][i] == 1) for i in keep],
                         [float(records[b][f"{judge}:found"][i] == 1) for i in keep], groups)
             extra = f" {100 * n.mean:+.1f} [{100 * n.low:+.1f}, {100 * n.high:+.1f}] pts, p = {n.sign_p:.2g} |"
             numbers[f"{a} - {b}:neglect"] = n.as_dict()
-        rows.append(f"| {METHODS[a][0]} | {METHODS[b][0]} | {text} | {m.mean:+.3f} [{m.low:+.3f}, {m.high:+.3f}] |"
+        rows.append(f"| {METHODS[a][0]} | {METHODS[b][0]} | {text} | {fmt_ci(m.as_dict())} |"
                     f"{extra} {verdict(c)} |")
         numbers[f"{a} - {b}"] = {**c.as_dict(), "verdict": verdict(c)}
     return rows, numbers
@@ -254,7 +255,7 @@ def summary_section(report: dict, full_table: str) -> str:
 
     def versus(family: str, a: str, b: str = "plain") -> str:
         c = families[family]["pairs"].get(f"{a} - {b}")
-        return "–" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]: {c['verdict']}"
+        return "–" if c is None else f"{fmt_ci(c)}: {c['verdict']}"
 
     lines = [SUMMARY_BEGIN, "## The main table on the attention world", "",
              f"`benchmarks/main_table_toy.py` on `toy-digits-attn`, seeds {seeds}, with the plan fixed before the run "
@@ -265,28 +266,13 @@ def summary_section(report: dict, full_table: str) -> str:
              "|---|---|---|---|---|---|---|"]
     for key, (label, _) in METHODS.items():
         e, sp = families["existence"]["methods"][key], families["spatial"]["methods"][key]
-        lines.append(f"| {label} | {fmt_triple(e['heldout'])} | {versus('existence', key)} | "
-                     f"{100 * e['neglect']:.1f} % | {fmt_triple(sp['heldout'])} | {versus('spatial', key)} | "
+        lines.append(f"| {label} | {fmt_mean(e['heldout'])} | {versus('existence', key)} | "
+                     f"{100 * e['neglect']:.1f} % | {fmt_mean(sp['heldout'])} | {versus('spatial', key)} | "
                      f"{e['cpu_s_per_item']:.2f} |")
     lines += ["", "| a | b | existence: a − b | spatial: a − b |", "|---|---|---|---|"]
     lines += [f"| {METHODS[a][0]} | {METHODS[b][0]} | {versus('existence', a, b)} | {versus('spatial', a, b)} |"
               for a, b in SUMMARY_PAIRS]
     return "\n".join(lines + ["", SUMMARY_END, ""])
-
-
-def fmt_triple(values) -> str:
-    return f"{values[0]:.3f} [{values[1]:.3f}, {values[2]:.3f}]"
-
-
-def write_summary(section: str, path: Path) -> None:
-    """Replace the summary between its markers in ``path``, or append it when the report has none yet."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if SUMMARY_BEGIN in text and SUMMARY_END in text:
-        head, rest = text.split(SUMMARY_BEGIN, 1)
-        text = head + section + rest.split(SUMMARY_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text, encoding="utf-8")
 
 
 def main(argv=None) -> None:
@@ -327,7 +313,8 @@ def main(argv=None) -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
     if args.summary != "none" and done == args.seeds and not args.limit:
         summary = Path(args.summary)
-        write_summary(summary_section(report, os.path.relpath(out, summary.parent)), summary)
+        write_between_markers(summary, summary_section(report, os.path.relpath(out, summary.parent)), SUMMARY_BEGIN,
+                              SUMMARY_END)
     print(text)
 
 

@@ -33,7 +33,7 @@ from noise_diffusion import SearchConfig, load_generator, load_verifier, optimiz
 from noise_diffusion.cli import ArgumentParser, main_guard, non_negative_int, positive_int  # noqa: E402
 from noise_diffusion.intervals import compare, mean_interval  # noqa: E402
 from replicate_toy import choose_prompt_samples  # noqa: E402
-from replicate_toy_report import fmt_ci, fmt_mean  # noqa: E402
+from replicate_toy_report import fmt_ci, fmt_mean, write_between_markers  # noqa: E402
 
 GUIDE, JUDGE = "toy-digits-cnn", "toy-digits-heldout-resnet"
 MARK_BEGIN, MARK_END = "<!-- noise-search-toy:begin -->", "<!-- noise-search-toy:end -->"
@@ -248,13 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
 def write(out: Path, report: dict) -> None:
     """The section into ``out`` between its markers (appended when absent), the report as JSON beside it."""
     section = render(report)
-    text = out.read_text(encoding="utf-8") if out.exists() else ""
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + section + rest.split(MARK_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    out.write_text(text, encoding="utf-8")
+    write_between_markers(out, section, MARK_BEGIN, MARK_END)
     (out.parent / "noise_search_toy.json").write_text(json.dumps(report, indent=1, default=_plain) + "\n")
     print(section)
 

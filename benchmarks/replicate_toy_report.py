@@ -18,6 +18,18 @@ def fmt_mean(triple: tuple[float, float, float], digits: int = 3) -> str:
     return f"{triple[0]:.{digits}f} [{triple[1]:.{digits}f}, {triple[2]:.{digits}f}]"
 
 
+def write_between_markers(path: Path, section: str, begin: str, end: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the part of ``path`` between
+    those markers, or after the report's text when it has none yet: the way other benchmarks add to this report."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text, encoding="utf-8")
+
+
 def calibration_table(rows: list[dict]) -> str:
     kinds = ("faithful", "faithful, blurred", "swapped", "wrong digit")
     lines = ["| verifier | digits | " + " | ".join(kinds) + " |", "|---|---|---|---|---|---|"]

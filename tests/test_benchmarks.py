@@ -111,7 +111,7 @@ def documented_quick_start(doc: str, world: str) -> list[str]:
     import shlex
 
     text = (BENCHMARKS.parent / doc).read_text(encoding="utf-8").replace("\\\n", " ")
-    line = next(l for l in text.splitlines() if "python run.py" in l and f"--sd_version {world} " in l)
+    line = next(row for row in text.splitlines() if "python run.py" in row and f"--sd_version {world} " in row)
     return shlex.split(line.split("python run.py", 1)[1])
 
 
